@@ -1,0 +1,65 @@
+# ember — build, dependencies, run, test, bench.
+# Plain GNU make; every library through pkg-config. `make V=1` shows commands.
+
+PKGS      := luajit
+CC        ?= cc
+CFLAGS    ?= -O2 -g
+CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
+             $(shell pkg-config --cflags $(PKGS)) -DEMBER_LUA_DIR='"$(CURDIR)/lua"'
+LDFLAGS   += -pthread -rdynamic
+LDLIBS    += $(shell pkg-config --libs $(PKGS)) -lm
+
+SRCS      := $(wildcard core/*.c) $(wildcard connectors/*.c)
+OBJS      := $(SRCS:%.c=build/%.o)
+
+# Debian packages: to build, to run the specs, and the servers they start.
+DEB_BUILD := gcc make pkg-config libluajit2-5.1-dev
+DEB_TEST  := luajit2 lua-busted lua-cjson lua-posix lua-socket procps
+DEB_ALL   := $(DEB_BUILD) $(DEB_TEST)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+.PHONY: all deps run test bench clean
+
+all: ember
+
+ember: $(OBJS)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+build/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+# Installs only what is missing, so a second run is a quick no-op.
+deps:
+	@missing=$$(for p in $(DEB_ALL); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory ember
+	./ember run jobs/
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory ember
+	$(Q)spec/run
+
+bench: deps
+	$(Q)$(MAKE) --no-print-directory ember
+	$(Q)bench/run
+
+clean:
+	rm -rf build ember
+
+-include $(OBJS:.o=.d)

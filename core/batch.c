@@ -1,0 +1,127 @@
+/* batch.c — see batch.h. */
+#include "batch.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "log.h"
+
+static void run(em_task *t);
+
+em_batch *em_batch_cut(em_job *j, int64_t time_ms)
+{
+    em_version *v = j->version;
+    em_batch *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < v->nreceivers; i++) {
+        em_block **got;
+        size_t n = em_receiver_take(v->receivers[i], &got);
+        if (!n)
+            continue;
+        em_block **blocks = realloc(b->blocks, (cap + n) * sizeof *blocks);
+        int32_t *sources = realloc(b->sources, (cap + n) * sizeof *sources);
+        if (blocks)
+            b->blocks = blocks;
+        if (sources)
+            b->sources = sources;
+        if (!blocks || !sources) { /* out of memory: report the blocks failed */
+            em_receiver_batch_done(v->receivers[i], got, n, 0);
+            for (size_t k = 0; k < n; k++)
+                em_block_unref(got[k]);
+            free(got);
+            em_log(EM_LOG_ERROR, j->name, "out of memory cutting batch %lld", (long long)time_ms);
+            continue;
+        }
+        for (size_t k = 0; k < n; k++) {
+            b->blocks[cap + k] = got[k];
+            b->sources[cap + k] = (int32_t)i + 1;
+            b->records += got[k]->count;
+        }
+        cap += n;
+        free(got);
+    }
+    b->nblocks = (uint32_t)cap;
+    b->job = j;
+    b->version = em_version_ref(v);
+    b->first_of_reload = v->reload_ms && v->batches_cut == 0;
+    v->batches_cut++;
+    b->time_ms = time_ms;
+    b->task.owner = j;
+    b->task.run = run;
+    return b;
+}
+
+/* Tells each receiver which of its blocks are done, grouped by receiver. */
+static void release(em_batch *b, int ok)
+{
+    for (uint32_t i = 0; i < b->nblocks; i++) {
+        em_receiver *r = b->blocks[i]->receiver;
+        int first = 1;
+        for (uint32_t k = 0; k < i; k++)
+            first &= b->blocks[k]->receiver != r;
+        if (!first)
+            continue;
+        em_block *mine[b->nblocks];
+        size_t n = 0;
+        for (uint32_t k = i; k < b->nblocks; k++)
+            if (b->blocks[k]->receiver == r)
+                mine[n++] = b->blocks[k];
+        em_receiver_batch_done(r, mine, n, ok);
+    }
+}
+
+static void free_batch(em_batch *b)
+{
+    for (uint32_t i = 0; i < b->nblocks; i++)
+        em_block_unref(b->blocks[i]);
+    free(b->blocks);
+    free(b->sources);
+    em_version_unref(b->version);
+    free(b);
+}
+
+void em_batch_drop(em_batch *b)
+{
+    release(b, 0);
+    free_batch(b);
+}
+
+static void run(em_task *t)
+{
+    em_batch *b = (em_batch *)t;
+    em_job *j = b->job;
+    em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks};
+    if (atomic_load(&j->failed)) { /* the job stopped on an error: leave these unacked */
+        em_batch_drop(b);
+        return;
+    }
+    int64_t start = em_clock_now_ms();
+    em_batch_view view = {b->time_ms, b->nblocks, b->blocks, b->sources};
+    em_batch_result res;
+    em_luahost_run_batch(b->version->host, &view, &res);
+    int64_t end = em_clock_now_ms();
+    info.scheduling_delay_ms = start - b->time_ms;
+    info.processing_ms = end - start;
+    info.total_delay_ms = end - b->time_ms;
+    info.failed = res.failed;
+    info.ok = res.ok && !res.fatal;
+    release(b, info.ok);
+    em_history_add(j->history, &info);
+    if (b->first_of_reload)
+        em_log(EM_LOG_INFO, j->name, "first batch of the new version done %lld ms after the reload",
+               (long long)(end - b->version->reload_ms));
+    em_log(EM_LOG_DEBUG, j->name,
+           "batch %lld: %llu records in %u blocks, scheduling delay %lld ms, processing %lld ms, "
+           "total delay %lld ms, %lld failed",
+           (long long)b->time_ms, (unsigned long long)b->records, b->nblocks,
+           (long long)info.scheduling_delay_ms, (long long)info.processing_ms,
+           (long long)info.total_delay_ms, (long long)info.failed);
+    if (res.fatal) {
+        em_log(EM_LOG_ERROR, j->name, "job stopped (on_error = fail): %s", res.err);
+        atomic_store(&j->failed, 1);
+    }
+    free_batch(b);
+}

@@ -1,0 +1,187 @@
+/* config.c — see config.h. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+static const em_option keys[] = {
+    {"streaming.blockInterval", EM_OPT_DURATION, "200ms",
+     "how often each receiver's records are sealed into a block"},
+    {"streaming.batchInterval", EM_OPT_DURATION, "1s",
+     "default batch interval (a job may set its own batch_interval)"},
+    {"streaming.concurrentJobs", EM_OPT_INT, NULL,
+     "worker threads running batches (default: number of cores)"},
+    {"streaming.receiver.maxRate", EM_OPT_DOUBLE, "0",
+     "records/s cap per receiver, 0 for none (a source's max_rate wins)"},
+    {"streaming.stopGracefullyOnShutdown", EM_OPT_BOOL, "true",
+     "on SIGTERM/SIGINT, process every received record before exiting"},
+    {"streaming.ui.retainedBatches", EM_OPT_INT, "1000",
+     "completed batches kept in memory per job for the metrics"},
+    {"checkpoint.dir", EM_OPT_STRING, "./checkpoint",
+     "per-job folders: dead letters (and, later, checkpoints and write-ahead logs)"},
+    {"log.level", EM_OPT_STRING, "info", "debug, info, warn or error"},
+    {"log.file", EM_OPT_STRING, "", "log to this file instead of stderr"},
+    {"log.rolling.strategy", EM_OPT_STRING, "off", "off, or time: start a new log file every interval"},
+    {"log.rolling.time.interval", EM_OPT_STRING, "daily", "minutely, hourly or daily"},
+    {"log.rolling.maxRetainedFiles", EM_OPT_INT, "10", "rolled log files kept"},
+    {NULL, 0, NULL, NULL},
+};
+
+void em_config_init(em_config *c)
+{
+    memset(c, 0, sizeof *c);
+    em_props_init(&c->props);
+}
+
+void em_config_free(em_config *c) { em_props_clear(&c->props); }
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+/* Checks one key and value against the table and stores it; what names
+ * where it came from ("ember.conf:3", "--conf"). */
+static int set_checked(em_config *c, const char *key, const char *value, const char *what,
+                       char *err, size_t errlen)
+{
+    if (strncmp(key, "spark.", 6) == 0)
+        key += 6;
+    em_props one;
+    em_props_init(&one);
+    int rc = em_props_set(&one, key, value);
+    if (rc == 0)
+        rc = em_props_validate(&one, keys, NULL, what, err, errlen);
+    em_props_clear(&one);
+    if (rc == 0)
+        rc = em_props_set(&c->props, key, value);
+    return rc;
+}
+
+int em_config_load_file(em_config *c, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[4096], what[1200];
+    int lineno = 0, rc = 0;
+    while (rc == 0 && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        snprintf(what, sizeof what, "%s:%d", path, lineno);
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(err, errlen, "%s: expected 'key = value', got '%s'", what, s);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        rc = set_checked(c, trim(s), trim(eq + 1), what, err, errlen);
+    }
+    fclose(f);
+    return rc;
+}
+
+int em_config_set(em_config *c, const char *key_value, char *err, size_t errlen)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", key_value);
+    char *eq = strchr(buf, '=');
+    if (!eq) {
+        snprintf(err, errlen, "--conf %s: expected key=value", key_value);
+        return -1;
+    }
+    *eq = '\0';
+    return set_checked(c, trim(buf), trim(eq + 1), "--conf", err, errlen);
+}
+
+static int one_of(const char *v, const char *const *allowed)
+{
+    for (; *allowed; allowed++)
+        if (strcmp(v, *allowed) == 0)
+            return 1;
+    return 0;
+}
+
+int em_config_finish(em_config *c, char *err, size_t errlen)
+{
+    if (em_props_validate(&c->props, keys, NULL, "configuration", err, errlen) != 0)
+        return -1;
+    const em_props *p = &c->props;
+    c->block_interval_ms = em_props_ms(p, "streaming.blockInterval", 200);
+    c->batch_interval_ms = em_props_ms(p, "streaming.batchInterval", 1000);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    c->concurrent_jobs = (int)em_props_int(p, "streaming.concurrentJobs", cores > 0 ? cores : 1);
+    c->max_rate = em_props_double(p, "streaming.receiver.maxRate", 0);
+    c->stop_gracefully = em_props_bool(p, "streaming.stopGracefullyOnShutdown", 1);
+    c->retained_batches = (int)em_props_int(p, "streaming.ui.retainedBatches", 1000);
+    snprintf(c->checkpoint_dir, sizeof c->checkpoint_dir, "%s", em_props_str(p, "checkpoint.dir", ""));
+    snprintf(c->log_level, sizeof c->log_level, "%s", em_props_str(p, "log.level", "info"));
+    snprintf(c->log_file, sizeof c->log_file, "%s", em_props_str(p, "log.file", ""));
+    snprintf(c->log_rolling_strategy, sizeof c->log_rolling_strategy, "%s",
+             em_props_str(p, "log.rolling.strategy", "off"));
+    snprintf(c->log_rolling_interval, sizeof c->log_rolling_interval, "%s",
+             em_props_str(p, "log.rolling.time.interval", "daily"));
+    c->log_rolling_max_retained = (int)em_props_int(p, "log.rolling.maxRetainedFiles", 10);
+
+    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+    static const char *const strategies[] = {"off", "time", NULL};
+    static const char *const intervals[] = {"minutely", "hourly", "daily", NULL};
+    const char *bad = NULL, *hint = NULL, *value = NULL;
+    if (c->block_interval_ms < 1)
+        bad = "streaming.blockInterval", hint = "at least 1ms";
+    else if (c->batch_interval_ms < c->block_interval_ms)
+        bad = "streaming.batchInterval", hint = "at least streaming.blockInterval";
+    else if (c->concurrent_jobs < 1 || c->concurrent_jobs > 256)
+        bad = "streaming.concurrentJobs", hint = "between 1 and 256";
+    else if (c->retained_batches < 1)
+        bad = "streaming.ui.retainedBatches", hint = "at least 1";
+    else if (!c->checkpoint_dir[0])
+        bad = "checkpoint.dir", hint = "a folder";
+    else if (!one_of(c->log_level, levels))
+        bad = "log.level", hint = "debug, info, warn or error";
+    else if (!one_of(c->log_rolling_strategy, strategies))
+        bad = "log.rolling.strategy", hint = "off or time";
+    else if (!one_of(c->log_rolling_interval, intervals))
+        bad = "log.rolling.time.interval", hint = "minutely, hourly or daily";
+    else if (strcmp(c->log_rolling_strategy, "time") == 0 && !c->log_file[0])
+        bad = "log.rolling.strategy", hint = "off unless log.file is set";
+    if (bad) {
+        value = em_props_get(p, bad);
+        snprintf(err, errlen, "configuration: %s = '%s' must be %s", bad, value ? value : "",
+                 hint);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *type_name(em_opt_type t)
+{
+    static const char *const names[] = {"string", "int", "number", "bool", "duration"};
+    return names[t];
+}
+
+void em_config_print_keys(void)
+{
+    for (const em_option *o = keys; o->name; o++)
+        printf("  %-38s %-8s %-14s %s\n", o->name, type_name(o->type),
+               o->def ? (*o->def ? o->def : "\"\"") : "(cores)", o->help);
+}

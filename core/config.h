@@ -1,0 +1,42 @@
+/* config.h — the driver's configuration: ember.conf, then --conf flags.
+ *
+ * Keys follow Spark's names (a leading "spark." is accepted and dropped) so a
+ * spark-submit script translates line by line. docs/configuration.md lists
+ * them; the table in config.c is the single source of truth.
+ */
+#ifndef EMBER_CONFIG_H
+#define EMBER_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "props.h"
+
+typedef struct em_config {
+    int64_t block_interval_ms;
+    int64_t batch_interval_ms;
+    int concurrent_jobs;
+    double max_rate; /* 0: unlimited */
+    int stop_gracefully;
+    int retained_batches;
+    char checkpoint_dir[1024];
+    char log_level[16];
+    char log_file[1024]; /* empty: stderr */
+    char log_rolling_strategy[16];
+    char log_rolling_interval[16];
+    int log_rolling_max_retained;
+    em_props props; /* every key, validated, defaults filled */
+} em_config;
+
+void em_config_init(em_config *c);
+/* Reads key = value lines; # starts a comment. Errors name file:line. */
+int em_config_load_file(em_config *c, const char *path, char *err, size_t errlen);
+/* One --conf key=value. */
+int em_config_set(em_config *c, const char *key_value, char *err, size_t errlen);
+/* Fills defaults, checks enumerations and ranges, fills the struct. */
+int em_config_finish(em_config *c, char *err, size_t errlen);
+void em_config_free(em_config *c);
+/* Prints the table of keys with defaults and help, for --help. */
+void em_config_print_keys(void);
+
+#endif

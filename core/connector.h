@@ -1,0 +1,52 @@
+/* connector.h — the one shape every source shares.
+ *
+ * In the spirit of Fluent Bit's input plugins: a connector is a struct of
+ * callbacks plus its options declared as data. The core never knows which
+ * system it talks to. A receiver thread calls poll() only while its rate
+ * limiter has tokens, so a connector that reads only inside poll() gets
+ * backpressure for free: the sender feels it through TCP or the broker.
+ */
+#ifndef EMBER_CONNECTOR_H
+#define EMBER_CONNECTOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "props.h"
+
+struct em_receiver;
+struct em_block;
+
+typedef struct em_connector {
+    const char *name;            /* as the Lua source is called: "generator", "socket", ... */
+    const em_option *options;    /* terminated by {NULL}; max_rate is handled by the core */
+
+    /* Builds the connector's state from validated props. Must not block on
+     * the network: connecting happens in poll(), which may retry. Returns
+     * NULL and fills err on a bad setting. */
+    void *(*create)(const em_props *props, struct em_receiver *r, char *err, size_t errlen);
+
+    /* Reads at most max records, waiting at most timeout_ms, handing each to
+     * em_receiver_push(). Returns the number pushed, or -1 on a fault the core
+     * should log and back off from (the connector reconnects on its next call).
+     * Returns -2 when the source is exhausted for good (a generator's count). */
+    int (*poll)(void *self, struct em_receiver *r, uint32_t max, int timeout_ms);
+
+    /* Optional. Every output of a batch holding these blocks of this receiver
+     * finished (ok = 1) or failed (ok = 0). Where acks and offsets are released. */
+    void (*batch_done)(void *self, struct em_block *const *blocks, size_t n, int ok);
+
+    /* Optional. Called from the receiver thread when it starts and stops
+     * waiting for tokens, for sources whose broker needs telling. */
+    void (*pause)(void *self);
+    void (*resume)(void *self);
+
+    void (*free)(void *self); /* accepts NULL */
+} em_connector;
+
+/* The connectors compiled in, looked up by name; NULL when unknown. */
+const em_connector *em_connector_find(const char *name);
+/* A comma-separated list of names, for error messages. */
+const char *em_connector_names(void);
+
+#endif

@@ -1,0 +1,182 @@
+/* job.c — see job.h. */
+#include "job.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+char *em_read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (cap - len - 1 == 0) {
+            char *b = realloc(buf, cap *= 2);
+            if (!b)
+                free(buf);
+            buf = b;
+        }
+    }
+    fclose(f);
+    if (buf)
+        buf[len] = '\0';
+    return buf;
+}
+
+em_version *em_version_load(const char *path, const char *checkpoint_dir,
+                            int64_t default_interval_ms, double default_max_rate,
+                            char *err, size_t errlen)
+{
+    em_luahost *host = em_luahost_load(path, checkpoint_dir, err, errlen);
+    if (!host)
+        return NULL;
+    em_version *v = calloc(1, sizeof *v);
+    em_job_desc *d = em_luahost_desc(host);
+    if (v)
+        v->receivers = calloc(d->nsources ? d->nsources : 1, sizeof *v->receivers);
+    if (!v || !v->receivers) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        free(v);
+        em_luahost_free(host);
+        return NULL;
+    }
+    atomic_init(&v->refs, 1);
+    v->host = host;
+    v->desc = d;
+    v->batch_interval_ms = d->batch_interval_ms ? d->batch_interval_ms : default_interval_ms;
+    for (size_t i = 0; i < d->nsources; i++) {
+        em_source_desc *s = &d->sources[i];
+        char why[1024];
+        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, default_max_rate, why,
+                                             sizeof why);
+        if (!v->receivers[i]) {
+            snprintf(err, errlen, "%s: %s", s->where, why);
+            em_version_unref(v);
+            return NULL;
+        }
+        v->nreceivers++;
+    }
+    return v;
+}
+
+void em_version_start(em_version *v)
+{
+    for (size_t i = 0; i < v->nreceivers; i++)
+        if (em_receiver_start(v->receivers[i]) != 0)
+            em_log(EM_LOG_ERROR, v->desc->name, "%s: cannot start its thread",
+                   em_receiver_describe(v->receivers[i]));
+}
+
+em_version *em_version_ref(em_version *v)
+{
+    atomic_fetch_add(&v->refs, 1);
+    return v;
+}
+
+void em_version_unref(em_version *v)
+{
+    if (!v || atomic_fetch_sub(&v->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < v->nreceivers; i++)
+        em_receiver_unref(v->receivers[i]);
+    free(v->receivers);
+    em_luahost_free(v->host);
+    free(v);
+}
+
+em_job *em_job_create(const char *path, char *script, em_version *v, size_t retained)
+{
+    em_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    snprintf(j->name, sizeof j->name, "%s", v->desc->name);
+    snprintf(j->path, sizeof j->path, "%s", path);
+    j->script = script;
+    j->version = v;
+    j->history = em_history_create(retained);
+    atomic_init(&j->failed, 0);
+    return j;
+}
+
+void em_job_seal(em_job *j, int64_t now_ms)
+{
+    em_version *v = j->version;
+    for (size_t i = 0; v && i < v->nreceivers; i++)
+        em_receiver_seal(v->receivers[i], now_ms);
+}
+
+static int claimed(em_version *next, em_receiver *r)
+{
+    for (size_t i = 0; i < next->nreceivers; i++)
+        if (next->receivers[i] == r)
+            return 1;
+    return 0;
+}
+
+void em_job_stop_unmatched(em_job *j)
+{
+    em_version *old = j->version, *next = j->next;
+    /* Claim: each source of the new version takes an old receiver with
+     * the same connector and options, if one is left. */
+    for (size_t i = 0; i < next->nreceivers; i++) {
+        const char *sig = em_receiver_signature(next->receivers[i]);
+        for (size_t k = 0; k < old->nreceivers; k++) {
+            em_receiver *r = old->receivers[k];
+            if (strcmp(em_receiver_signature(r), sig) == 0 && !claimed(next, r)) {
+                em_receiver_unref(next->receivers[i]); /* never started */
+                next->receivers[i] = em_receiver_ref(r);
+                break;
+            }
+        }
+    }
+    for (size_t k = 0; k < old->nreceivers; k++)
+        if (!claimed(next, old->receivers[k]))
+            em_receiver_stop(old->receivers[k]);
+}
+
+void em_job_swap(em_job *j)
+{
+    em_version *old = j->version, *next = j->next;
+    size_t kept = 0;
+    for (size_t i = 0; i < next->nreceivers; i++) {
+        int reused = 0;
+        for (size_t k = 0; k < old->nreceivers; k++)
+            reused |= old->receivers[k] == next->receivers[i];
+        if (reused)
+            kept++;
+        else if (em_receiver_start(next->receivers[i]) != 0)
+            em_log(EM_LOG_ERROR, j->name, "%s: cannot start its thread",
+                   em_receiver_describe(next->receivers[i]));
+    }
+    em_log(EM_LOG_INFO, j->name, "now running the new version (%zu of %zu sources kept running)",
+           kept, next->nreceivers);
+    j->version = next;
+    j->next = NULL;
+    em_version_unref(old);
+}
+
+void em_job_stop_receivers(em_job *j)
+{
+    em_version *v = j->version;
+    for (size_t i = 0; v && i < v->nreceivers; i++)
+        em_receiver_stop(v->receivers[i]);
+}
+
+void em_job_free(em_job *j)
+{
+    if (!j)
+        return;
+    em_version_unref(j->version);
+    em_version_unref(j->next);
+    em_history_free(j->history);
+    free(j->script);
+    free(j);
+}

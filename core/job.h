@@ -1,0 +1,71 @@
+/* job.h — a job and its versions.
+ *
+ * A job is one script in jobs/. Each load of the script is a version: a Lua
+ * state plus one receiver per declared source. A reload builds the next
+ * version beside the running one and the clock swaps them at a batch
+ * boundary; receivers whose configuration did not change move to the new
+ * version untouched, so nothing is lost or read twice.
+ */
+#ifndef EMBER_JOB_H
+#define EMBER_JOB_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "history.h"
+#include "luahost.h"
+#include "receiver.h"
+
+typedef struct em_version {
+    atomic_int refs;
+    em_luahost *host;
+    em_job_desc *desc;        /* owned by host */
+    em_receiver **receivers;  /* receivers[i] runs desc->sources[i] */
+    size_t nreceivers;
+    int64_t batch_interval_ms;
+    int64_t reload_ms;        /* when the reload that loaded it began; 0 at start-up */
+    uint64_t batches_cut;     /* clock thread only */
+} em_version;
+
+typedef enum em_job_state {
+    EM_JOB_RUNNING,
+    EM_JOB_REMOVING, /* file removed: cut a last batch, then retire */
+    EM_JOB_RETIRED,  /* no more batches; freed once its last one finished */
+    EM_JOB_FAILED,   /* on_error = fail met an error; waits for a changed file */
+} em_job_state;
+
+typedef struct em_job {
+    char name[128];
+    char path[1024];
+    char *script;            /* the text loaded, to tell a changed file */
+    em_version *version;     /* the one batches are cut with */
+    em_version *next;        /* loaded by a reload, swapped in at the next batch */
+    em_job_state state;
+    atomic_int failed;       /* set by a worker when on_error = fail fired */
+    int64_t next_batch_ms;
+    em_history *history;
+} em_job;
+
+/* Loads a script into a new version with unstarted receivers. NULL + err. */
+em_version *em_version_load(const char *path, const char *checkpoint_dir,
+                            int64_t default_interval_ms, double default_max_rate,
+                            char *err, size_t errlen);
+void em_version_start(em_version *v);
+em_version *em_version_ref(em_version *v);
+void em_version_unref(em_version *v); /* accepts NULL */
+
+em_job *em_job_create(const char *path, char *script, em_version *v, size_t retained);
+/* Seals every receiver's current block. */
+void em_job_seal(em_job *j, int64_t now_ms);
+/* Swaps in j->next: reuses receivers of the same signature, stops the
+ * others (their last records are sealed for the batch cut before this). */
+void em_job_stop_unmatched(em_job *j);
+void em_job_swap(em_job *j);
+void em_job_stop_receivers(em_job *j);
+void em_job_free(em_job *j); /* accepts NULL */
+
+/* Reads a whole file; NULL on error (errno set). */
+char *em_read_file(const char *path);
+
+#endif

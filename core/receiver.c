@@ -1,0 +1,298 @@
+/* receiver.c — see receiver.h. */
+#include "receiver.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "log.h"
+#include "ratelimit.h"
+
+#define POLL_MAX 8192   /* records asked of one poll(): bounds the time between token checks */
+#define POLL_WAIT_MS 50 /* how long poll() may wait for input; also how fast stop is noticed */
+
+struct em_receiver {
+    atomic_int refs;
+    const em_connector *conn;
+    void *self;
+    em_props props;
+    char *signature, *describe, *job;
+    pthread_t thread;
+    int started;
+    atomic_int stopping, finished;
+    atomic_ullong records;
+
+    pthread_mutex_t lock; /* guards current, sealed, rate */
+    em_block *current;
+    em_block **sealed;
+    size_t nsealed, capsealed;
+    double rate, applied_rate;
+
+    em_ratelimit rl; /* receiver thread only */
+};
+
+static const em_option core_options[] = {
+    {"max_rate", EM_OPT_DOUBLE, NULL, "records/s cap of this source (0: unlimited)"},
+    {NULL, 0, NULL, NULL},
+};
+
+/* The connector's table plus the core's own options, for validation. */
+static em_option *merged_options(const em_connector *c)
+{
+    size_t n = 0, m = 0;
+    while (c->options[n].name)
+        n++;
+    while (core_options[m].name)
+        m++;
+    em_option *all = calloc(n + m + 1, sizeof *all);
+    if (all) {
+        memcpy(all, c->options, n * sizeof *all);
+        memcpy(all + n, core_options, m * sizeof *all);
+    }
+    return all;
+}
+
+static char *make_describe(const em_connector *c, const em_props *p)
+{
+    size_t len = strlen(c->name) + 3;
+    for (size_t i = 0; i < p->n; i++)
+        len += strlen(p->items[i].key) + strlen(p->items[i].value) + 2;
+    char *s = malloc(len), *w = s;
+    if (!s)
+        return NULL;
+    w += sprintf(w, "%s{", c->name);
+    for (size_t i = 0; i < p->n; i++)
+        w += sprintf(w, "%s%s=%s", i ? "," : "", p->items[i].key, p->items[i].value);
+    strcpy(w, "}");
+    return s;
+}
+
+em_receiver *em_receiver_create(const em_connector *c, em_props *props, const char *job,
+                                double default_max_rate, char *err, size_t errlen)
+{
+    char what[128];
+    snprintf(what, sizeof what, "%s source", c->name);
+    em_option *opts = merged_options(c);
+    if (!opts) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int bad = em_props_validate(props, opts, NULL, what, err, errlen);
+    free(opts);
+    if (bad)
+        return NULL;
+    em_receiver *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    atomic_init(&r->refs, 1);
+    r->conn = c;
+    r->props = *props;
+    em_props_init(props); /* the receiver owns them now */
+    r->signature = em_props_signature(&r->props);
+    r->describe = make_describe(c, &r->props);
+    r->job = strdup(job);
+    r->rate = em_props_double(&r->props, "max_rate", default_max_rate);
+    r->applied_rate = -1;
+    pthread_mutex_init(&r->lock, NULL);
+    char *sig = r->signature;
+    if (sig) { /* the connector name is part of the identity */
+        r->signature = malloc(strlen(c->name) + strlen(sig) + 2);
+        if (r->signature)
+            sprintf(r->signature, "%s\n%s", c->name, sig);
+        free(sig);
+    }
+    if (!r->signature || !r->describe || !r->job) {
+        snprintf(err, errlen, "out of memory");
+        em_receiver_unref(r);
+        return NULL;
+    }
+    r->self = c->create(&r->props, r, err, errlen);
+    if (!r->self) {
+        em_receiver_unref(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* Takes a rate change made by another thread into the bucket. */
+static void apply_rate(em_receiver *r)
+{
+    pthread_mutex_lock(&r->lock);
+    double rate = r->rate;
+    pthread_mutex_unlock(&r->lock);
+    if (rate != r->applied_rate) {
+        em_ratelimit_set(&r->rl, rate);
+        r->applied_rate = rate;
+    }
+}
+
+static void *run(void *arg)
+{
+    em_receiver *r = arg;
+    int paused = 0;
+    em_ratelimit_init(&r->rl, 0, em_clock_block_interval_ms());
+    while (!atomic_load(&r->stopping)) {
+        apply_rate(r);
+        uint32_t allow = em_ratelimit_available(&r->rl, POLL_MAX);
+        if (allow == 0) {
+            /* Out of tokens: stop reading so the sender feels it. */
+            if (!paused && r->conn->pause)
+                r->conn->pause(r->self);
+            paused = 1;
+            sleep_ms(em_ratelimit_wait_ms(&r->rl));
+            continue;
+        }
+        if (paused && r->conn->resume)
+            r->conn->resume(r->self);
+        paused = 0;
+        int n = r->conn->poll(r->self, r, allow, POLL_WAIT_MS);
+        if (n > 0) {
+            em_ratelimit_consume(&r->rl, (uint32_t)n);
+        } else if (n == -2) {
+            em_log(EM_LOG_INFO, r->job, "%s: source exhausted", r->describe);
+            break;
+        } else if (n < 0) {
+            sleep_ms(100); /* the connector logged the fault and reconnects next call */
+        }
+    }
+    atomic_store(&r->finished, 1);
+    return NULL;
+}
+
+int em_receiver_start(em_receiver *r)
+{
+    if (pthread_create(&r->thread, NULL, run, r) != 0)
+        return -1;
+    char name[16];
+    snprintf(name, sizeof name, "rx-%s", r->conn->name);
+    pthread_setname_np(r->thread, name);
+    r->started = 1;
+    return 0;
+}
+
+void em_receiver_stop(em_receiver *r)
+{
+    if (!r->started)
+        return;
+    atomic_store(&r->stopping, 1);
+    pthread_join(r->thread, NULL);
+    r->started = 0;
+    em_receiver_seal(r, em_clock_now_ms());
+}
+
+em_receiver *em_receiver_ref(em_receiver *r)
+{
+    atomic_fetch_add(&r->refs, 1);
+    return r;
+}
+
+void em_receiver_unref(em_receiver *r)
+{
+    if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
+        return;
+    if (r->started)
+        em_receiver_stop(r);
+    if (r->self)
+        r->conn->free(r->self);
+    /* Blocks hold a reference, so none is left here but an unsealed one. */
+    em_block_unref(r->current);
+    for (size_t i = 0; i < r->nsealed; i++)
+        em_block_unref(r->sealed[i]);
+    free(r->sealed);
+    em_props_clear(&r->props);
+    pthread_mutex_destroy(&r->lock);
+    free(r->signature);
+    free(r->describe);
+    free(r->job);
+    free(r);
+}
+
+int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const char *key,
+                     size_t key_len, int64_t ts_ms, int32_t partition, int64_t offset,
+                     const char *meta, size_t meta_len)
+{
+    pthread_mutex_lock(&r->lock);
+    if (!r->current) {
+        r->current = em_block_create();
+        if (!r->current) {
+            pthread_mutex_unlock(&r->lock);
+            return -1;
+        }
+        /* The block keeps its receiver alive until the batch holding it is done. */
+        atomic_fetch_add(&r->refs, 1);
+        r->current->receiver = r;
+    }
+    int rc = em_block_append(r->current, value, value_len, key, key_len, ts_ms, partition,
+                             offset, meta, meta_len);
+    pthread_mutex_unlock(&r->lock);
+    if (rc == 0)
+        atomic_fetch_add(&r->records, 1);
+    return rc;
+}
+
+void em_receiver_seal(em_receiver *r, int64_t now_ms)
+{
+    pthread_mutex_lock(&r->lock);
+    em_block *b = r->current;
+    if (b && b->count > 0) {
+        if (r->nsealed == r->capsealed) {
+            size_t cap = r->capsealed ? r->capsealed * 2 : 16;
+            em_block **s = realloc(r->sealed, cap * sizeof *s);
+            if (!s) { /* keep filling the current block; try again next tick */
+                pthread_mutex_unlock(&r->lock);
+                return;
+            }
+            r->sealed = s;
+            r->capsealed = cap;
+        }
+        b->sealed_ms = now_ms;
+        r->sealed[r->nsealed++] = b;
+        r->current = NULL;
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+size_t em_receiver_take(em_receiver *r, em_block ***out)
+{
+    pthread_mutex_lock(&r->lock);
+    size_t n = r->nsealed;
+    *out = n ? r->sealed : NULL;
+    if (n) {
+        r->sealed = NULL;
+        r->nsealed = r->capsealed = 0;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
+void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok)
+{
+    if (r->conn->batch_done)
+        r->conn->batch_done(r->self, blocks, n, ok);
+}
+
+void em_receiver_set_rate(em_receiver *r, double per_sec)
+{
+    pthread_mutex_lock(&r->lock);
+    r->rate = per_sec;
+    pthread_mutex_unlock(&r->lock);
+}
+
+double em_receiver_rate(const em_receiver *r) { return r->rate; }
+const char *em_receiver_signature(const em_receiver *r) { return r->signature; }
+const char *em_receiver_describe(const em_receiver *r) { return r->describe; }
+const char *em_receiver_job(const em_receiver *r) { return r->job; }
+int em_receiver_finished(const em_receiver *r) { return atomic_load(&r->finished); }
+uint64_t em_receiver_records(const em_receiver *r) { return atomic_load(&r->records); }

@@ -1,0 +1,55 @@
+/* receiver.h — one source of one job, running its connector on its own thread.
+ *
+ * The receiver thread only does I/O: it asks the rate limiter for tokens,
+ * calls the connector's poll(), and copies records into its current block.
+ * It never touches Lua. The clock seals the current block every
+ * blockInterval; sealed blocks wait in the receiver until a batch takes them.
+ */
+#ifndef EMBER_RECEIVER_H
+#define EMBER_RECEIVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "block.h"
+#include "connector.h"
+#include "props.h"
+
+typedef struct em_receiver em_receiver;
+
+/* Validates props against the connector (plus the core's max_rate) and
+ * builds the receiver; does not start it. NULL and err on a bad setting. */
+em_receiver *em_receiver_create(const em_connector *c, em_props *props, const char *job,
+                                double default_max_rate, char *err, size_t errlen);
+int em_receiver_start(em_receiver *r);
+/* Stops reading and joins the thread; the records it had are sealed into
+ * a last block that em_receiver_take() still returns. Idempotent. */
+void em_receiver_stop(em_receiver *r);
+em_receiver *em_receiver_ref(em_receiver *r);
+void em_receiver_unref(em_receiver *r); /* accepts NULL */
+
+/* Called by connectors inside poll(): one record, copied. key may be NULL. */
+int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const char *key,
+                     size_t key_len, int64_t ts_ms, int32_t partition, int64_t offset,
+                     const char *meta, size_t meta_len);
+
+/* Clock side: seal the current block (if it holds records) into the
+ * sealed list. */
+void em_receiver_seal(em_receiver *r, int64_t now_ms);
+/* Takes every sealed block (the caller owns the references); returns the
+ * count and fills *out with a malloc'd array, or 0 and NULL. */
+size_t em_receiver_take(em_receiver *r, em_block ***out);
+/* Hands the connector the news that blocks of this receiver were processed. */
+void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok);
+
+/* Changes the token rate; <= 0 means unlimited. */
+void em_receiver_set_rate(em_receiver *r, double per_sec);
+double em_receiver_rate(const em_receiver *r);
+
+const char *em_receiver_signature(const em_receiver *r); /* connector + props */
+const char *em_receiver_describe(const em_receiver *r);  /* "socket localhost:9999" */
+const char *em_receiver_job(const em_receiver *r);
+int em_receiver_finished(const em_receiver *r); /* source exhausted and stopped */
+uint64_t em_receiver_records(const em_receiver *r); /* records taken in so far */
+
+#endif

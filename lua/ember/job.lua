@@ -1,0 +1,126 @@
+-- ember.job: a job, its options and its sources.
+--
+-- A job records what the script declares: its sources (passed through to the
+-- C core, which validates options per connector), the DStream graph hanging
+-- off them, and its outputs in declaration order. The graph is compiled by
+-- ember.executor once the script has run; after that the job is sealed.
+
+local dstream = require "ember.dstream"
+
+local error = error
+local type = type
+local tostring = tostring
+local pairs = pairs
+local ipairs = ipairs
+local tonumber = tonumber
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local str_find = string.find
+local str_match = string.match
+
+
+local _M = {}
+
+local Job = {}
+Job.__index = Job
+_M.Job = Job
+
+local ON_ERROR = { skip = true, dead_letter = true, fail = true }
+local OPTIONS = { name = true, batch_interval = true, on_error = true, state_version = true }
+local SOURCES = { "generator", "socket", "file", "kafka", "rabbitmq", "redis" }
+
+
+local function check_batch_interval(v, level)
+    local t = type(v)
+    if t == "number" then
+        if v > 0 then return end
+    elseif t == "string" then
+        local num, unit = str_match(v, "^%s*(%d+%.?%d*)%s*(%a+)%s*$")
+        if num and (unit == "ms" or unit == "s" or unit == "m") and tonumber(num) > 0 then
+            return
+        end
+    end
+    error("bad option 'batch_interval' to 'job' (a duration such as \"500ms\", \"2s\", "
+          .. "\"1m\" or a number of seconds expected, got " .. tostring(v) .. ")", level + 1)
+end
+
+
+-- Builds a job from the options of ember.job{...}. level is the error level
+-- of the user's call, so misuse points at the script line.
+function _M.new(opts, level)
+    level = level or 2
+    if opts == nil then
+        opts = {}
+    elseif type(opts) ~= "table" then
+        error("bad argument #1 to 'job' (table expected, got " .. type(opts) .. ")", level)
+    end
+
+    for k in pairs(opts) do
+        if not OPTIONS[k] then
+            error("bad argument #1 to 'job' (unknown option '" .. tostring(k)
+                  .. "'; known: name, batch_interval, on_error, state_version)", level)
+        end
+    end
+
+    local name = opts.name
+    if name ~= nil and (type(name) ~= "string" or not str_find(name, "^[%w_%-%.]+$")) then
+        error("bad option 'name' to 'job' (a non-empty string of letters, digits, "
+              .. "'_', '-' and '.' expected, got " .. (type(name) == "string"
+              and ("'" .. name .. "'") or type(name)) .. ")", level)
+    end
+
+    local on_error = opts.on_error
+    if on_error == nil then
+        on_error = "skip"
+    elseif not ON_ERROR[on_error] then
+        error("bad option 'on_error' to 'job' (\"skip\", \"dead_letter\" or \"fail\" "
+              .. "expected, got " .. tostring(on_error) .. ")", level)
+    end
+
+    if opts.batch_interval ~= nil then
+        check_batch_interval(opts.batch_interval, level)
+    end
+
+    return setmetatable({
+        name = name,                    -- nil: the runtime uses the file name
+        batch_interval = opts.batch_interval,
+        on_error = on_error,
+        state_version = opts.state_version,
+        where = dstream.where(level),
+        sources = {},                   -- { type=, options=, where= } in order
+        nodes = {},                     -- every DStream, in creation order
+        outputs = {},                   -- output nodes, in declaration order
+        sealed = false,
+    }, Job)
+end
+
+
+function _M.is_job(v)
+    return getmetatable(v) == Job
+end
+
+
+for _, kind in ipairs(SOURCES) do
+    -- job:<kind>{ options }: declares a source and returns its DStream.
+    Job[kind] = function(self, options)
+        if getmetatable(self) ~= Job then
+            error("calling '" .. kind .. "' on bad self (job expected; use job:"
+                  .. kind .. "{...})", 2)
+        end
+        if type(options) ~= "table" then
+            error("bad argument #1 to '" .. kind .. "' (table expected, got "
+                  .. type(options) .. ")", 2)
+        end
+        if self.sealed then
+            error("cannot add a source to job '" .. tostring(self.name)
+                  .. "' once it is loaded", 2)
+        end
+        local where = dstream.where(2)
+        local n = #self.sources + 1
+        self.sources[n] = { type = kind, options = options, where = where }
+        return dstream.new_source(self, n, kind, where)
+    end
+end
+
+
+return _M

@@ -1,0 +1,124 @@
+-- ember.runtime: what the C host calls (docs/internals.md).
+--
+--   local desc, err = require("ember.runtime").load(path, host)
+--   local ok, failed, err, fatal = desc.run_batch(view_ptr)
+--
+-- load never raises: a syntax error, a misuse of the API or a bad graph
+-- comes back as nil, "path:line: message".
+
+local ember = require "ember"
+local job_mod = require "ember.job"
+local executor = require "ember.executor"
+
+local loadfile = loadfile
+local pcall = pcall
+local error = error
+local ipairs = ipairs
+local type = type
+local tostring = tostring
+local str_match = string.match
+local str_find = string.find
+
+
+local _M = {}
+
+
+local function basename_job(path)
+    local base = str_match(path, "([^/]*)$")
+    return (str_match(base, "^(.*)%.lua$") or base)
+end
+
+
+-- Runs the script and returns its job, or raises "path[:line]: msg".
+local function load_job(path, host)
+    local chunk, err = loadfile(path)
+    if not chunk then
+        error(err, 0)
+    end
+
+    local created = ember._begin_load()
+    ember._set_context(host, basename_job(path))
+    local ok, ret = pcall(chunk)
+    ember._end_load()
+    if not ok then
+        error(type(ret) == "string" and ret or tostring(ret), 0)
+    end
+
+    local job
+    if ret ~= nil then
+        if not job_mod.is_job(ret) then
+            error(path .. ": the script returned a " .. type(ret)
+                  .. ", expected the job made by ember.job{...}", 0)
+        end
+        job = ret
+    elseif #created == 1 then
+        job = created[1]
+    elseif #created == 0 then
+        error(path .. ": no job declared (call ember.job{...} and return it)", 0)
+    else
+        error(path .. ": " .. #created .. " jobs declared and none returned; "
+              .. "return the one to run", 0)
+    end
+
+    if job.sealed then
+        error(path .. ": the job declared at " .. job.where .. " is already loaded", 0)
+    end
+
+    if job.name == nil then
+        local name = basename_job(path)
+        if not str_find(name, "^[%w_%-%.]+$") then
+            error(job.where .. ": job name '" .. name .. "' (from the file name) may only "
+                  .. "hold letters, digits, '_', '-' and '.'; set ember.job{ name = ... }", 0)
+        end
+        job.name = name
+    end
+    if #job.sources == 0 then
+        error(job.where .. ": job '" .. job.name .. "' has no source", 0)
+    end
+    if #job.outputs == 0 then
+        error(job.where .. ": job '" .. job.name .. "' has no output operation", 0)
+    end
+    job.sealed = true
+    return job
+end
+
+
+-- Loads the job script at path. Returns the job description of
+-- docs/internals.md, or nil and "path:line: message".
+function _M.load(path, host)
+    host = host or {}
+    local ok, job = pcall(load_job, path, host)
+    if not ok then
+        return nil, type(job) == "string" and job or tostring(job)
+    end
+
+    local ok2, run = pcall(executor.compile, job, host)
+    if not ok2 then
+        return nil, path .. ": " .. tostring(run)
+    end
+
+    local name = job.name
+    local sources, outputs = {}, {}
+    for i, s in ipairs(job.sources) do
+        sources[i] = { type = s.type, options = s.options, where = s.where }
+    end
+    for i, o in ipairs(job.outputs) do
+        outputs[i] = { kind = o.op, where = o.where }
+    end
+
+    return {
+        name = name,
+        batch_interval = job.batch_interval,
+        on_error = job.on_error,
+        state_version = job.state_version,
+        sources = sources,
+        outputs = outputs,
+        run_batch = function(view_ptr)
+            ember._set_context(host, name)
+            return run(view_ptr)
+        end,
+    }
+end
+
+
+return _M

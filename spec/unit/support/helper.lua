@@ -1,0 +1,91 @@
+-- Shared by the unit specs: write a job script to a temp dir, load it with
+-- a host whose log collects messages, run batches, capture stdout.
+
+local runtime = require "ember.runtime"
+local view = require "spec.unit.support.view"
+
+
+local _M = {}
+
+
+-- A fresh directory under /tmp; removed by cleanup().
+function _M.tmpdir()
+    local path = os.tmpname()
+    os.remove(path)
+    assert(os.execute("mkdir -p '" .. path .. "'"))
+    return path
+end
+
+
+function _M.rm_rf(path)
+    os.execute("rm -rf '" .. path .. "'")
+end
+
+
+function _M.write(path, content)
+    local f = assert(io.open(path, "wb"))
+    f:write(content)
+    f:close()
+end
+
+
+function _M.read(path)
+    local f = io.open(path, "rb")
+    if not f then
+        return nil
+    end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+
+-- A host table as core/luahost.c fills it; logs land in host.logs.
+function _M.host(dir)
+    local logs = {}
+    return {
+        logs = logs,
+        checkpoint_dir = dir and (dir .. "/checkpoint") or nil,
+        log = function(level, job, msg)
+            logs[#logs + 1] = { level = level, job = job, msg = msg }
+        end,
+    }
+end
+
+
+-- Writes src to <dir>/<name>.lua and loads it. Returns desc, err, host, path.
+function _M.load(dir, src, name, host)
+    local path = dir .. "/" .. (name or "job") .. ".lua"
+    _M.write(path, src)
+    host = host or _M.host(dir)
+    host.file = path
+    local desc, err = runtime.load(path, host)
+    return desc, err, host, path
+end
+
+
+-- Runs one batch of single-source records; returns run_batch's results.
+function _M.run(desc, time_ms, ...)
+    local v = view.batch(time_ms, ...)
+    return desc.run_batch(v.ptr)
+end
+
+
+-- Calls fn with io.write going to a buffer; returns what was written.
+function _M.capture(fn)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w+b"))
+    local old = io.output()
+    io.output(f)
+    local ok, err = pcall(fn)
+    io.output(old)
+    f:seek("set")
+    local out = f:read("*a")
+    f:close()
+    os.remove(path)
+    assert(ok, err)
+    return out
+end
+
+
+return _M
