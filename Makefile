@@ -1,7 +1,7 @@
 # ember — build, dependencies, run, test, bench.
 # Plain GNU make; every library through pkg-config. `make V=1` shows commands.
 
-PKGS      := luajit
+PKGS      := luajit rdkafka librabbitmq hiredis
 CC        ?= cc
 CFLAGS    ?= -O2 -g
 CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
@@ -13,8 +13,9 @@ SRCS      := $(wildcard core/*.c) $(wildcard connectors/*.c)
 OBJS      := $(SRCS:%.c=build/%.o)
 
 # Debian packages: to build, to run the specs, and the servers they start.
-DEB_BUILD := gcc make pkg-config libluajit2-5.1-dev
-DEB_TEST  := luajit2 lua-busted lua-cjson lua-posix lua-socket procps
+DEB_BUILD := gcc make pkg-config libluajit2-5.1-dev librdkafka-dev librabbitmq-dev libhiredis-dev
+DEB_TEST  := luajit2 lua-busted lua-cjson lua-posix lua-socket procps \
+             redis-server rabbitmq-server kcat amqp-tools
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST)
 
 ifeq ($(V),1)
@@ -25,11 +26,16 @@ endif
 
 .PHONY: all deps run test bench clean
 
-all: ember
+all: ember tools/kafka-mock
 
 ember: $(OBJS)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The test helper around librdkafka's own mock cluster (rdkafka_mock.h).
+tools/kafka-mock: tools/kafka_mock.c
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs rdkafka)
 
 build/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -52,7 +58,7 @@ run: deps
 	./ember run jobs/
 
 test: deps
-	$(Q)$(MAKE) --no-print-directory ember
+	$(Q)$(MAKE) --no-print-directory all
 	$(Q)spec/run
 
 bench: deps
@@ -60,6 +66,6 @@ bench: deps
 	$(Q)bench/run
 
 clean:
-	rm -rf build ember
+	rm -rf build ember tools/kafka-mock
 
 -include $(OBJS:.o=.d)

@@ -25,6 +25,8 @@ static const em_option keys[] = {
      "completed batches kept in memory per job for the metrics"},
     {"checkpoint.dir", EM_OPT_STRING, "./checkpoint",
      "per-job folders: dead letters (and, later, checkpoints and write-ahead logs)"},
+    {"connector.pool.size", EM_OPT_INT, "4",
+     "connections per endpoint in each sink pool, shared by every job"},
     {"log.level", EM_OPT_STRING, "info", "debug, info, warn or error"},
     {"log.file", EM_OPT_STRING, "", "log to this file instead of stderr"},
     {"log.rolling.strategy", EM_OPT_STRING, "off", "off, or time: start a new log file every interval"},
@@ -133,6 +135,7 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     c->max_rate = em_props_double(p, "streaming.receiver.maxRate", 0);
     c->stop_gracefully = em_props_bool(p, "streaming.stopGracefullyOnShutdown", 1);
     c->retained_batches = (int)em_props_int(p, "streaming.ui.retainedBatches", 1000);
+    c->pool_size = (int)em_props_int(p, "connector.pool.size", 4);
     snprintf(c->checkpoint_dir, sizeof c->checkpoint_dir, "%s", em_props_str(p, "checkpoint.dir", ""));
     snprintf(c->log_level, sizeof c->log_level, "%s", em_props_str(p, "log.level", "info"));
     snprintf(c->log_file, sizeof c->log_file, "%s", em_props_str(p, "log.file", ""));
@@ -152,6 +155,8 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
         bad = "streaming.batchInterval", hint = "at least streaming.blockInterval";
     else if (c->concurrent_jobs < 1 || c->concurrent_jobs > 256)
         bad = "streaming.concurrentJobs", hint = "between 1 and 256";
+    else if (c->pool_size < 1 || c->pool_size > 1024)
+        bad = "connector.pool.size", hint = "between 1 and 1024";
     else if (c->retained_batches < 1)
         bad = "streaming.ui.retainedBatches", hint = "at least 1";
     else if (!c->checkpoint_dir[0])

@@ -19,6 +19,7 @@ typedef struct em_config {
     double max_rate; /* 0: unlimited */
     int stop_gracefully;
     int retained_batches;
+    int pool_size;
     char checkpoint_dir[1024];
     char log_level[16];
     char log_file[1024]; /* empty: stderr */

@@ -13,6 +13,7 @@
 #include "driver.h"
 #include "job.h"
 #include "log.h"
+#include "pool.h"
 #include "luahost.h"
 #include "receiver.h"
 
@@ -131,6 +132,7 @@ static int run(int argc, char **argv)
     if (em_config_finish(&cfg, err, sizeof err) != 0)
         goto bad;
     em_log_set_level((em_log_level)em_log_parse_level(cfg.log_level));
+    em_pool_set_default_size(cfg.pool_size);
     if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,
                                             cfg.log_rolling_interval,
                                             cfg.log_rolling_max_retained) != 0) {

@@ -88,4 +88,21 @@ function _M.capture(fn)
 end
 
 
+-- A sink that job scripts reach with require "test_sink":
+--   :foreach_batch(require("test_sink").collect)
+-- It keeps every batch's records and info; sink.log is a free-form list.
+function _M.sink()
+    local s = { batches = {}, log = {} }
+    function s.collect(records, info)
+        s.batches[#s.batches + 1] = { records = records, info = info }
+    end
+    function s.last()
+        local b = s.batches[#s.batches]
+        return b and b.records
+    end
+    package.loaded.test_sink = s
+    return s
+end
+
+
 return _M

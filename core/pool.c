@@ -1,0 +1,157 @@
+/* pool.c — see pool.h. */
+#include "pool.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+
+struct em_pool {
+    struct em_pool *next;
+    char *kind, *endpoint;
+    const em_pool_ops *ops;
+    pthread_mutex_t lock;
+    pthread_cond_t freed;
+    void **idle;
+    int nidle, size, max;
+    uint64_t borrows, waits;
+    int64_t wait_ms;
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static em_pool *pools;
+static int default_size = 4;
+
+void em_pool_set_default_size(int n) { default_size = n > 0 ? n : 1; }
+
+em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops)
+{
+    pthread_mutex_lock(&registry_lock);
+    em_pool *p = pools;
+    while (p && (strcmp(p->kind, kind) != 0 || strcmp(p->endpoint, endpoint) != 0))
+        p = p->next;
+    if (!p && (p = calloc(1, sizeof *p))) {
+        p->kind = strdup(kind);
+        p->endpoint = strdup(endpoint);
+        p->ops = ops;
+        p->max = default_size;
+        p->idle = calloc((size_t)p->max, sizeof *p->idle);
+        pthread_mutex_init(&p->lock, NULL);
+        pthread_cond_init(&p->freed, NULL);
+        p->next = pools;
+        pools = p;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return p;
+}
+
+static void deadline_in(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
+{
+    struct timespec until;
+    deadline_in(&until, timeout_ms);
+    int64_t started = em_clock_mono_ms();
+    int waited = 0;
+    pthread_mutex_lock(&p->lock);
+    p->borrows++;
+    for (;;) {
+        if (p->nidle > 0) {
+            void *c = p->idle[--p->nidle];
+            if (waited)
+                p->wait_ms += em_clock_mono_ms() - started;
+            pthread_mutex_unlock(&p->lock);
+            return c;
+        }
+        if (p->size < p->max) {
+            p->size++; /* reserve the slot, connect without the lock */
+            if (waited)
+                p->wait_ms += em_clock_mono_ms() - started;
+            pthread_mutex_unlock(&p->lock);
+            void *c = p->ops->connect(p->endpoint, err, errlen);
+            if (!c) {
+                pthread_mutex_lock(&p->lock);
+                p->size--;
+                pthread_cond_signal(&p->freed);
+                pthread_mutex_unlock(&p->lock);
+            }
+            return c;
+        }
+        if (!waited) {
+            waited = 1;
+            p->waits++;
+        }
+        if (pthread_cond_timedwait(&p->freed, &p->lock, &until) != 0) {
+            p->wait_ms += em_clock_mono_ms() - started;
+            pthread_mutex_unlock(&p->lock);
+            snprintf(err, errlen, "%s %s: all %d pooled connections busy for %d ms", p->kind,
+                     p->endpoint, p->max, timeout_ms);
+            return NULL;
+        }
+    }
+}
+
+void em_pool_return(em_pool *p, void *conn, int broken)
+{
+    if (!conn)
+        return;
+    pthread_mutex_lock(&p->lock);
+    if (broken || p->nidle >= p->max) {
+        p->size--;
+        pthread_mutex_unlock(&p->lock);
+        p->ops->close(conn);
+        pthread_mutex_lock(&p->lock);
+    } else {
+        p->idle[p->nidle++] = conn;
+    }
+    pthread_cond_signal(&p->freed);
+    pthread_mutex_unlock(&p->lock);
+}
+
+void em_pool_stats_get(em_pool *p, em_pool_stats *out)
+{
+    pthread_mutex_lock(&p->lock);
+    out->size = p->size;
+    out->in_use = p->size - p->nidle;
+    out->max = p->max;
+    out->borrows = p->borrows;
+    out->waits = p->waits;
+    out->wait_ms = p->wait_ms;
+    pthread_mutex_unlock(&p->lock);
+}
+
+const char *em_pool_endpoint(const em_pool *p) { return p->endpoint; }
+
+void em_pool_each(void (*fn)(em_pool *p, const char *kind, void *arg), void *arg)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (em_pool *p = pools; p; p = p->next)
+        fn(p, p->kind, arg);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void em_pool_close_all(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (em_pool *p = pools; p; p = p->next) {
+        pthread_mutex_lock(&p->lock);
+        while (p->nidle > 0) {
+            p->ops->close(p->idle[--p->nidle]);
+            p->size--;
+        }
+        pthread_mutex_unlock(&p->lock);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}

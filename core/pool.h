@@ -1,0 +1,45 @@
+/* pool.h — one pool of connections per endpoint, shared by every job.
+ *
+ * "Use pooling everywhere": sinks and ember.redis() borrow a connection for
+ * one batch and give it back, so a dozen jobs writing to one Redis share a
+ * handful of sockets. A pool is found by (kind, endpoint) and made on first
+ * use; its size comes from connector.pool.size. Borrowing waits up to a
+ * deadline when every connection is out; waits are counted for the metrics.
+ */
+#ifndef EMBER_POOL_H
+#define EMBER_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct em_pool_ops {
+    /* Opens one connection; NULL and err on failure (may block up to a
+     * connect timeout). */
+    void *(*connect)(const char *endpoint, char *err, size_t errlen);
+    void (*close)(void *conn);
+} em_pool_ops;
+
+typedef struct em_pool em_pool;
+
+typedef struct em_pool_stats {
+    int size, in_use, max;
+    uint64_t borrows, waits;
+    int64_t wait_ms; /* total time spent waiting for a free connection */
+} em_pool_stats;
+
+void em_pool_set_default_size(int n); /* from connector.pool.size */
+/* The pool for this endpoint, made on first call; ops must be static. */
+em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops);
+/* A connection, connecting if the pool has room; NULL and err after
+ * timeout_ms or when connecting fails. */
+void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen);
+/* Gives it back; broken = 1 closes it instead (after an I/O error). */
+void em_pool_return(em_pool *p, void *conn, int broken);
+void em_pool_stats_get(em_pool *p, em_pool_stats *out);
+const char *em_pool_endpoint(const em_pool *p);
+/* Every pool, for the metrics: calls fn for each. */
+void em_pool_each(void (*fn)(em_pool *p, const char *kind, void *arg), void *arg);
+/* Closes every idle connection of every pool (at exit). */
+void em_pool_close_all(void);
+
+#endif
