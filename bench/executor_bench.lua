@@ -39,17 +39,20 @@ local path = dir .. "/bench.lua"
 local f = assert(io.open(path, "w"))
 f:write([[
 local ember = require "ember"
+local result = require "bench_result"
 local job = ember.job { name = "bench" }
-local last
 job:generator { rate = 0 }
   :map(function(s) return s:match("^(%S+)"), 1 end)
   :filter(function(k, v) return k ~= "key-999" end)
   :reduce_by_key(function(a, b) return a + b end)
   :count()
-  :foreach_batch(function(records) last = records[1] end)
+  :foreach_batch(function(records) result.count = records[1] end)
 return job
 ]])
 f:close()
+
+local result = {}
+package.loaded.bench_result = result
 
 local logs = {}
 local desc = assert(runtime.load(path, {
@@ -64,6 +67,7 @@ local nrec = #blocks * BLOCK
 for _ = 1, 5 do
     assert(desc.run_batch(v.ptr))
 end
+assert(result.count == KEYS - 1, "wrong result: " .. tostring(result.count))
 
 local clock = os.clock
 local t0 = clock()

@@ -9,6 +9,10 @@
 
 static void run(em_task *t);
 
+static int max_retries = 3;
+
+void em_batch_set_max_retries(int n) { max_retries = n; }
+
 em_batch *em_batch_cut(em_job *j, int64_t time_ms)
 {
     em_version *v = j->version;
@@ -102,6 +106,20 @@ static void run(em_task *t)
     em_batch_view view = {b->time_ms, b->nblocks, b->blocks, b->sources};
     em_batch_result res;
     em_luahost_run_batch(b->version->host, &view, &res);
+    /* An output that could not deliver (a sink's server refused or went
+     * away) fails the batch: try again, with backoff, before giving up and
+     * leaving the records unacknowledged. Later batches of the job wait, so
+     * order holds. */
+    for (int attempt = 1; !res.ok && !res.fatal && attempt <= max_retries; attempt++) {
+        int64_t backoff = 500LL << (attempt - 1);
+        em_log(EM_LOG_WARN, j->name, "batch %lld failed (%s); retry %d of %d in %lld ms",
+               (long long)b->time_ms, res.err, attempt, max_retries, (long long)backoff);
+        em_clock_sleep_ms(backoff);
+        em_luahost_run_batch(b->version->host, &view, &res);
+    }
+    if (!res.ok && !res.fatal)
+        em_log(EM_LOG_ERROR, j->name, "batch %lld failed after %d retries: %s; its records are "
+               "not acknowledged", (long long)b->time_ms, max_retries, res.err);
     int64_t end = em_clock_now_ms();
     info.scheduling_delay_ms = start - b->time_ms;
     info.processing_ms = end - start;

@@ -30,5 +30,7 @@ em_batch *em_batch_cut(em_job *j, int64_t time_ms);
 /* Releases a batch that will not run: its blocks are reported as failed so
  * ackable sources redeliver them. */
 void em_batch_drop(em_batch *b);
+/* How often a batch whose output failed is run again (streaming.batch.maxRetries). */
+void em_batch_set_max_retries(int n);
 
 #endif

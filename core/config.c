@@ -21,6 +21,8 @@ static const em_option keys[] = {
      "records/s cap per receiver, 0 for none (a source's max_rate wins)"},
     {"streaming.stopGracefullyOnShutdown", EM_OPT_BOOL, "true",
      "on SIGTERM/SIGINT, process every received record before exiting"},
+    {"streaming.batch.maxRetries", EM_OPT_INT, "3",
+     "times a batch whose output failed is run again before it is left unacknowledged"},
     {"streaming.ui.retainedBatches", EM_OPT_INT, "1000",
      "completed batches kept in memory per job for the metrics"},
     {"checkpoint.dir", EM_OPT_STRING, "./checkpoint",
@@ -136,6 +138,7 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     c->stop_gracefully = em_props_bool(p, "streaming.stopGracefullyOnShutdown", 1);
     c->retained_batches = (int)em_props_int(p, "streaming.ui.retainedBatches", 1000);
     c->pool_size = (int)em_props_int(p, "connector.pool.size", 4);
+    c->batch_max_retries = (int)em_props_int(p, "streaming.batch.maxRetries", 3);
     snprintf(c->checkpoint_dir, sizeof c->checkpoint_dir, "%s", em_props_str(p, "checkpoint.dir", ""));
     snprintf(c->log_level, sizeof c->log_level, "%s", em_props_str(p, "log.level", "info"));
     snprintf(c->log_file, sizeof c->log_file, "%s", em_props_str(p, "log.file", ""));

@@ -20,6 +20,7 @@ typedef struct em_config {
     int stop_gracefully;
     int retained_batches;
     int pool_size;
+    int batch_max_retries;
     char checkpoint_dir[1024];
     char log_level[16];
     char log_file[1024]; /* empty: stderr */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "batch.h"
 #include "config.h"
 #include "driver.h"
 #include "job.h"
@@ -133,6 +134,7 @@ static int run(int argc, char **argv)
         goto bad;
     em_log_set_level((em_log_level)em_log_parse_level(cfg.log_level));
     em_pool_set_default_size(cfg.pool_size);
+    em_batch_set_max_retries(cfg.batch_max_retries);
     if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,
                                             cfg.log_rolling_interval,
                                             cfg.log_rolling_max_retained) != 0) {

@@ -15,7 +15,6 @@
 local job_mod = require "ember.job"
 
 local error = error
-local type = type
 local tostring = tostring
 local io_stderr = io.stderr
 local os_date = os.date

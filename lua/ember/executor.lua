@@ -523,7 +523,8 @@ function _M.compile(job, host)
                 return false
             end
             local i = cur
-            if fails:add(err, describe(ka[i], vb[i], shape)) then
+            local _, text = pcall(describe, ka[i], vb[i], shape)  -- __tostring may raise
+            if fails:add(err, text) then
                 return true
             end
             from = i + 1

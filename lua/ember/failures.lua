@@ -31,8 +31,11 @@ local json_string
 do
     local ok, cjson = pcall(require, "cjson.safe")
     if ok then
+        -- Debian's lua-cjson 2.1.0 escapes "/" as "\/" (valid, but noisy in
+        -- paths) and has no switch for it. Undoing it is safe: a "/" in the
+        -- input always becomes "\/", so no escaped backslash precedes a "/".
         local enc = cjson.new().encode
-        json_string = function(s) return enc(s) end
+        json_string = function(s) return (str_gsub(enc(s), "\\/", "/")) end
     else
         local ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r',
                       ['\t'] = '\\t' }
