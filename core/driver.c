@@ -38,6 +38,9 @@ em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
         return NULL;
     d->cfg = cfg;
     snprintf(d->jobs_dir, sizeof d->jobs_dir, "%s", jobs_dir);
+    size_t n = strlen(d->jobs_dir);
+    while (n > 1 && d->jobs_dir[n - 1] == '/') /* "jobs/" names files "jobs/x.lua" */
+        d->jobs_dir[--n] = '\0';
     pthread_mutex_init(&d->lock, NULL);
     return d;
 }
@@ -179,10 +182,14 @@ static em_version *load_version(em_driver *d, const char *path, int64_t reload_m
                                 const char *script)
 {
     char err[2048];
+    int disabled;
     em_version *v = em_version_load(path, d->cfg->checkpoint_dir, d->cfg->batch_interval_ms,
-                                    d->cfg->max_rate, err, sizeof err);
+                                    d->cfg->max_rate, &disabled, err, sizeof err);
     if (!v) {
-        em_log(EM_LOG_ERROR, NULL, "%s", err);
+        if (disabled)
+            em_log(EM_LOG_INFO, NULL, "%s: not started: %s", path, err);
+        else
+            em_log(EM_LOG_ERROR, NULL, "%s", err);
         remember_broken(d, path, script);
         return NULL;
     }

@@ -33,13 +33,20 @@ char *em_read_file(const char *path)
 
 em_version *em_version_load(const char *path, const char *checkpoint_dir,
                             int64_t default_interval_ms, double default_max_rate,
-                            char *err, size_t errlen)
+                            int *disabled, char *err, size_t errlen)
 {
+    *disabled = 0;
     em_luahost *host = em_luahost_load(path, checkpoint_dir, err, errlen);
     if (!host)
         return NULL;
-    em_version *v = calloc(1, sizeof *v);
     em_job_desc *d = em_luahost_desc(host);
+    if (d->disabled[0]) {
+        *disabled = 1;
+        snprintf(err, errlen, "%s", d->disabled);
+        em_luahost_free(host);
+        return NULL;
+    }
+    em_version *v = calloc(1, sizeof *v);
     if (v)
         v->receivers = calloc(d->nsources ? d->nsources : 1, sizeof *v->receivers);
     if (!v || !v->receivers) {

@@ -47,10 +47,12 @@ typedef struct em_job {
     em_history *history;
 } em_job;
 
-/* Loads a script into a new version with unstarted receivers. NULL + err. */
+/* Loads a script into a new version with unstarted receivers. NULL + err;
+ * *disabled is set when the script returned ember.disabled(reason) (err is
+ * then the reason). */
 em_version *em_version_load(const char *path, const char *checkpoint_dir,
                             int64_t default_interval_ms, double default_max_rate,
-                            char *err, size_t errlen);
+                            int *disabled, char *err, size_t errlen);
 void em_version_start(em_version *v);
 em_version *em_version_ref(em_version *v);
 void em_version_unref(em_version *v); /* accepts NULL */

@@ -52,7 +52,7 @@ static const char *option_text(lua_State *L, int idx, char *buf, size_t len)
         if (d == (double)(long long)d)
             snprintf(buf, len, "%lld", (long long)d);
         else
-            snprintf(buf, len, "%.17g", d);
+            snprintf(buf, len, "%.15g", d);
         return buf;
     }
     default: return NULL;
@@ -200,6 +200,7 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     em_job_desc *d = &h->desc;
     field_string(L, desc, "name", d->name, sizeof d->name);
     field_string(L, desc, "on_error", d->on_error, sizeof d->on_error);
+    field_string(L, desc, "disabled", d->disabled, sizeof d->disabled);
     if (read_interval(L, desc, d, path, err, errlen) != 0 ||
         read_sources(L, desc, d, err, errlen) != 0) {
         em_luahost_free(h);

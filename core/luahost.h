@@ -30,6 +30,7 @@ typedef struct em_job_desc {
     char name[128];
     int64_t batch_interval_ms; /* 0: the driver's streaming.batchInterval */
     char on_error[16];
+    char disabled[512]; /* the script returned ember.disabled(reason): the reason */
     size_t nsources, noutputs;
     em_source_desc *sources;
     em_output_desc *outputs;

@@ -66,7 +66,12 @@ static void find_lua_dir(void)
 static int check(const char *path)
 {
     char err[2048];
-    em_version *v = em_version_load(path, "./checkpoint", 1000, 0, err, sizeof err);
+    int disabled;
+    em_version *v = em_version_load(path, "./checkpoint", 1000, 0, &disabled, err, sizeof err);
+    if (!v && disabled) {
+        printf("%s: disabled: %s\n", path, err);
+        return 0;
+    }
     if (!v) {
         fprintf(stderr, "%s\n", err);
         return 1;

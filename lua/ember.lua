@@ -18,6 +18,10 @@ local error = error
 local tostring = tostring
 local io_stderr = io.stderr
 local os_date = os.date
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local pcall = pcall
+local require = require
 
 
 local _M = { _VERSION = "0.1.0" }
@@ -51,6 +55,47 @@ function _M.log(level, msg)
     end
     io_stderr:write(os_date("!%Y-%m-%dT%H:%M:%SZ"), " ", level, " [",
                     current_job or "-", "] ", msg, "\n")
+end
+
+
+-- ember.disabled(reason): what a job script returns instead of a job when
+-- it cannot run here (e.g. its broker is not configured). The driver logs
+-- the reason and skips the file until it changes.
+local DISABLED = {}
+
+function _M.disabled(reason)
+    return setmetatable({ reason = tostring(reason or "disabled by its script") }, DISABLED)
+end
+
+function _M._is_disabled(v)
+    return getmetatable(v) == DISABLED
+end
+
+
+-- ember.redis(url): a pooled Redis connection for code in foreach_batch,
+-- given back when the batch ends (lua/ember/redis.lua).
+function _M.redis(url)
+    return require("ember.redis").borrow(url)
+end
+
+
+-- Functions run after every batch, ok or not (connections borrowed for the
+-- batch go back to their pools).
+local batch_end_hooks = {}
+
+function _M._on_batch_end(fn)
+    for i = 1, #batch_end_hooks do
+        if batch_end_hooks[i] == fn then
+            return
+        end
+    end
+    batch_end_hooks[#batch_end_hooks + 1] = fn
+end
+
+function _M._batch_ended()
+    for i = 1, #batch_end_hooks do
+        pcall(batch_end_hooks[i])
+    end
 end
 
 

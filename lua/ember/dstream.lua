@@ -246,4 +246,33 @@ function DStream:save_as_text_files(prefix, suffix)
 end
 
 
+-- Sinks to external systems: stream:to_kafka{...}, to_redis{...},
+-- to_rabbitmq{...}. The system's module (lua/ember/sinks/<system>.lua)
+-- checks the options at load time and returns the per-batch write
+-- function; a write that returns nil, err fails the batch, which is then
+-- retried and, failing still, left unacknowledged upstream.
+local function sink_method(kind, system)
+    return function(self, opts)
+        check_self(self, kind)
+        if type(opts) ~= "table" then
+            error("bad argument #1 to '" .. kind .. "' (table expected, got " .. type(opts) .. ")", 2)
+        end
+        local ok, mod = pcall(require, "ember.sinks." .. system)
+        if not ok or type(mod[kind]) ~= "function" then
+            error(kind .. " is not available in this ember: " .. tostring(mod), 2)
+        end
+        local write, err = mod[kind](opts)
+        if not write then
+            error("bad argument #1 to '" .. kind .. "' (" .. tostring(err) .. ")", 2)
+        end
+        add_output(self, kind, where(2)).write = write
+        return self
+    end
+end
+
+DStream.to_kafka = sink_method("to_kafka", "kafka")
+DStream.to_redis = sink_method("to_redis", "redis")
+DStream.to_rabbitmq = sink_method("to_rabbitmq", "rabbitmq")
+
+
 return _M

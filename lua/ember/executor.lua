@@ -599,7 +599,15 @@ function _M.compile(job, host)
             local node = outputs[i]
             local ka, vb, n = collectors[node].get()
             local kind = node.op
-            if kind == "foreach_record" then
+            if node.write then
+                -- A sink: its failure is the server's, not the user's, so it
+                -- fails the batch (retried by the driver) whatever on_error says.
+                local info = { time = time, job = name, count = n }
+                local ok, done, err = pcall(node.write, materialize(node.shape, ka, vb, n), info)
+                if not ok or not done then
+                    return false, node.op .. " (" .. node.where .. "): " .. tostring(ok and err or done)
+                end
+            elseif kind == "foreach_record" then
                 if guarded_push(record_caller(node), ka, vb, n, node.shape) then
                     return false
                 end
@@ -616,8 +624,11 @@ function _M.compile(job, host)
 
     return function(view_ptr)
         local view = ffi_cast(view_ptr_t, view_ptr)
-        local ok, res = pcall(run, view)
+        local ok, res, sink_err = pcall(run, view)
         local failed, first_err, io_err = fails:finish()
+        if ok and not res and sink_err then
+            return false, failed, sink_err, false
+        end
         if not ok then
             -- A fault of ember itself or a malformed view, not of a user
             -- function: stop the job rather than retry it forever.

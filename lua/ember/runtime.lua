@@ -45,7 +45,9 @@ local function load_job(path, host)
     end
 
     local job
-    if ret ~= nil then
+    if ember._is_disabled(ret) then
+        return nil, ret.reason
+    elseif ret ~= nil then
         if not job_mod.is_job(ret) then
             error(path .. ": the script returned a " .. type(ret)
                   .. ", expected the job made by ember.job{...}", 0)
@@ -87,9 +89,13 @@ end
 -- docs/internals.md, or nil and "path:line: message".
 function _M.load(path, host)
     host = host or {}
-    local ok, job = pcall(load_job, path, host)
+    local ok, job, disabled = pcall(load_job, path, host)
     if not ok then
         return nil, type(job) == "string" and job or tostring(job)
+    end
+    if disabled then
+        return { name = basename_job(path), disabled = disabled, sources = {}, outputs = {},
+                 run_batch = function() return true, 0, nil, false end }
     end
 
     local ok2, run = pcall(executor.compile, job, host)
@@ -115,7 +121,9 @@ function _M.load(path, host)
         outputs = outputs,
         run_batch = function(view_ptr)
             ember._set_context(host, name)
-            return run(view_ptr)
+            local ok, failed, err, fatal = run(view_ptr)
+            ember._batch_ended()
+            return ok, failed, err, fatal
         end,
     }
 end

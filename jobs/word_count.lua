@@ -1,0 +1,21 @@
+-- Word count over a TCP socket, like Spark's NetworkWordCount. ember
+-- connects to localhost:9999 and reads lines; start a server with
+--   nc -lk 9999
+-- and type. Until one listens, the source retries with backoff.
+local ember = require "ember"
+
+local job = ember.job { name = "word_count", batch_interval = "1s" }
+
+job:socket { host = "localhost", port = 9999 }
+  :flat_map(function(line)
+    local words = {}
+    for w in line:lower():gmatch("%a+") do
+      words[#words + 1] = w
+    end
+    return words
+  end)
+  :map(function(w) return w, 1 end)
+  :reduce_by_key(function(a, b) return a + b end)
+  :print()
+
+return job
