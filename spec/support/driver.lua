@@ -167,6 +167,40 @@ function _M.quote(s)
 end
 
 
+-- Fills "{{name}}" in a job template with vars.name (as is: quote
+-- strings with driver.quote). An unknown name raises, so a typo in a spec
+-- does not become a job that silently reads nil.
+function _M.render(template, vars)
+    return (template:gsub("{{([%w_]+)}}", function(k)
+        local v = vars[k]
+        if v == nil then
+            error("render: no value for {{" .. k .. "}}", 3)
+        end
+        return tostring(v)
+    end))
+end
+
+
+-- The configuration the end-to-end specs run with unless they say
+-- otherwise: short intervals keep the suite fast.
+_M.FAST = {
+    ["streaming.blockInterval"] = "100ms",
+    ["streaming.batchInterval"] = "200ms",
+}
+
+-- FAST plus the given keys (a key set to false is left out).
+function _M.conf(extra)
+    local c = {}
+    for k, v in pairs(_M.FAST) do
+        c[k] = v
+    end
+    for k, v in pairs(extra or {}) do
+        c[k] = v or nil
+    end
+    return c
+end
+
+
 local function shell_quote(s)
     return "'" .. s:gsub("'", "'\\''") .. "'"
 end
@@ -265,7 +299,7 @@ function Driver:start(opts)
     local argv = { "run", "--conf", "checkpoint.dir=" .. self.checkpoint_dir,
                    "--log-level", opts.log_level or "debug" }
     local conf = {}
-    for k, v in pairs(opts.conf or {}) do
+    for k, v in pairs(opts.conf or _M.conf()) do
         if type(k) == "number" then
             conf[#conf + 1] = v
         else

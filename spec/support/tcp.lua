@@ -21,7 +21,6 @@ local setmetatable = setmetatable
 local io_open = io.open
 local str_format = string.format
 local str_match = string.match
-local str_sub = string.sub
 local tbl_concat = table.concat
 
 
@@ -39,7 +38,7 @@ end
 
 -- Binds 127.0.0.1 on a port the kernel picks and listens.
 function _M.server()
-    local s = assert(socket.tcp())
+    local s = assert(socket.tcp4())
     assert(s:setoption("reuseaddr", true))
     assert(s:bind("127.0.0.1", 0))
     assert(s:listen(16))
