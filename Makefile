@@ -1,7 +1,7 @@
 # ember — build, dependencies, run, test, bench.
 # Plain GNU make; every library through pkg-config. `make V=1` shows commands.
 
-PKGS      := luajit rdkafka librabbitmq hiredis
+PKGS      := luajit rdkafka librabbitmq hiredis zlib
 CC        ?= cc
 CFLAGS    ?= -O2 -g
 CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
@@ -13,7 +13,7 @@ SRCS      := $(wildcard core/*.c) $(wildcard connectors/*.c)
 OBJS      := $(SRCS:%.c=build/%.o)
 
 # Debian packages: to build, to run the specs, and the servers they start.
-DEB_BUILD := gcc make pkg-config libluajit2-5.1-dev librdkafka-dev librabbitmq-dev libhiredis-dev
+DEB_BUILD := gcc make pkg-config zlib1g-dev libluajit2-5.1-dev librdkafka-dev librabbitmq-dev libhiredis-dev
 DEB_TEST  := luajit2 lua-busted lua-cjson lua-posix lua-socket procps \
              redis-server rabbitmq-server kcat amqp-tools
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST)

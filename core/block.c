@@ -6,6 +6,10 @@
 
 #include "receiver.h"
 
+static atomic_size_t total_bytes;
+
+size_t em_block_total_bytes(void) { return atomic_load(&total_bytes); }
+
 em_block *em_block_create(void)
 {
     em_block *b = calloc(1, sizeof *b);
@@ -33,6 +37,7 @@ static int reserve_arena(em_block *b, size_t more)
     char *a = realloc(b->arena, cap);
     if (!a)
         return -1;
+    atomic_fetch_add(&total_bytes, cap - b->arena_cap);
     b->arena = a;
     b->arena_cap = (uint32_t)cap;
     return 0;
@@ -56,6 +61,7 @@ int em_block_append(em_block *b, const char *value, size_t value_len, const char
         em_record *r = realloc(b->records, cap * sizeof *r);
         if (!r)
             return -1;
+        atomic_fetch_add(&total_bytes, (size_t)(cap - b->cap) * sizeof *r);
         b->records = r;
         b->cap = cap;
     }
@@ -88,7 +94,9 @@ void em_block_unref(em_block *b)
 {
     if (!b || atomic_fetch_sub(&b->refs, 1) != 1)
         return;
+    atomic_fetch_sub(&total_bytes, (size_t)b->cap * sizeof(em_record) + b->arena_cap);
     em_receiver_unref(b->receiver);
+    free(b->wal_path);
     free(b->records);
     free(b->arena);
     free(b);

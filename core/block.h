@@ -38,7 +38,10 @@ typedef struct em_block {
     atomic_int refs;
     int64_t sealed_ms;
     int64_t first_offset, last_offset; /* positions the block covers, for acks */
-    struct em_receiver *receiver;       /* counted reference, released with the block */
+    struct em_receiver *receiver;       /* counted reference, released with the block; NULL
+                                           for a block recovered from the write-ahead log */
+    char *wal_path;                     /* its write-ahead log segment, deleted once the
+                                           batch holding it succeeded; NULL without WAL */
 } em_block;
 
 /* What a task hands to Lua: the blocks of one batch and, for each block, the
@@ -59,5 +62,7 @@ int em_block_append(em_block *b, const char *value, size_t value_len, const char
 em_block *em_block_ref(em_block *b);
 void em_block_unref(em_block *b); /* accepts NULL */
 size_t em_block_bytes(const em_block *b);
+/* Bytes held by every live block of the process, for memory.max. */
+size_t em_block_total_bytes(void);
 
 #endif

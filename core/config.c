@@ -19,6 +19,24 @@ static const em_option keys[] = {
      "worker threads running batches (default: number of cores)"},
     {"streaming.receiver.maxRate", EM_OPT_DOUBLE, "0",
      "records/s cap per receiver, 0 for none (a source's max_rate wins)"},
+    {"streaming.receiver.writeAheadLog.enable", EM_OPT_BOOL, "false",
+     "write blocks of sources that cannot replay (socket, file, generator) to a log first"},
+    {"streaming.receiver.writeAheadLog.fsync", EM_OPT_STRING, "batch",
+     "always (every read), batch (every block, before it joins a batch) or interval"},
+    {"streaming.receiver.writeAheadLog.fsyncInterval", EM_OPT_DURATION, "1s",
+     "how often the interval policy syncs"},
+    {"streaming.backpressure.enabled", EM_OPT_BOOL, "false",
+     "adapt each job's ingest rate to what it processes (PID estimator)"},
+    {"streaming.backpressure.initialRate", EM_OPT_DOUBLE, NULL,
+     "records/s per receiver at start and during recovery, until the estimator has a rate"},
+    {"streaming.backpressure.pid.proportional", EM_OPT_DOUBLE, "1.0", "PID proportional gain"},
+    {"streaming.backpressure.pid.integral", EM_OPT_DOUBLE, "0.2", "PID integral gain"},
+    {"streaming.backpressure.pid.derived", EM_OPT_DOUBLE, "0.0", "PID derivative gain"},
+    {"streaming.backpressure.pid.minRate", EM_OPT_DOUBLE, "100", "lowest rate the estimator sets"},
+    {"streaming.maxWaitingBatches", EM_OPT_INT, "10",
+     "a job's receivers pause while more of its batches than this wait to run"},
+    {"memory.max", EM_OPT_SIZE, "256m",
+     "every receiver pauses while received-but-unprocessed records hold more than this"},
     {"streaming.stopGracefullyOnShutdown", EM_OPT_BOOL, "true",
      "on SIGTERM/SIGINT, process every received record before exiting"},
     {"streaming.batch.maxRetries", EM_OPT_INT, "3",
@@ -139,6 +157,18 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     c->retained_batches = (int)em_props_int(p, "streaming.ui.retainedBatches", 1000);
     c->pool_size = (int)em_props_int(p, "connector.pool.size", 4);
     c->batch_max_retries = (int)em_props_int(p, "streaming.batch.maxRetries", 3);
+    c->wal_enabled = em_props_bool(p, "streaming.receiver.writeAheadLog.enable", 0);
+    snprintf(c->wal_fsync, sizeof c->wal_fsync, "%s",
+             em_props_str(p, "streaming.receiver.writeAheadLog.fsync", "batch"));
+    c->wal_fsync_interval_ms = em_props_ms(p, "streaming.receiver.writeAheadLog.fsyncInterval", 1000);
+    c->backpressure = em_props_bool(p, "streaming.backpressure.enabled", 0);
+    c->initial_rate = em_props_double(p, "streaming.backpressure.initialRate", 0);
+    c->pid_p = em_props_double(p, "streaming.backpressure.pid.proportional", 1.0);
+    c->pid_i = em_props_double(p, "streaming.backpressure.pid.integral", 0.2);
+    c->pid_d = em_props_double(p, "streaming.backpressure.pid.derived", 0.0);
+    c->pid_min_rate = em_props_double(p, "streaming.backpressure.pid.minRate", 100);
+    c->max_waiting_batches = (int)em_props_int(p, "streaming.maxWaitingBatches", 10);
+    c->memory_max = em_props_size(p, "memory.max", 256 << 20);
     snprintf(c->checkpoint_dir, sizeof c->checkpoint_dir, "%s", em_props_str(p, "checkpoint.dir", ""));
     snprintf(c->log_level, sizeof c->log_level, "%s", em_props_str(p, "log.level", "info"));
     snprintf(c->log_file, sizeof c->log_file, "%s", em_props_str(p, "log.file", ""));
@@ -151,6 +181,7 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     static const char *const strategies[] = {"off", "time", NULL};
     static const char *const intervals[] = {"minutely", "hourly", "daily", NULL};
+    static const char *const fsyncs[] = {"always", "batch", "interval", NULL};
     const char *bad = NULL, *hint = NULL, *value = NULL;
     if (c->block_interval_ms < 1)
         bad = "streaming.blockInterval", hint = "at least 1ms";
@@ -164,6 +195,12 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
         bad = "streaming.ui.retainedBatches", hint = "at least 1";
     else if (!c->checkpoint_dir[0])
         bad = "checkpoint.dir", hint = "a folder";
+    else if (!one_of(c->wal_fsync, fsyncs))
+        bad = "streaming.receiver.writeAheadLog.fsync", hint = "always, batch or interval";
+    else if (c->max_waiting_batches < 1)
+        bad = "streaming.maxWaitingBatches", hint = "at least 1";
+    else if (c->pid_min_rate <= 0)
+        bad = "streaming.backpressure.pid.minRate", hint = "more than 0";
     else if (!one_of(c->log_level, levels))
         bad = "log.level", hint = "debug, info, warn or error";
     else if (!one_of(c->log_rolling_strategy, strategies))
@@ -183,7 +220,7 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
 
 static const char *type_name(em_opt_type t)
 {
-    static const char *const names[] = {"string", "int", "number", "bool", "duration"};
+    static const char *const names[] = {"string", "int", "number", "bool", "duration", "size"};
     return names[t];
 }
 

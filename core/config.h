@@ -21,6 +21,14 @@ typedef struct em_config {
     int retained_batches;
     int pool_size;
     int batch_max_retries;
+    int wal_enabled;
+    char wal_fsync[16];
+    int64_t wal_fsync_interval_ms;
+    int backpressure;
+    double initial_rate; /* 0: unset */
+    double pid_p, pid_i, pid_d, pid_min_rate;
+    int max_waiting_batches;
+    int64_t memory_max; /* bytes; 0: no cap */
     char checkpoint_dir[1024];
     char log_level[16];
     char log_file[1024]; /* empty: stderr */

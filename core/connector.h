@@ -20,6 +20,7 @@ struct em_block;
 typedef struct em_connector {
     const char *name;            /* as the Lua source is called: "generator", "socket", ... */
     const em_option *options;    /* terminated by {NULL}; max_rate is handled by the core */
+    const char *const *prefixes; /* pass-through key prefixes ("kafka."), NULL-terminated; may be NULL */
 
     /* Builds the connector's state from validated props. Must not block on
      * the network: connecting happens in poll(), which may retry. Returns
@@ -42,6 +43,11 @@ typedef struct em_connector {
     void (*resume)(void *self);
 
     void (*free)(void *self); /* accepts NULL */
+
+    /* Optional. 1 when the source itself redelivers what was not
+     * acknowledged (Kafka, RabbitMQ, Redis lists and streams), so the
+     * write-ahead log is not needed; absent or 0: the WAL covers it. */
+    int (*acknowledges)(void *self);
 } em_connector;
 
 /* The connectors compiled in, looked up by name; NULL when unknown. */

@@ -6,11 +6,15 @@
 extern const em_connector em_generator_connector;
 extern const em_connector em_socket_connector;
 extern const em_connector em_file_connector;
+extern const em_connector em_redis_connector;
+extern const em_connector em_rabbitmq_connector;
 
 static const em_connector *const all[] = {
     &em_generator_connector,
     &em_socket_connector,
     &em_file_connector,
+    &em_redis_connector,
+    &em_rabbitmq_connector,
     NULL,
 };
 

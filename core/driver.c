@@ -47,6 +47,43 @@ em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
 
 static int64_t next_boundary(int64_t now, int64_t interval) { return (now / interval + 1) * interval; }
 
+/* Starts a version's receivers; with backpressure, at the initial rate
+ * until the estimator has one. */
+static void start_version(em_driver *d, em_version *v)
+{
+    for (size_t i = 0; d->cfg->backpressure && d->cfg->initial_rate > 0 && i < v->nreceivers; i++)
+        em_receiver_set_rate(v->receivers[i], d->cfg->initial_rate);
+    em_version_start(v);
+}
+
+/* Records a recovery batch may hold: the rate a restart is allowed
+ * (initialRate, else the sources' max_rate) times the interval; 0: any. */
+static uint64_t recovery_batch_limit(em_driver *d, em_job *j)
+{
+    double rate = d->cfg->backpressure ? d->cfg->initial_rate : 0;
+    for (size_t i = 0; rate <= 0 && i < j->version->nreceivers; i++)
+        rate += em_receiver_max_rate(j->version->receivers[i]);
+    return rate > 0 ? (uint64_t)(rate * (double)j->version->batch_interval_ms / 1000.0) + 1 : 0;
+}
+
+/* streaming.maxWaitingBatches: hold a job's receivers while too many of its
+ * batches wait, so a slow job pushes back on its sources instead of
+ * growing the queue. */
+static void bound_waiting(em_driver *d, em_job *j)
+{
+    int waiting = (int)em_scheduler_pending(d->sched, j);
+    int hold = waiting > d->cfg->max_waiting_batches;
+    if (hold == j->held)
+        return;
+    j->held = hold;
+    for (size_t i = 0; i < j->version->nreceivers; i++)
+        em_receiver_hold(j->version->receivers[i], hold);
+    em_log(hold ? EM_LOG_WARN : EM_LOG_INFO, j->name, hold
+           ? "%d batches waiting (streaming.maxWaitingBatches = %d): receivers paused"
+           : "%d batches waiting (streaming.maxWaitingBatches = %d): receivers resumed",
+           waiting, d->cfg->max_waiting_batches);
+}
+
 static void submit(em_driver *d, em_batch *b)
 {
     if (b)
@@ -78,9 +115,15 @@ static void tick(int64_t now, void *arg)
         if (j->state != EM_JOB_RUNNING)
             continue;
         em_job_seal(j, now);
+        bound_waiting(d, j);
         if (now < j->next_batch_ms)
             continue;
-        if (j->next) {
+        if (j->nrecovered) {
+            /* Recovered records first, throttled: new input waits its turn. */
+            submit(d, em_batch_cut_recovered(j, j->next_batch_ms, recovery_batch_limit(d, j)));
+            if (!j->nrecovered)
+                em_log(EM_LOG_INFO, j->name, "write-ahead log recovery handed over; new input next");
+        } else if (j->next) {
             em_job_stop_unmatched(j);
             submit(d, em_batch_cut(j, j->next_batch_ms));
             em_job_swap(j);
@@ -184,7 +227,8 @@ static em_version *load_version(em_driver *d, const char *path, int64_t reload_m
     char err[2048];
     int disabled;
     em_version *v = em_version_load(path, d->cfg->checkpoint_dir, d->cfg->batch_interval_ms,
-                                    d->cfg->max_rate, &disabled, err, sizeof err);
+                                    d->cfg->max_rate, d->cfg->wal_enabled, &disabled, err,
+                                    sizeof err);
     if (!v) {
         if (disabled)
             em_log(EM_LOG_INFO, NULL, "%s: not started: %s", path, err);
@@ -209,7 +253,8 @@ static void add_job(em_driver *d, const char *path, char *script, em_version *v)
         em_version_unref(v);
         return;
     }
-    em_job *j = em_job_create(path, script, v, (size_t)d->cfg->retained_batches);
+    em_job *j = em_job_create(path, script, v, (size_t)d->cfg->retained_batches,
+                              d->cfg->checkpoint_dir);
     if (d->njobs == d->capjobs) {
         size_t cap = d->capjobs ? d->capjobs * 2 : 8;
         em_job **jobs = realloc(d->jobs, cap * sizeof *jobs);
@@ -222,7 +267,10 @@ static void add_job(em_driver *d, const char *path, char *script, em_version *v)
         d->capjobs = cap;
     }
     j->next_batch_ms = next_boundary(em_clock_now_ms(), v->batch_interval_ms);
-    em_version_start(v);
+    em_pid_init(&j->pid, v->batch_interval_ms, d->cfg->pid_p, d->cfg->pid_i, d->cfg->pid_d,
+                d->cfg->pid_min_rate);
+    em_job_recover(j);
+    start_version(d, v);
     pthread_mutex_lock(&d->lock);
     d->jobs[d->njobs++] = j;
     pthread_mutex_unlock(&d->lock);
@@ -257,7 +305,7 @@ static void change_job(em_driver *d, em_job *j, char *script, int64_t reload_ms)
         atomic_store(&j->failed, 0);
         j->state = EM_JOB_RUNNING;
         j->next_batch_ms = next_boundary(em_clock_now_ms(), v->batch_interval_ms);
-        em_version_start(v);
+        start_version(d, v);
         em_log(EM_LOG_INFO, j->name, "restarted from its changed file");
     } else {
         em_version_unref(j->next); /* a swap still pending is superseded */
@@ -381,6 +429,8 @@ void em_driver_stop(em_driver *d, int graceful)
         if (j->state != EM_JOB_RUNNING && j->state != EM_JOB_REMOVING)
             continue;
         em_job_stop_receivers(j);
+        if (graceful && j->nrecovered) /* recovered records are older than the rest */
+            submit(d, em_batch_cut_recovered(j, now - 1, 0));
         em_batch *b = em_batch_cut(j, now);
         if (b && graceful)
             submit(d, b);

@@ -17,6 +17,7 @@ typedef struct em_batch_info {
     int64_t processing_ms;       /* start → every output finished */
     int64_t total_delay_ms;      /* batch time → finished */
     int64_t failed;              /* records or output runs that raised */
+    double rate;                 /* the job's receivers' rate after it (records/s, 0: none) */
     int ok;
 } em_batch_info;
 

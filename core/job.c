@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "wal.h"
 
 char *em_read_file(const char *path)
 {
@@ -32,7 +33,7 @@ char *em_read_file(const char *path)
 }
 
 em_version *em_version_load(const char *path, const char *checkpoint_dir,
-                            int64_t default_interval_ms, double default_max_rate,
+                            int64_t default_interval_ms, double default_max_rate, int wal,
                             int *disabled, char *err, size_t errlen)
 {
     *disabled = 0;
@@ -70,6 +71,16 @@ em_version *em_version_load(const char *path, const char *checkpoint_dir,
             return NULL;
         }
         v->nreceivers++;
+        if (wal) {
+            char dir[2048], job_dir[1200];
+            snprintf(job_dir, sizeof job_dir, "%s/%s", checkpoint_dir, d->name);
+            em_wal_source_dir(job_dir, i + 1, s->conn->name, dir, sizeof dir);
+            if (em_receiver_enable_wal(v->receivers[i], dir, why, sizeof why) != 0) {
+                snprintf(err, errlen, "%s: %s", s->where, why);
+                em_version_unref(v);
+                return NULL;
+            }
+        }
     }
     return v;
 }
@@ -99,7 +110,8 @@ void em_version_unref(em_version *v)
     free(v);
 }
 
-em_job *em_job_create(const char *path, char *script, em_version *v, size_t retained)
+em_job *em_job_create(const char *path, char *script, em_version *v, size_t retained,
+                      const char *checkpoint_dir)
 {
     em_job *j = calloc(1, sizeof *j);
     if (!j)
@@ -110,7 +122,58 @@ em_job *em_job_create(const char *path, char *script, em_version *v, size_t reta
     j->version = v;
     j->history = em_history_create(retained);
     atomic_init(&j->failed, 0);
+    snprintf(j->dir, sizeof j->dir, "%s/%s", checkpoint_dir, j->name);
     return j;
+}
+
+/* Appends a source's recovered blocks to the job's recovery list. */
+static void add_recovered(em_job *j, em_block **blocks, long n, int32_t source)
+{
+    em_block **b = realloc(j->recovered, (j->nrecovered + (size_t)n) * sizeof *b);
+    int32_t *s = b ? realloc(j->recovered_src, (j->nrecovered + (size_t)n) * sizeof *s) : NULL;
+    if (b)
+        j->recovered = b;
+    if (!b || !s) {
+        em_log(EM_LOG_ERROR, j->name, "out of memory recovering the write-ahead log; its "
+               "segments stay on disk for the next start");
+        for (long i = 0; i < n; i++)
+            em_block_unref(blocks[i]);
+        return;
+    }
+    j->recovered_src = s;
+    for (long i = 0; i < n; i++) {
+        j->recovered[j->nrecovered] = blocks[i];
+        j->recovered_src[j->nrecovered++] = source;
+    }
+}
+
+void em_job_recover(em_job *j)
+{
+    if (em_checkpoint_read(j->dir, &j->cp) == 0)
+        em_log(EM_LOG_INFO, j->name, "checkpoint: last completed batch %lld (%llu batches)",
+               (long long)j->cp.last_batch_ms, (unsigned long long)j->cp.batches);
+    snprintf(j->cp.job, sizeof j->cp.job, "%s", j->name);
+    em_version *v = j->version;
+    char quarantine[1200];
+    snprintf(quarantine, sizeof quarantine, "%s/wal/quarantine", j->dir);
+    uint64_t records = 0, bad = 0;
+    for (size_t i = 0; i < v->nreceivers; i++) {
+        char dir[1400];
+        em_wal_source_dir(j->dir, i + 1, v->desc->sources[i].conn->name, dir, sizeof dir);
+        em_block **blocks;
+        long n = em_wal_recover(dir, quarantine, j->name, &blocks, &bad);
+        if (n < 0)
+            em_log(EM_LOG_ERROR, j->name, "write-ahead log %s: %s", dir, strerror(errno));
+        for (long k = 0; k < n; k++)
+            records += blocks[k]->count;
+        if (n > 0)
+            add_recovered(j, blocks, n, (int32_t)i + 1);
+        free(blocks);
+    }
+    if (j->nrecovered || bad)
+        em_log(EM_LOG_INFO, j->name, "recovered %llu records in %zu blocks from the write-ahead "
+               "log (%llu damaged bytes set aside); they run before new input",
+               (unsigned long long)records, j->nrecovered, (unsigned long long)bad);
 }
 
 void em_job_seal(em_job *j, int64_t now_ms)
@@ -184,6 +247,10 @@ void em_job_free(em_job *j)
     em_version_unref(j->version);
     em_version_unref(j->next);
     em_history_free(j->history);
+    for (size_t i = j->recovered_pos; i < j->nrecovered; i++)
+        em_block_unref(j->recovered[i]);
+    free(j->recovered);
+    free(j->recovered_src);
     free(j->script);
     free(j);
 }

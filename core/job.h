@@ -13,8 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "checkpoint.h"
 #include "history.h"
 #include "luahost.h"
+#include "pid.h"
 #include "receiver.h"
 
 typedef struct em_version {
@@ -45,19 +47,32 @@ typedef struct em_job {
     atomic_int failed;       /* set by a worker when on_error = fail fired */
     int64_t next_batch_ms;
     em_history *history;
+    char dir[1100];          /* <checkpoint.dir>/<job> */
+    em_checkpoint cp;        /* workers only (one batch of a job at a time) */
+    em_pid pid;              /* workers only */
+    int held;                /* receivers held: too many batches waiting (clock only) */
+    /* Blocks recovered from the write-ahead log, cut into batches before
+     * new input (clock only). */
+    em_block **recovered;
+    int32_t *recovered_src;
+    size_t nrecovered, recovered_pos;
 } em_job;
 
 /* Loads a script into a new version with unstarted receivers. NULL + err;
  * *disabled is set when the script returned ember.disabled(reason) (err is
  * then the reason). */
 em_version *em_version_load(const char *path, const char *checkpoint_dir,
-                            int64_t default_interval_ms, double default_max_rate,
+                            int64_t default_interval_ms, double default_max_rate, int wal,
                             int *disabled, char *err, size_t errlen);
 void em_version_start(em_version *v);
 em_version *em_version_ref(em_version *v);
 void em_version_unref(em_version *v); /* accepts NULL */
 
-em_job *em_job_create(const char *path, char *script, em_version *v, size_t retained);
+em_job *em_job_create(const char *path, char *script, em_version *v, size_t retained,
+                      const char *checkpoint_dir);
+/* Reads the job's checkpoint and the write-ahead logs of its sources into
+ * j->recovered. Before its receivers start. */
+void em_job_recover(em_job *j);
 /* Seals every receiver's current block. */
 void em_job_seal(em_job *j, int64_t now_ms);
 /* Swaps in j->next: reuses receivers of the same signature, stops the

@@ -201,6 +201,7 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     field_string(L, desc, "name", d->name, sizeof d->name);
     field_string(L, desc, "on_error", d->on_error, sizeof d->on_error);
     field_string(L, desc, "disabled", d->disabled, sizeof d->disabled);
+    field_string(L, desc, "state_version", d->state_version, sizeof d->state_version);
     if (read_interval(L, desc, d, path, err, errlen) != 0 ||
         read_sources(L, desc, d, err, errlen) != 0) {
         em_luahost_free(h);

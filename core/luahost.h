@@ -31,6 +31,7 @@ typedef struct em_job_desc {
     int64_t batch_interval_ms; /* 0: the driver's streaming.batchInterval */
     char on_error[16];
     char disabled[512]; /* the script returned ember.disabled(reason): the reason */
+    char state_version[64]; /* "" when the job declares none */
     size_t nsources, noutputs;
     em_source_desc *sources;
     em_output_desc *outputs;

@@ -17,6 +17,7 @@
 #include "pool.h"
 #include "luahost.h"
 #include "receiver.h"
+#include "wal.h"
 
 #ifndef EMBER_VERSION
 #define EMBER_VERSION "0.1.0"
@@ -67,7 +68,7 @@ static int check(const char *path)
 {
     char err[2048];
     int disabled;
-    em_version *v = em_version_load(path, "./checkpoint", 1000, 0, &disabled, err, sizeof err);
+    em_version *v = em_version_load(path, "./checkpoint", 1000, 0, 0, &disabled, err, sizeof err);
     if (!v && disabled) {
         printf("%s: disabled: %s\n", path, err);
         return 0;
@@ -140,6 +141,9 @@ static int run(int argc, char **argv)
     em_log_set_level((em_log_level)em_log_parse_level(cfg.log_level));
     em_pool_set_default_size(cfg.pool_size);
     em_batch_set_max_retries(cfg.batch_max_retries);
+    em_batch_set_backpressure(cfg.backpressure);
+    em_wal_configure((em_wal_fsync)em_wal_parse_fsync(cfg.wal_fsync), cfg.wal_fsync_interval_ms);
+    em_receiver_set_memory_max((size_t)cfg.memory_max);
     if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,
                                             cfg.log_rolling_interval,
                                             cfg.log_rolling_max_retained) != 0) {

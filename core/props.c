@@ -87,6 +87,27 @@ int em_parse_duration_ms(const char *s, int64_t *out)
     return 0;
 }
 
+int em_parse_size(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0 || !isfinite(v))
+        return -1;
+    double scale;
+    switch (tolower((unsigned char)*end)) {
+    case '\0': scale = 1; break;
+    case 'k': scale = 1024.0; break;
+    case 'm': scale = 1024.0 * 1024; break;
+    case 'g': scale = 1024.0 * 1024 * 1024; break;
+    default: return -1;
+    }
+    if (*end && end[1] && !(tolower((unsigned char)end[1]) == 'b' && !end[2]))
+        return -1;
+    *out = (int64_t)(v * scale);
+    return 0;
+}
+
 int em_parse_bool(const char *s, int *out)
 {
     if (strcmp(s, "true") == 0 || strcmp(s, "1") == 0 || strcmp(s, "yes") == 0)
@@ -127,6 +148,7 @@ static const char *type_hint(em_opt_type t)
     case EM_OPT_DOUBLE: return "a number >= 0";
     case EM_OPT_BOOL: return "true or false";
     case EM_OPT_DURATION: return "a duration such as 200ms, 2s or 1m";
+    case EM_OPT_SIZE: return "a size such as 512k, 256m or 1g";
     default: return "a string";
     }
 }
@@ -141,6 +163,7 @@ static int check_value(em_opt_type t, const char *v)
     case EM_OPT_DOUBLE: return em_parse_double(v, &d);
     case EM_OPT_BOOL: return em_parse_bool(v, &b);
     case EM_OPT_DURATION: return em_parse_duration_ms(v, &i);
+    case EM_OPT_SIZE: return em_parse_size(v, &i);
     default: return 0;
     }
 }
@@ -238,4 +261,11 @@ int64_t em_props_ms(const em_props *p, const char *key, int64_t fallback)
     const char *v = em_props_get(p, key);
     int64_t out;
     return v && em_parse_duration_ms(v, &out) == 0 ? out : fallback;
+}
+
+int64_t em_props_size(const em_props *p, const char *key, int64_t fallback)
+{
+    const char *v = em_props_get(p, key);
+    int64_t out;
+    return v && em_parse_size(v, &out) == 0 ? out : fallback;
 }

@@ -16,6 +16,7 @@ typedef enum em_opt_type {
     EM_OPT_DOUBLE,   /* a number >= 0 */
     EM_OPT_BOOL,     /* true/false */
     EM_OPT_DURATION, /* 200ms, 2s, 1m; a bare number means milliseconds */
+    EM_OPT_SIZE,     /* bytes: 512k, 256m, 1g; a bare number means bytes */
 } em_opt_type;
 
 typedef struct em_option {
@@ -53,11 +54,13 @@ int64_t em_props_int(const em_props *p, const char *key, int64_t fallback);
 double em_props_double(const em_props *p, const char *key, double fallback);
 int em_props_bool(const em_props *p, const char *key, int fallback);
 int64_t em_props_ms(const em_props *p, const char *key, int64_t fallback);
+int64_t em_props_size(const em_props *p, const char *key, int64_t fallback);
 
 /* Parsers shared with the configuration; return 0 or -1. */
 int em_parse_duration_ms(const char *s, int64_t *out);
 int em_parse_bool(const char *s, int *out);
 int em_parse_int(const char *s, int64_t *out);
 int em_parse_double(const char *s, double *out);
+int em_parse_size(const char *s, int64_t *out);
 
 #endif

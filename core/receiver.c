@@ -5,12 +5,14 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <time.h>
 
 #include "clock.h"
 #include "log.h"
 #include "ratelimit.h"
+#include "wal.h"
 
 #define POLL_MAX 8192   /* records asked of one poll(): bounds the time between token checks */
 #define POLL_WAIT_MS 50 /* how long poll() may wait for input; also how fast stop is noticed */
@@ -26,11 +28,14 @@ struct em_receiver {
     atomic_int stopping, finished;
     atomic_ullong records;
 
-    pthread_mutex_t lock; /* guards current, sealed, rate */
+    pthread_mutex_t lock; /* guards current, sealed, rates, wal */
     em_block *current;
     em_block **sealed;
     size_t nsealed, capsealed;
-    double rate, applied_rate;
+    double max_rate, bp_rate, applied_rate;
+    atomic_int held;
+    em_wal *wal;
+    int wal_failed; /* logged once per failure streak */
 
     em_ratelimit rl; /* receiver thread only */
 };
@@ -81,7 +86,7 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    int bad = em_props_validate(props, opts, NULL, what, err, errlen);
+    int bad = em_props_validate(props, opts, c->prefixes, what, err, errlen);
     free(opts);
     if (bad)
         return NULL;
@@ -97,7 +102,7 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     r->signature = em_props_signature(&r->props);
     r->describe = make_describe(c, &r->props);
     r->job = strdup(job);
-    r->rate = em_props_double(&r->props, "max_rate", default_max_rate);
+    r->max_rate = em_props_double(&r->props, "max_rate", default_max_rate);
     r->applied_rate = -1;
     pthread_mutex_init(&r->lock, NULL);
     char *sig = r->signature;
@@ -126,11 +131,22 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+static size_t memory_max;
+
+void em_receiver_set_memory_max(size_t bytes) { memory_max = bytes; }
+
+static double effective_rate(double max_rate, double bp_rate)
+{
+    if (max_rate > 0 && bp_rate > 0)
+        return max_rate < bp_rate ? max_rate : bp_rate;
+    return max_rate > 0 ? max_rate : bp_rate > 0 ? bp_rate : 0;
+}
+
 /* Takes a rate change made by another thread into the bucket. */
 static void apply_rate(em_receiver *r)
 {
     pthread_mutex_lock(&r->lock);
-    double rate = r->rate;
+    double rate = effective_rate(r->max_rate, r->bp_rate);
     pthread_mutex_unlock(&r->lock);
     if (rate != r->applied_rate) {
         em_ratelimit_set(&r->rl, rate);
@@ -138,20 +154,41 @@ static void apply_rate(em_receiver *r)
     }
 }
 
+/* Called with the lock held after a WAL write; logs the first failure of a
+ * streak (a full disk would otherwise log on every record). */
+static void wal_result(em_receiver *r, int rc)
+{
+    if (rc != 0 && !r->wal_failed)
+        em_log(EM_LOG_ERROR, r->job, "%s: write-ahead log: %s; records are not protected until it "
+               "works again", r->describe, strerror(errno));
+    else if (rc == 0 && r->wal_failed)
+        em_log(EM_LOG_INFO, r->job, "%s: write-ahead log works again", r->describe);
+    r->wal_failed = rc != 0;
+}
+
 static void *run(void *arg)
 {
     em_receiver *r = arg;
-    int paused = 0;
+    int paused = 0, over_memory = 0;
     em_ratelimit_init(&r->rl, 0, em_clock_block_interval_ms());
     while (!atomic_load(&r->stopping)) {
         apply_rate(r);
         uint32_t allow = em_ratelimit_available(&r->rl, POLL_MAX);
+        int full = memory_max && em_block_total_bytes() > memory_max;
+        if (full != over_memory)
+            em_log(full ? EM_LOG_WARN : EM_LOG_INFO, r->job, "%s: %s", r->describe,
+                   full ? "memory.max reached: reading paused until batches free blocks"
+                        : "below memory.max again: reading resumed");
+        over_memory = full;
+        if (full || atomic_load(&r->held))
+            allow = 0;
         if (allow == 0) {
             /* Out of tokens: stop reading so the sender feels it. */
             if (!paused && r->conn->pause)
                 r->conn->pause(r->self);
             paused = 1;
-            sleep_ms(em_ratelimit_wait_ms(&r->rl));
+            int wait = em_ratelimit_wait_ms(&r->rl);
+            sleep_ms(wait > 0 ? wait : 10);
             continue;
         }
         if (paused && r->conn->resume)
@@ -160,6 +197,11 @@ static void *run(void *arg)
         int n = r->conn->poll(r->self, r, allow, POLL_WAIT_MS);
         if (n > 0) {
             em_ratelimit_consume(&r->rl, (uint32_t)n);
+            if (r->wal) { /* hand what this poll read to the kernel: a kill -9 keeps it */
+                pthread_mutex_lock(&r->lock);
+                wal_result(r, em_wal_flush(r->wal));
+                pthread_mutex_unlock(&r->lock);
+            }
         } else if (n == -2) {
             em_log(EM_LOG_INFO, r->job, "%s: source exhausted", r->describe);
             break;
@@ -211,6 +253,7 @@ void em_receiver_unref(em_receiver *r)
     for (size_t i = 0; i < r->nsealed; i++)
         em_block_unref(r->sealed[i]);
     free(r->sealed);
+    em_wal_close(r->wal);
     em_props_clear(&r->props);
     pthread_mutex_destroy(&r->lock);
     free(r->signature);
@@ -233,9 +276,14 @@ int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const 
         /* The block keeps its receiver alive until the batch holding it is done. */
         atomic_fetch_add(&r->refs, 1);
         r->current->receiver = r;
+        if (r->wal)
+            wal_result(r, em_wal_begin(r->wal, r->current));
     }
     int rc = em_block_append(r->current, value, value_len, key, key_len, ts_ms, partition,
                              offset, meta, meta_len);
+    if (rc == 0 && r->wal)
+        wal_result(r, em_wal_append(r->wal, r->current,
+                                    &r->current->records[r->current->count - 1]));
     pthread_mutex_unlock(&r->lock);
     if (rc == 0)
         atomic_fetch_add(&r->records, 1);
@@ -258,6 +306,8 @@ void em_receiver_seal(em_receiver *r, int64_t now_ms)
             r->capsealed = cap;
         }
         b->sealed_ms = now_ms;
+        if (r->wal) /* the segment is complete (and synced) before the block can join a batch */
+            wal_result(r, em_wal_seal(r->wal));
         r->sealed[r->nsealed++] = b;
         r->current = NULL;
     }
@@ -286,11 +336,26 @@ void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, i
 void em_receiver_set_rate(em_receiver *r, double per_sec)
 {
     pthread_mutex_lock(&r->lock);
-    r->rate = per_sec;
+    r->bp_rate = per_sec;
     pthread_mutex_unlock(&r->lock);
 }
 
-double em_receiver_rate(const em_receiver *r) { return r->rate; }
+double em_receiver_rate(const em_receiver *r) { return effective_rate(r->max_rate, r->bp_rate); }
+double em_receiver_max_rate(const em_receiver *r) { return r->max_rate; }
+void em_receiver_hold(em_receiver *r, int on) { atomic_store(&r->held, on); }
+
+int em_receiver_acknowledges(const em_receiver *r)
+{
+    return r->conn->acknowledges && r->conn->acknowledges(r->self);
+}
+
+int em_receiver_enable_wal(em_receiver *r, const char *dir, char *err, size_t errlen)
+{
+    if (em_receiver_acknowledges(r))
+        return 0;
+    r->wal = em_wal_open(dir, err, errlen);
+    return r->wal ? 0 : -1;
+}
 const char *em_receiver_signature(const em_receiver *r) { return r->signature; }
 const char *em_receiver_describe(const em_receiver *r) { return r->describe; }
 const char *em_receiver_job(const em_receiver *r) { return r->job; }

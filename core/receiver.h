@@ -42,9 +42,23 @@ size_t em_receiver_take(em_receiver *r, em_block ***out);
 /* Hands the connector the news that blocks of this receiver were processed. */
 void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok);
 
-/* Changes the token rate; <= 0 means unlimited. */
+/* The rate backpressure asks for (records/s; <= 0: none). The receiver
+ * takes the lower of it and its configured max_rate. */
 void em_receiver_set_rate(em_receiver *r, double per_sec);
+/* The rate in force: the lower of max_rate and the backpressure rate; 0 for
+ * unlimited. */
 double em_receiver_rate(const em_receiver *r);
+double em_receiver_max_rate(const em_receiver *r);
+/* Holds the receiver (no reading) while on, e.g. too many batches wait. */
+void em_receiver_hold(em_receiver *r, int on);
+/* Every receiver stops reading while live blocks hold more than this many
+ * bytes (memory.max; 0: no cap). */
+void em_receiver_set_memory_max(size_t bytes);
+
+/* Writes every block to a write-ahead log under dir before it can join a
+ * batch, unless the source acknowledges by itself. Call before start. */
+int em_receiver_enable_wal(em_receiver *r, const char *dir, char *err, size_t errlen);
+int em_receiver_acknowledges(const em_receiver *r);
 
 const char *em_receiver_signature(const em_receiver *r); /* connector + props */
 const char *em_receiver_describe(const em_receiver *r);  /* "socket localhost:9999" */

@@ -1,0 +1,303 @@
+/* wal.c — see wal.h. */
+#include "wal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "checkpoint.h"
+#include "clock.h"
+#include "log.h"
+
+#define MAGIC "EMW1"
+#define HEADER 12  /* magic, length, crc */
+#define FIXED 32   /* ts, offset, partition, three lengths */
+#define NO_KEY 0xFFFFFFFFu
+
+static em_wal_fsync policy = EM_WAL_FSYNC_BATCH;
+static int64_t interval_ms = 1000;
+
+void em_wal_configure(em_wal_fsync p, int64_t ms)
+{
+    policy = p;
+    interval_ms = ms > 0 ? ms : 1000;
+}
+
+int em_wal_parse_fsync(const char *s)
+{
+    if (strcmp(s, "always") == 0)
+        return EM_WAL_FSYNC_ALWAYS;
+    if (strcmp(s, "batch") == 0)
+        return EM_WAL_FSYNC_BATCH;
+    if (strcmp(s, "interval") == 0)
+        return EM_WAL_FSYNC_INTERVAL;
+    return -1;
+}
+
+struct em_wal {
+    char dir[1024];
+    uint64_t next_seq;
+    FILE *f;
+    int64_t last_sync_ms;
+    char *buf; /* one record's frame */
+    size_t cap;
+};
+
+void em_wal_source_dir(const char *job_dir, size_t index, const char *connector, char *out,
+                       size_t len)
+{
+    snprintf(out, len, "%s/wal/%zu-%s", job_dir, index, connector);
+}
+
+static int is_segment(const char *name, uint64_t *seq)
+{
+    char *end;
+    unsigned long long v = strtoull(name, &end, 10);
+    if (end == name || strcmp(end, ".wal") != 0)
+        return 0;
+    *seq = v;
+    return 1;
+}
+
+em_wal *em_wal_open(const char *dir, char *err, size_t errlen)
+{
+    em_wal *w = calloc(1, sizeof *w);
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    snprintf(w->dir, sizeof w->dir, "%s", dir);
+    DIR *dp = opendir(dir);
+    struct dirent *e;
+    uint64_t seq;
+    while (dp && (e = readdir(dp)))
+        if (is_segment(e->d_name, &seq) && seq >= w->next_seq)
+            w->next_seq = seq + 1;
+    if (dp)
+        closedir(dp);
+    return w;
+}
+
+int em_wal_begin(em_wal *w, em_block *b)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/%020llu.wal", w->dir, (unsigned long long)w->next_seq++);
+    if (w->f)
+        em_wal_seal(w);
+    w->f = fopen(path, "wbe");
+    if (!w->f && errno == ENOENT && em_mkdirs(w->dir) == 0) /* made on first use */
+        w->f = fopen(path, "wbe");
+    if (!w->f)
+        return -1;
+    b->wal_path = strdup(path);
+    return b->wal_path ? 0 : -1;
+}
+
+static void put32(char *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64(char *p, int64_t v) { memcpy(p, &v, 8); }
+static uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static int64_t get64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v; }
+
+int em_wal_append(em_wal *w, const em_block *b, const em_record *r)
+{
+    if (!w->f)
+        return -1;
+    size_t klen = r->key_off == EM_NO_KEY ? 0 : r->key_len;
+    size_t payload = FIXED + r->value_len + klen + r->meta_len;
+    if (HEADER + payload > w->cap) {
+        size_t cap = (HEADER + payload) * 2;
+        char *buf = realloc(w->buf, cap);
+        if (!buf)
+            return -1;
+        w->buf = buf;
+        w->cap = cap;
+    }
+    char *p = w->buf + HEADER;
+    put64(p, r->ts_ms);
+    put64(p + 8, r->offset);
+    put32(p + 16, (uint32_t)r->partition);
+    put32(p + 20, r->value_len);
+    put32(p + 24, r->key_off == EM_NO_KEY ? NO_KEY : r->key_len);
+    put32(p + 28, r->meta_len);
+    char *q = p + FIXED;
+    memcpy(q, b->arena + r->value_off, r->value_len);
+    q += r->value_len;
+    if (klen)
+        memcpy(q, b->arena + r->key_off, klen);
+    q += klen;
+    if (r->meta_len)
+        memcpy(q, b->arena + r->meta_off, r->meta_len);
+    memcpy(w->buf, MAGIC, 4);
+    put32(w->buf + 4, (uint32_t)payload);
+    put32(w->buf + 8, (uint32_t)crc32(0, (const Bytef *)p, (uInt)payload));
+    return fwrite(w->buf, 1, HEADER + payload, w->f) == HEADER + payload ? 0 : -1;
+}
+
+int em_wal_flush(em_wal *w)
+{
+    if (!w->f)
+        return 0;
+    if (fflush(w->f) != 0)
+        return -1;
+    int64_t now = em_clock_mono_ms();
+    if (policy == EM_WAL_FSYNC_ALWAYS ||
+        (policy == EM_WAL_FSYNC_INTERVAL && now - w->last_sync_ms >= interval_ms)) {
+        w->last_sync_ms = now;
+        return fdatasync(fileno(w->f));
+    }
+    return 0;
+}
+
+int em_wal_seal(em_wal *w)
+{
+    if (!w->f)
+        return 0;
+    int rc = fflush(w->f);
+    if (policy != EM_WAL_FSYNC_INTERVAL && fdatasync(fileno(w->f)) != 0)
+        rc = -1;
+    if (fclose(w->f) != 0)
+        rc = -1;
+    w->f = NULL;
+    return rc;
+}
+
+void em_wal_close(em_wal *w)
+{
+    if (!w)
+        return;
+    em_wal_seal(w);
+    free(w->buf);
+    free(w);
+}
+
+/* Moves bytes [from, end) of a damaged segment aside and cuts it there. */
+static void quarantine(const char *path, const char *name, const unsigned char *data, size_t from,
+                       size_t len, const char *qdir, const char *job, uint64_t *bad_bytes)
+{
+    char qpath[2200];
+    em_mkdirs(qdir);
+    snprintf(qpath, sizeof qpath, "%s/%s.bad", qdir, name);
+    FILE *q = fopen(qpath, "ab");
+    if (q) {
+        fwrite(data + from, 1, len - from, q);
+        fclose(q);
+    }
+    if (truncate(path, (off_t)from) != 0)
+        em_log(EM_LOG_WARN, job, "write-ahead log %s: cannot cut the damaged tail: %s", path,
+               strerror(errno));
+    *bad_bytes += len - from;
+    em_log(EM_LOG_WARN, job, "write-ahead log %s: %zu damaged bytes at offset %zu moved to %s",
+           path, len - from, from, qpath);
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    unsigned char *data = malloc((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (data && got < (size_t)st.st_size) {
+        ssize_t n = read(fd, data + got, (size_t)st.st_size - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    *len = got;
+    return data;
+}
+
+/* Parses one segment into a block; damaged bytes are quarantined. */
+static em_block *read_segment(const char *dir, const char *name, const char *qdir,
+                              const char *job, uint64_t *bad_bytes)
+{
+    char path[2200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    size_t len;
+    unsigned char *data = slurp(path, &len);
+    if (!data)
+        return NULL;
+    em_block *b = em_block_create();
+    size_t pos = 0;
+    while (b && pos < len) {
+        if (len - pos < HEADER || memcmp(data + pos, MAGIC, 4) != 0) {
+            quarantine(path, name, data, pos, len, qdir, job, bad_bytes);
+            break;
+        }
+        uint32_t plen = get32(data + pos + 4), crc = get32(data + pos + 8);
+        const unsigned char *p = data + pos + HEADER;
+        if (plen < FIXED || plen > len - pos - HEADER ||
+            crc32(0, p, plen) != crc) {
+            quarantine(path, name, data, pos, len, qdir, job, bad_bytes);
+            break;
+        }
+        uint32_t vlen = get32(p + 20), klen = get32(p + 24), mlen = get32(p + 28);
+        size_t k = klen == NO_KEY ? 0 : klen;
+        if ((size_t)FIXED + vlen + k + mlen != plen) {
+            quarantine(path, name, data, pos, len, qdir, job, bad_bytes);
+            break;
+        }
+        const char *v = (const char *)p + FIXED;
+        em_block_append(b, v, vlen, klen == NO_KEY ? NULL : v + vlen, k, get64(p),
+                        (int32_t)get32(p + 16), get64(p + 8), v + vlen + k, mlen);
+        pos += HEADER + plen;
+    }
+    free(data);
+    if (b)
+        b->wal_path = strdup(path);
+    return b;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+long em_wal_recover(const char *dir, const char *qdir, const char *job, em_block ***out,
+                    uint64_t *bad_bytes)
+{
+    *out = NULL;
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return errno == ENOENT ? 0 : -1;
+    char **names = NULL;
+    size_t n = 0;
+    struct dirent *e;
+    uint64_t seq;
+    while ((e = readdir(dp)))
+        if (is_segment(e->d_name, &seq)) {
+            char **nn = realloc(names, (n + 1) * sizeof *nn);
+            if (!nn)
+                break;
+            names = nn;
+            names[n++] = strdup(e->d_name);
+        }
+    closedir(dp);
+    qsort(names, n, sizeof *names, cmp_name); /* zero-padded: name order is age order */
+    em_block **blocks = calloc(n ? n : 1, sizeof *blocks);
+    long got = 0;
+    for (size_t i = 0; i < n; i++) {
+        em_block *b = blocks ? read_segment(dir, names[i], qdir, job, bad_bytes) : NULL;
+        if (b && b->count > 0) {
+            blocks[got++] = b;
+        } else if (b) { /* empty (or wholly damaged): nothing to replay */
+            unlink(b->wal_path);
+            em_block_unref(b);
+        }
+        free(names[i]);
+    }
+    free(names);
+    *out = blocks;
+    return got;
+}
