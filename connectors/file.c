@@ -429,6 +429,15 @@ static int file_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
 }
 
 /* Accepts NULL. */
+/* Stopping: hand over every complete line already read, from every file. */
+static void file_flush(void *self, em_receiver *r)
+{
+    file_src *s = self;
+    uint32_t pushed = 0;
+    for (size_t k = 0; k < s->n; k++)
+        drain(s, s->files[k], r, UINT32_MAX, &pushed);
+}
+
 static void file_free(void *self)
 {
     file_src *s = self;
@@ -447,5 +456,6 @@ const em_connector em_file_connector = {
     .options = file_options,
     .create = file_create,
     .poll = file_poll,
+    .flush = file_flush,
     .free = file_free,
 };

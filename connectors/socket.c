@@ -387,6 +387,13 @@ static int socket_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
     }
 }
 
+/* Stopping: hand over every complete line already read. */
+static void socket_flush(void *self, em_receiver *r)
+{
+    uint32_t pushed = 0;
+    drain(self, r, UINT32_MAX, &pushed);
+}
+
 /* Accepts NULL. */
 static void socket_free(void *self)
 {
@@ -405,5 +412,6 @@ const em_connector em_socket_connector = {
     .options = socket_options,
     .create = socket_create,
     .poll = socket_poll,
+    .flush = socket_flush,
     .free = socket_free,
 };

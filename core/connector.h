@@ -42,6 +42,11 @@ typedef struct em_connector {
     void (*pause)(void *self);
     void (*resume)(void *self);
 
+    /* Optional. The receiver is stopping: push every record the connector
+     * has already read into its own buffers, without reading more, so a
+     * graceful stop or a reload loses none of them. */
+    void (*flush)(void *self, struct em_receiver *r);
+
     void (*free)(void *self); /* accepts NULL */
 
     /* Optional. 1 when the source itself redelivers what was not

@@ -209,6 +209,14 @@ static void *run(void *arg)
             sleep_ms(100); /* the connector logged the fault and reconnects next call */
         }
     }
+    if (r->conn->flush) {
+        r->conn->flush(r->self, r);
+        if (r->wal) {
+            pthread_mutex_lock(&r->lock);
+            wal_result(r, em_wal_flush(r->wal));
+            pthread_mutex_unlock(&r->lock);
+        }
+    }
     atomic_store(&r->finished, 1);
     return NULL;
 }
