@@ -41,6 +41,43 @@ local materialize = sinks.materialize
 local describe = sinks.describe
 
 
+
+-- What each connector's meta bytes are, as a field of a record table.
+local META_FIELD = { kafka = "topic", rabbitmq = "exchange", redis = "id", file = "file" }
+
+-- A source record as a table (format = "record"). Kafka's meta is the
+-- topic, then "\0key=value" per header.
+local function record_table(r, arena, kind)
+    local t = {
+        value = ffi_string(arena + r.value_off, r.value_len),
+        timestamp = tonumber(r.ts_ms),
+        offset = tonumber(r.offset),
+    }
+    if r.key_off ~= 0xFFFFFFFF then
+        t.key = ffi_string(arena + r.key_off, r.key_len)
+    end
+    if r.partition >= 0 then
+        t.partition = r.partition
+    end
+    if r.meta_len > 0 then
+        local meta = ffi_string(arena + r.meta_off, r.meta_len)
+        if kind == "kafka" then
+            local topic, rest = meta:match("^([^%z]*)(.*)$")
+            t.topic = topic
+            if rest ~= "" then
+                local headers = {}
+                for k, v in rest:gmatch("%z([^=%z]*)=([^%z]*)") do
+                    headers[k] = v
+                end
+                t.headers = headers
+            end
+        else
+            t[META_FIELD[kind] or "meta"] = meta
+        end
+    end
+    return t
+end
+
 local _M = {}
 
 
@@ -507,6 +544,19 @@ function _M.compile(job, host)
         end
     end
 
+    -- format = "record": each element is a table with the record's value,
+    -- key, timestamp, position and the source's own metadata.
+    local function record_loop(push, recs, arena, from, n, kind)
+        for i = from, n - 1 do
+            cur = i
+            push(record_table(recs[i], arena, kind), nil)
+        end
+    end
+    local source_kind, source_format = {}, {}
+    for i, src in ipairs(job.sources) do
+        source_kind[i], source_format[i] = src.type, src.format
+    end
+
     local function push_loop(push, ka, vb, from, n)
         for i = from, n do
             cur = i
@@ -562,8 +612,9 @@ function _M.compile(job, host)
             if push and n > 0 then
                 local recs, arena = blk.records, blk.arena
                 local from = 0
+                local loop = source_format[s] == "record" and record_loop or source_loop
                 while true do
-                    local ok, err = pcall(source_loop, push, recs, arena, from, n)
+                    local ok, err = pcall(loop, push, recs, arena, from, n, source_kind[s])
                     if ok then
                         break
                     end

@@ -115,9 +115,23 @@ for _, kind in ipairs(SOURCES) do
             error("cannot add a source to job '" .. tostring(self.name)
                   .. "' once it is loaded", 2)
         end
+        -- format is Lua's business: what an element of the source is. The
+        -- rest goes to the connector in C, which checks every key.
+        local format = options.format
+        if format ~= nil and format ~= "value" and format ~= "record" then
+            error("bad option 'format' to '" .. kind .. "' (\"value\" or \"record\" expected, got "
+                  .. tostring(format) .. ")", 2)
+        end
+        local passed = {}
+        for k, v in pairs(options) do
+            if k ~= "format" then
+                passed[k] = v
+            end
+        end
         local where = dstream.where(2)
         local n = #self.sources + 1
-        self.sources[n] = { type = kind, options = options, where = where }
+        self.sources[n] = { type = kind, options = passed, where = where,
+                            format = format or "value" }
         return dstream.new_source(self, n, kind, where)
     end
 end

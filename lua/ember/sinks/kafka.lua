@@ -1,0 +1,200 @@
+-- ember.sinks.kafka: stream:to_kafka{ brokers = ..., topic = ..., key = fn, value = fn }.
+--
+--   alerts:to_kafka {
+--       brokers = "localhost:9092",
+--       topic = "alerts",
+--       key = function(a) return a.device end,     -- optional; nil: no key
+--       value = cjson.encode,                       -- optional
+--   }
+--
+-- Defaults: for a record of a keyed stream (the pair {k, v}) the key is k
+-- and the value v; for any other record there is no key and the value is
+-- the record. A value or key that is a string goes out as is, a number or
+-- boolean as its text, a table as JSON.
+--
+-- One producer per `brokers` string is shared by every job of the process
+-- (connectors/kafka.c, acks=all). write() returns only when every record of
+-- the batch has its delivery report; the first failed delivery fails the
+-- batch, which the driver runs again — the records that did land are then
+-- written twice (at-least-once). A key or value function that raises fails
+-- the batch too.
+
+local ffi = require "ffi"
+local sinks = require "ember.sinks"
+
+local type = type
+local pairs = pairs
+local pcall = pcall
+local error = error
+local tostring = tostring
+local getmetatable = getmetatable
+local ffi_new = ffi.new
+local ffi_string = ffi.string
+local str_find = string.find
+local render = sinks.render
+
+
+local _M = {}
+
+local OPTIONS = { brokers = true, topic = true, key = true, value = true }
+local ERR_LEN = 512
+
+pcall(ffi.cdef, [[
+    int em_kafka_produce(const char *brokers, const char *topic, uint32_t n,
+                         const char *const *keys, const uint32_t *key_lens,
+                         const char *const *values, const uint32_t *value_lens,
+                         char *err, size_t errlen);
+]])
+
+
+-- The C entry point, or nil outside the ember binary (a unit spec).
+local function c_produce()
+    local ok, f = pcall(function() return ffi.C.em_kafka_produce end)
+    return ok and f or nil
+end
+
+
+local function callable(f)
+    if type(f) == "function" then
+        return true
+    end
+    local mt = getmetatable(f)
+    return type(mt) == "table" and mt.__call ~= nil
+end
+
+
+local cjson
+local function bytes(v, what, i)
+    local t = type(v)
+    if t == "string" then
+        return v
+    elseif t == "number" or t == "boolean" then
+        return render(v)
+    elseif t == "table" then
+        cjson = cjson or require "cjson"
+        local ok, s = pcall(cjson.encode, v)
+        if ok then
+            return s
+        end
+        error("to_kafka: the " .. what .. " of record " .. i .. " cannot be encoded as JSON: "
+              .. tostring(s), 0)
+    end
+    error("to_kafka: the " .. what .. " of record " .. i .. " is " .. t
+          .. " (string, number, boolean or table expected)", 0)
+end
+
+
+-- A record of a keyed stream: the executor hands pairs as {k, v}.
+local function is_pair(r, shape)
+    if shape then
+        return shape == "pair" or (shape == "any" and type(r) == "table" and r[2] ~= nil)
+    end
+    return type(r) == "table" and getmetatable(r) == nil and r[1] ~= nil and r[2] ~= nil
+           and r[3] == nil
+end
+
+
+-- Builds the per-batch write function; nil, err on bad options.
+function _M.to_kafka(opts)
+    for k in pairs(opts) do
+        if not OPTIONS[k] then
+            return nil, "unknown option '" .. tostring(k) .. "' (known: brokers, topic, key, value)"
+        end
+    end
+    local brokers, topic, key_fn, value_fn = opts.brokers, opts.topic, opts.key, opts.value
+    if type(brokers) ~= "string" or brokers == "" then
+        return nil, "option 'brokers' is required (host:port[,host:port...])"
+    end
+    if type(topic) ~= "string" or not str_find(topic, "^[%w%._%-]+$") or #topic > 249 then
+        return nil, "option 'topic' must be a topic name (letters, digits, '.', '_', '-'), got "
+                    .. tostring(topic)
+    end
+    if key_fn ~= nil and not callable(key_fn) then
+        return nil, "option 'key' must be a function(record) returning a string or nil, got "
+                    .. type(key_fn)
+    end
+    if value_fn ~= nil and not callable(value_fn) then
+        return nil, "option 'value' must be a function(record) returning a string, got "
+                    .. type(value_fn)
+    end
+
+    -- Arrays handed to C, grown as batches need and reused (one batch of
+    -- a job is written at a time).
+    local cap = 0
+    local keys, key_lens, values, value_lens
+    local err_buf = ffi_new("char[?]", ERR_LEN)
+    local anchor = {}   -- the strings C reads in place, reachable until produce returns
+
+    local function fill(records, n, shape)
+        local at = 0
+        local ok, why = pcall(function()
+            for i = 1, n do
+                at = i
+                local r = records[i]
+                local pair = (key_fn == nil or value_fn == nil) and is_pair(r, shape)
+                local k, v
+                if key_fn then
+                    k = key_fn(r)
+                elseif pair then
+                    k = r[1]
+                end
+                if value_fn then
+                    v = value_fn(r)
+                elseif pair then
+                    v = r[2]
+                else
+                    v = r
+                end
+                v = bytes(v, "value", i)
+                anchor[2 * i - 1] = v           -- C reads these strings in place
+                values[i - 1], value_lens[i - 1] = v, #v
+                if k ~= nil then
+                    k = bytes(k, "key", i)
+                    anchor[2 * i] = k
+                    keys[i - 1], key_lens[i - 1] = k, #k
+                else
+                    keys[i - 1], key_lens[i - 1] = nil, 0
+                end
+            end
+        end)
+        if not ok then
+            if type(why) == "string" and str_find(why, "^to_kafka: ") then
+                error(why, 0)
+            end
+            error("to_kafka: the key or value function failed on record " .. at .. ": "
+                  .. tostring(why), 0)
+        end
+    end
+
+    return function(records, info)
+        local n = #records
+        if n == 0 then
+            return true
+        end
+        local produce = c_produce()
+        if not produce then
+            return nil, "to_kafka: em_kafka_produce is not in this process (run the job in ember)"
+        end
+        if n > cap then
+            cap = n > 2 * cap and n or 2 * cap
+            keys = ffi_new("const char *[?]", cap)
+            key_lens = ffi_new("uint32_t[?]", cap)
+            values = ffi_new("const char *[?]", cap)
+            value_lens = ffi_new("uint32_t[?]", cap)
+        end
+        local ok, err = pcall(fill, records, n, info and info.shape)
+        local rc = ok and produce(brokers, topic, n, keys, key_lens, values, value_lens,
+                                  err_buf, ERR_LEN)
+        anchor = {}
+        if not ok then
+            error(err, 0)
+        end
+        if rc ~= 0 then
+            return nil, "to_kafka " .. topic .. ": " .. ffi_string(err_buf)
+        end
+        return true
+    end
+end
+
+
+return _M

@@ -1,0 +1,142 @@
+-- ember.sinks.redis: stream:to_redis{ url = ..., command = fn(record) }.
+--
+--   readings:to_redis {
+--       url = "redis://127.0.0.1:6379",
+--       command = function(p) return "HSET", "last:" .. p.device, "pm25", p.pm25 end,
+--   }
+--
+-- command(record) returns one command per record, as name, args... or as
+-- a table { name, args... } (strings and numbers), or nil to skip the
+-- record. A record of a keyed stream is the pair { k, v }.
+--
+-- A batch goes out pipelined on one pooled connection (at most CHUNK
+-- commands per round trip) and every reply is read: the first error reply
+-- fails the batch, naming the command and the record; a lost connection
+-- fails it too, and the connection is closed instead of pooled. Commands
+-- before and after a failed one in the same batch did run (a pipeline is
+-- not a transaction), and the driver runs a failed batch again: prefer
+-- idempotent commands (SET, HSET, SADD, ZADD) for effectively-once output.
+
+local redis = require "ember.redis"
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local error = error
+local pcall = pcall
+local getmetatable = getmetatable
+local str_format = string.format
+local collect = redis.collect
+
+
+local _M = {}
+
+local CHUNK = 10000
+local OPTIONS = { url = true, command = true }
+
+
+local function callable(f)
+    if type(f) == "function" then
+        return true
+    end
+    local mt = getmetatable(f)
+    return type(mt) == "table" and mt.__call ~= nil
+end
+
+
+-- Builds the per-batch write function; nil, err on bad options.
+function _M.to_redis(opts)
+    for k in pairs(opts) do
+        if not OPTIONS[k] then
+            return nil, "unknown option '" .. tostring(k) .. "' (known: url, command)"
+        end
+    end
+    local url, command = opts.url, opts.command
+    if url == nil then
+        return nil, "option 'url' is required (redis://[:password@]host[:port][/db])"
+    end
+    local bad = redis.check_url(url)
+    if bad then
+        return nil, "option 'url': " .. bad
+    end
+    if not callable(command) then
+        return nil, "option 'command' must be a function(record) returning a command, got "
+                    .. type(command)
+    end
+
+    local enc = redis.new_encoder()
+    local argv, index = {}, {}
+    local state = {}                    -- conn and name while a batch is written
+
+    -- Encodes records[from..] until CHUNK commands; returns the next index
+    -- and the count encoded. index[j] = the record of the j-th command.
+    local function encode(records, from, n)
+        enc:reset()
+        local m, i = 0, from
+        while i <= n and m < CHUNK do
+            local argc, why = collect(argv, command(records[i]))
+            if not argc then
+                error(str_format("to_redis: the command for record %d %s (strings and numbers "
+                                 .. "expected)", i, why), 0)
+            end
+            if argc > 0 then
+                enc:command(argv, argc)
+                m = m + 1
+                index[m] = i
+            end
+            i = i + 1
+        end
+        return i, m
+    end
+
+    local function send(records, n)
+        local i = 1
+        while i <= n do
+            local m
+            i, m = encode(records, i, n)
+            if m > 0 then
+                if not state.conn then
+                    local c, err = redis.borrow_raw(url)
+                    if not c then
+                        return nil, "to_redis: " .. err
+                    end
+                    state.conn, state.name = c, redis.conn_name(c)
+                end
+                local ptr, len
+                if enc.ref then
+                    ptr, len = enc:ref()
+                else
+                    ptr = enc:get()
+                    len = #ptr
+                end
+                local ok, kind, a, b = redis.pipeline(state.conn, ptr, len, m)
+                if not ok then
+                    if kind == "io" then
+                        state.broken = true
+                        return nil, "to_redis " .. a
+                    end
+                    local rec = index[a]
+                    local argc = collect(argv, command(records[rec]))
+                    return nil, str_format("to_redis %s: %s (record %d of %d) failed: %s",
+                                           state.name, redis.describe(argv, argc), rec, n, b)
+                end
+            end
+        end
+        return true
+    end
+
+    return function(records, info)
+        local ok, done, err = pcall(send, records, #records)
+        if state.conn then
+            redis.release_raw(state.conn, state.broken)
+            state.conn, state.broken = nil, nil
+        end
+        if not ok then
+            error(done, 0)              -- the user's command raised
+        end
+        return done, err
+    end
+end
+
+
+return _M
