@@ -129,6 +129,8 @@ static int text(generator *g)
 static int poll_gen(void *self, struct em_receiver *r, uint32_t max, int timeout_ms)
 {
     generator *g = self;
+    if (max == 0)
+        return 0;
     int64_t now = em_clock_now_ms();
     if (!g->started_ms)
         g->started_ms = now;

@@ -6,6 +6,7 @@
 extern const em_connector em_generator_connector;
 extern const em_connector em_socket_connector;
 extern const em_connector em_file_connector;
+extern const em_connector em_kafka_connector;
 extern const em_connector em_redis_connector;
 extern const em_connector em_rabbitmq_connector;
 
@@ -13,6 +14,7 @@ static const em_connector *const all[] = {
     &em_generator_connector,
     &em_socket_connector,
     &em_file_connector,
+    &em_kafka_connector,
     &em_redis_connector,
     &em_rabbitmq_connector,
     NULL,

@@ -63,8 +63,8 @@ em_version *em_version_load(const char *path, const char *checkpoint_dir,
     for (size_t i = 0; i < d->nsources; i++) {
         em_source_desc *s = &d->sources[i];
         char why[1024];
-        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, default_max_rate, why,
-                                             sizeof why);
+        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, default_max_rate,
+                                             v->batch_interval_ms, why, sizeof why);
         if (!v->receivers[i]) {
             snprintf(err, errlen, "%s: %s", s->where, why);
             em_version_unref(v);

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "props.h"
 
 struct em_pool {
     struct em_pool *next;
@@ -96,8 +97,10 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
         if (pthread_cond_timedwait(&p->freed, &p->lock, &until) != 0) {
             p->wait_ms += em_clock_mono_ms() - started;
             pthread_mutex_unlock(&p->lock);
+            char masked[1024];
+            em_mask_secret(p->endpoint, masked, sizeof masked);
             snprintf(err, errlen, "%s %s: all %d pooled connections busy for %d ms", p->kind,
-                     p->endpoint, p->max, timeout_ms);
+                     masked, p->max, timeout_ms);
             return NULL;
         }
     }

@@ -36,7 +36,7 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen);
 /* Gives it back; broken = 1 closes it instead (after an I/O error). */
 void em_pool_return(em_pool *p, void *conn, int broken);
 void em_pool_stats_get(em_pool *p, em_pool_stats *out);
-const char *em_pool_endpoint(const em_pool *p);
+const char *em_pool_endpoint(const em_pool *p); /* with its password: mask it to show it */
 /* Every pool, for the metrics: calls fn for each. */
 void em_pool_each(void (*fn)(em_pool *p, const char *kind, void *arg), void *arg);
 /* Closes every idle connection of every pool (at exit). */

@@ -269,3 +269,17 @@ int64_t em_props_size(const em_props *p, const char *key, int64_t fallback)
     int64_t out;
     return v && em_parse_size(v, &out) == 0 ? out : fallback;
 }
+
+void em_mask_secret(const char *s, char *out, size_t len)
+{
+    snprintf(out, len, "%s", s);
+    char *scheme = strstr(out, "://");
+    if (!scheme)
+        return;
+    char *user = scheme + 3, *at = strchr(user, '@'), *colon = strchr(user, ':');
+    if (!at || !colon || colon > at)
+        return;
+    char rest[1024];
+    snprintf(rest, sizeof rest, "%s", at);
+    snprintf(colon, len - (size_t)(colon - out), ":***%s", rest);
+}

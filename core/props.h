@@ -56,6 +56,10 @@ int em_props_bool(const em_props *p, const char *key, int fallback);
 int64_t em_props_ms(const em_props *p, const char *key, int64_t fallback);
 int64_t em_props_size(const em_props *p, const char *key, int64_t fallback);
 
+/* Copies s with the password of a URL ("scheme://user:secret@host")
+ * replaced by "***", for logs and descriptions. */
+void em_mask_secret(const char *s, char *out, size_t len);
+
 /* Parsers shared with the configuration; return 0 or -1. */
 int em_parse_duration_ms(const char *s, int64_t *out);
 int em_parse_bool(const char *s, int *out);

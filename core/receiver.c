@@ -34,6 +34,7 @@ struct em_receiver {
     size_t nsealed, capsealed;
     double max_rate, bp_rate, applied_rate;
     atomic_int held;
+    int64_t batch_interval_ms;
     em_wal *wal;
     int wal_failed; /* logged once per failure streak */
 
@@ -70,14 +71,18 @@ static char *make_describe(const em_connector *c, const em_props *p)
     if (!s)
         return NULL;
     w += sprintf(w, "%s{", c->name);
-    for (size_t i = 0; i < p->n; i++)
-        w += sprintf(w, "%s%s=%s", i ? "," : "", p->items[i].key, p->items[i].value);
+    for (size_t i = 0; i < p->n; i++) {
+        char masked[1024];
+        em_mask_secret(p->items[i].value, masked, sizeof masked);
+        w += sprintf(w, "%s%s=%s", i ? "," : "", p->items[i].key, masked);
+    }
     strcpy(w, "}");
     return s;
 }
 
 em_receiver *em_receiver_create(const em_connector *c, em_props *props, const char *job,
-                                double default_max_rate, char *err, size_t errlen)
+                                double default_max_rate, int64_t batch_interval_ms, char *err,
+                                size_t errlen)
 {
     char what[128];
     snprintf(what, sizeof what, "%s source", c->name);
@@ -103,6 +108,7 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     r->describe = make_describe(c, &r->props);
     r->job = strdup(job);
     r->max_rate = em_props_double(&r->props, "max_rate", default_max_rate);
+    r->batch_interval_ms = batch_interval_ms;
     r->applied_rate = -1;
     pthread_mutex_init(&r->lock, NULL);
     char *sig = r->signature;
@@ -187,6 +193,9 @@ static void *run(void *arg)
             if (!paused && r->conn->pause)
                 r->conn->pause(r->self);
             paused = 1;
+            /* max = 0: read nothing, but let the connector send the acks of
+             * finished batches and keep its connection alive. */
+            r->conn->poll(r->self, r, 0, 0);
             int wait = em_ratelimit_wait_ms(&r->rl);
             sleep_ms(wait > 0 ? wait : 10);
             continue;
@@ -350,7 +359,67 @@ void em_receiver_set_rate(em_receiver *r, double per_sec)
 
 double em_receiver_rate(const em_receiver *r) { return effective_rate(r->max_rate, r->bp_rate); }
 double em_receiver_max_rate(const em_receiver *r) { return r->max_rate; }
-void em_receiver_hold(em_receiver *r, int on) { atomic_store(&r->held, on); }
+int64_t em_receiver_batch_interval_ms(const em_receiver *r) { return r->batch_interval_ms; }
+
+/* A copy of b without the records of partition p; NULL when none is left
+ * or out of memory (then b is kept whole: a duplicate, never a loss). */
+static em_block *without_partition(em_block *b, int32_t p, int *changed)
+{
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < b->count; i++)
+        keep += b->records[i].partition != p;
+    *changed = keep != b->count;
+    if (!*changed)
+        return b;
+    em_block *nb = keep ? em_block_create() : NULL;
+    for (uint32_t i = 0; nb && i < b->count; i++) {
+        const em_record *rec = &b->records[i];
+        if (rec->partition == p)
+            continue;
+        if (em_block_append(nb, b->arena + rec->value_off, rec->value_len,
+                            rec->key_off == EM_NO_KEY ? NULL : b->arena + rec->key_off,
+                            rec->key_len, rec->ts_ms, rec->partition, rec->offset,
+                            b->arena + rec->meta_off, rec->meta_len) != 0) {
+            em_block_unref(nb);
+            *changed = 0;
+            return b;
+        }
+    }
+    if (nb) {
+        nb->sealed_ms = b->sealed_ms;
+        nb->receiver = b->receiver ? em_receiver_ref(b->receiver) : NULL;
+    }
+    em_block_unref(b);
+    return nb;
+}
+
+/* Filters one slot (a sealed block or the current one) in place. */
+static size_t discard_in(em_block **slot, int32_t partition)
+{
+    if (!*slot)
+        return 0;
+    uint32_t before = (*slot)->count;
+    int changed;
+    em_block *nb = without_partition(*slot, partition, &changed);
+    if (!changed)
+        return 0;
+    *slot = nb;
+    return before - (nb ? nb->count : 0);
+}
+
+size_t em_receiver_discard(em_receiver *r, int32_t partition)
+{
+    pthread_mutex_lock(&r->lock);
+    size_t dropped = discard_in(&r->current, partition), kept = 0;
+    for (size_t i = 0; i < r->nsealed; i++) {
+        dropped += discard_in(&r->sealed[i], partition);
+        if (r->sealed[i]) /* compact the blocks that became empty */
+            r->sealed[kept++] = r->sealed[i];
+    }
+    r->nsealed = kept;
+    pthread_mutex_unlock(&r->lock);
+    return dropped;
+}
 
 int em_receiver_acknowledges(const em_receiver *r)
 {

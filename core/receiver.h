@@ -20,7 +20,8 @@ typedef struct em_receiver em_receiver;
 /* Validates props against the connector (plus the core's max_rate) and
  * builds the receiver; does not start it. NULL and err on a bad setting. */
 em_receiver *em_receiver_create(const em_connector *c, em_props *props, const char *job,
-                                double default_max_rate, char *err, size_t errlen);
+                                double default_max_rate, int64_t batch_interval_ms, char *err,
+                                size_t errlen);
 int em_receiver_start(em_receiver *r);
 /* Stops reading and joins the thread; the records it had are sealed into
  * a last block that em_receiver_take() still returns. Idempotent. */
@@ -49,6 +50,13 @@ void em_receiver_set_rate(em_receiver *r, double per_sec);
  * unlimited. */
 double em_receiver_rate(const em_receiver *r);
 double em_receiver_max_rate(const em_receiver *r);
+/* The batch interval of the job it feeds (for a prefetch window, say). */
+int64_t em_receiver_batch_interval_ms(const em_receiver *r);
+/* Drops the records of one partition that no batch holds yet (Kafka: a
+ * revoked partition; RabbitMQ: deliveries of a dead connection, which the
+ * broker redelivers). For connectors, from their own thread. Returns how
+ * many were dropped. Not for WAL'd sources. */
+size_t em_receiver_discard(em_receiver *r, int32_t partition);
 /* Holds the receiver (no reading) while on, e.g. too many batches wait. */
 void em_receiver_hold(em_receiver *r, int on);
 /* Every receiver stops reading while live blocks hold more than this many
