@@ -421,6 +421,8 @@ size_t em_receiver_discard(em_receiver *r, int32_t partition)
     return dropped;
 }
 
+void em_receiver_hold(em_receiver *r, int on) { atomic_store(&r->held, on); }
+
 int em_receiver_acknowledges(const em_receiver *r)
 {
     return r->conn->acknowledges && r->conn->acknowledges(r->self);
