@@ -65,8 +65,8 @@ static em_option *merged_options(const em_connector *c)
 static char *make_describe(const em_connector *c, const em_props *p)
 {
     size_t len = strlen(c->name) + 3;
-    for (size_t i = 0; i < p->n; i++)
-        len += strlen(p->items[i].key) + strlen(p->items[i].value) + 2;
+    for (size_t i = 0; i < p->n; i++) /* a masked value is at most 1023 bytes */
+        len += strlen(p->items[i].key) + 1024 + 2;
     char *s = malloc(len), *w = s;
     if (!s)
         return NULL;
