@@ -90,6 +90,21 @@ static void submit(em_driver *d, em_batch *b)
         em_scheduler_submit(d->sched, &b->task);
 }
 
+/* A worker saw on_error = fail fire: stop the job's receivers and leave
+ * what they hold unacknowledged. Driver lock held. */
+static void settle_failure(em_job *j, int64_t now)
+{
+    if (j->state != EM_JOB_RUNNING || !atomic_load(&j->failed))
+        return;
+    em_job_stop_receivers(j);
+    em_batch *b = em_batch_cut(j, now);
+    if (b)
+        em_batch_drop(b);
+    em_version_unref(j->next); /* a reload waiting for a boundary: load it again instead */
+    j->next = NULL;
+    j->state = EM_JOB_FAILED;
+}
+
 /* The clock's work, every blockInterval. */
 static void tick(int64_t now, void *arg)
 {
@@ -97,14 +112,9 @@ static void tick(int64_t now, void *arg)
     pthread_mutex_lock(&d->lock);
     for (size_t i = 0; i < d->njobs; i++) {
         em_job *j = d->jobs[i];
-        if (j->state == EM_JOB_RUNNING && atomic_load(&j->failed)) {
-            em_job_stop_receivers(j);
-            em_batch *b = em_batch_cut(j, now);
-            if (b)
-                em_batch_drop(b);
-            j->state = EM_JOB_FAILED;
+        settle_failure(j, now);
+        if (j->state == EM_JOB_FAILED)
             continue;
-        }
         if (j->state == EM_JOB_REMOVING) {
             em_job_stop_receivers(j); /* seals their last records */
             submit(d, em_batch_cut(j, now));
@@ -299,6 +309,7 @@ static void change_job(em_driver *d, em_job *j, char *script, int64_t reload_ms)
     pthread_mutex_lock(&d->lock);
     free(j->script);
     j->script = script;
+    settle_failure(j, em_clock_now_ms()); /* failed since the last tick: restart, not swap */
     if (j->state == EM_JOB_FAILED) {
         em_version_unref(j->version);
         j->version = v;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "log.h"
 #include "wal.h"
 
@@ -60,6 +61,21 @@ em_version *em_version_load(const char *path, const char *checkpoint_dir,
     v->host = host;
     v->desc = d;
     v->batch_interval_ms = d->batch_interval_ms ? d->batch_interval_ms : default_interval_ms;
+    int64_t block = em_clock_block_interval_ms();
+    if (v->batch_interval_ms < block) {
+        /* Batches are cut on block ticks: a shorter interval cannot be kept. */
+        snprintf(err, errlen, "%s: job '%s': batch_interval %lld ms is shorter than "
+                 "streaming.blockInterval (%lld ms)", path, d->name,
+                 (long long)v->batch_interval_ms, (long long)block);
+        em_luahost_free(host);
+        free(v->receivers);
+        free(v);
+        return NULL;
+    }
+    if (v->batch_interval_ms % block)
+        em_log(EM_LOG_WARN, d->name, "batch_interval %lld ms is not a multiple of "
+               "streaming.blockInterval (%lld ms): batches are cut at the first block tick after "
+               "their time", (long long)v->batch_interval_ms, (long long)block);
     for (size_t i = 0; i < d->nsources; i++) {
         em_source_desc *s = &d->sources[i];
         char why[1024];

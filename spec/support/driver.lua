@@ -5,7 +5,7 @@
 --   d:write_job("wc.lua", src)                 -- <tmp>/jobs/wc.lua, atomically
 --   d:start { conf = { ["streaming.blockInterval"] = "100ms" } }
 --   d:wait_for_log("started from")
---   local lines = d:wait_until(function() ... end, 10, "all the words")
+--   local lines = d:wait_until(function() ... end, 10, 0.05, "all the words")
 --   d:signal("TERM"); assert.equal(0, d:wait_exit(10))
 --   d:stop()                                    -- in after_each: kills leftovers
 --
@@ -331,7 +331,7 @@ function Driver:spawn(bin, argv)
     end
     if pid == 0 then
         -- The child: no Lua error may escape into a copy of busted.
-        pcall(function()
+        local ok, why = pcall(function()
             unistd.chdir(self.dir)
             local flags = fcntl.O_WRONLY + fcntl.O_CREAT + fcntl.O_TRUNC
             local out = fcntl.open(self.stdout_path, flags, 420)
@@ -346,9 +346,13 @@ function Driver:spawn(bin, argv)
                 for fd = 3, 1023 do
                     unistd.close(fd)
                 end
-                unistd.execp(bin, argv)
+                local _, eerr = unistd.execp(bin, argv)
+                error("cannot run " .. bin .. ": " .. tostring(eerr), 0)
             end
+            error("cannot open the output files in " .. self.dir, 0)
         end)
+        -- Only reached when exec did not happen: say why in the log file.
+        pcall(unistd.write, 2, "support.driver: " .. tostring(ok or why) .. "\n")
         unistd._exit(127)
     end
     return pid

@@ -1,4 +1,5 @@
--- A busted output handler for spec/run: busted's usual terminal output,
+-- A busted output handler for spec/run: busted's usual terminal output
+-- (utfTerminal on a terminal, plainTerminal otherwise, or EMBER_SPEC_OUTPUT),
 -- plus the counts written to the file named by EMBER_SPEC_SUMMARY after
 -- every test and at the end of the suite, so spec/run can print its closing
 -- line even when busted dies half way (the file then lacks "complete").
@@ -12,9 +13,12 @@ local string_format = string.format
 
 return function(options)
     local busted = require "busted"
+    -- busted's own choice: dots and colours on a terminal, plain text else.
     local inner = os_getenv("EMBER_SPEC_OUTPUT")
     if inner == nil or inner == "" then
-        inner = "utfTerminal"
+        local ok, term = pcall(require, "term")
+        local tty = ok and io.type(io.stdout) == "file" and term.isatty(io.stdout)
+        inner = tty and "utfTerminal" or "plainTerminal"
     end
     local handler = require("busted.outputHandlers." .. inner)(options)
     local path = os_getenv("EMBER_SPEC_SUMMARY")

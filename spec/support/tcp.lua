@@ -96,6 +96,35 @@ function Server:send(data, timeout)
 end
 
 
+-- Sends as much of data as the peer takes within timeout seconds and
+-- returns the number of bytes sent (a sender held back by backpressure).
+function Server:try_send(data, timeout)
+    local c = self.conn
+    if not c then
+        error("send before accept", 2)
+    end
+    local deadline = now() + timeout
+    local i = 1
+    while i <= #data do
+        local left = deadline - now()
+        if left <= 0 then
+            break
+        end
+        c:settimeout(left)
+        local last, err, partial = c:send(data, i)
+        if last then
+            i = last + 1
+        elseif err == "timeout" then
+            i = partial + 1
+        else
+            error("sending to ember failed: " .. tostring(err), 2)
+        end
+    end
+    self.sent = self.sent + i - 1
+    return i - 1
+end
+
+
 -- Sends each line followed by "\n".
 function Server:send_lines(lines, timeout)
     if #lines == 0 then
@@ -127,6 +156,13 @@ local function queues(local_port, remote_port)
     return nil
 end
 _M.queues = queues
+
+
+-- Bytes ember has not read yet: received by its socket, not taken out.
+function Server:unread()
+    local _, rx = queues(self.peer_port, self.port)
+    return rx
+end
 
 
 -- Waits until ember has read from its socket every byte sent so far:

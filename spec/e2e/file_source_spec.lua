@@ -1,0 +1,168 @@
+-- End to end: the file source tails the files of a folder, like tail -F on
+-- a glob, and each line appended comes out once.
+
+local driver = require "support.driver"
+
+
+local JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "tail", batch_interval = "200ms" }
+
+job:file { path = {{dir}}, pattern = "*.log", start = {{start}} }
+   :save_as_text_files({{out}})
+
+return job
+]]
+
+
+-- Lines "<tag>-<i>" for i in from..to.
+local function numbered(tag, from, to)
+    local t = {}
+    for i = from, to do
+        t[#t + 1] = tag .. "-" .. i
+    end
+    return t
+end
+
+local function text(lines)
+    return table.concat(lines, "\n") .. "\n"
+end
+
+
+-- The lines of a tag, in the order they came out.
+local function of_tag(lines, tag)
+    local t = {}
+    for _, l in ipairs(lines) do
+        if l:sub(1, #tag + 1) == tag .. "-" then
+            t[#t + 1] = l
+        end
+    end
+    return t
+end
+
+
+describe("the file source", function()
+    local d, logs
+
+    local function start(start_at)
+        d:write_job("tail", driver.render(JOB, {
+            dir = driver.quote(logs), out = driver.quote(d:path("out/lines")),
+            start = driver.quote(start_at or "beginning") }))
+        d:start()
+        d:wait_for_log("%[tail%] started from", 5)
+    end
+
+    -- Waits until n lines came out; returns them in output order.
+    local function wait_lines(n, what)
+        return d:wait_until(function()
+            local got = d:output_lines("out/lines")
+            if #got >= n then
+                return got
+            end
+            return false, #got .. " of " .. n .. " lines"
+        end, 10, 0.05, what or (n .. " lines"))
+    end
+
+    -- Two more batches pass: whatever was to come out has.
+    local function settle()
+        d:wait_for_log("%[tail%] batch %d+:", 5, { from = d:log_mark(), count = 2 })
+    end
+
+    before_each(function()
+        d = driver.new()
+        logs = d:path("logs")
+        driver.mkdir(logs)
+    end)
+
+    after_each(function()
+        d:stop()
+    end)
+
+    it("delivers the lines appended to the files of the folder, each once and in order", function()
+        driver.append_file(logs .. "/app.log", text(numbered("app", 1, 50)))
+        start()
+        driver.append_file(logs .. "/app.log", text(numbered("app", 51, 300)))
+        driver.append_file(logs .. "/web.log", text(numbered("web", 1, 200)))
+        for i = 301, 400 do     -- one write per line, like a logger
+            driver.append_file(logs .. "/app.log", "app-" .. i .. "\n")
+        end
+        local got = wait_lines(600)
+        settle()
+        got = d:output_lines("out/lines")
+        assert.equal(600, #got)
+        assert.same(numbered("app", 1, 400), of_tag(got, "app"))
+        assert.same(numbered("web", 1, 200), of_tag(got, "web"))
+    end)
+
+    it("ignores files whose names do not match the pattern", function()
+        start()
+        driver.append_file(logs .. "/app.txt", text(numbered("txt", 1, 10)))
+        driver.append_file(logs .. "/.hidden.log", text(numbered("hidden", 1, 10)))
+        driver.append_file(logs .. "/app.log", text(numbered("app", 1, 10)))
+        wait_lines(10)
+        settle()
+        assert.same(numbered("app", 1, 10), d:output_lines("out/lines"))
+    end)
+
+    it("holds back a line until its newline is written", function()
+        start()
+        driver.append_file(logs .. "/app.log", "first line\nsecond ha")
+        wait_lines(1)
+        settle()
+        assert.same({ "first line" }, d:output_lines("out/lines"))
+        driver.append_file(logs .. "/app.log", "lf\nthird line\n")
+        wait_lines(3)
+        settle()
+        assert.same({ "first line", "second half", "third line" }, d:output_lines("out/lines"))
+    end)
+
+    it("loses and repeats nothing across a rename rotation", function()
+        start()
+        local path = logs .. "/app.log"
+        -- A logger holding its file open, as loggers do.
+        local old = assert(io.open(path, "ab"))
+        old:setvbuf("no")
+        old:write(text(numbered("app", 1, 100)))
+        wait_lines(100, "the lines written before the rotation")
+        -- Lines written just before the rename, and by the logger into the
+        -- renamed file before it reopens: they are read from the old file.
+        old:write(text(numbered("app", 101, 150)))
+        assert(os.rename(path, logs .. "/app.log.1"))
+        old:write(text(numbered("app", 151, 200)))
+        old:close()
+        -- The logger reopens app.log: a new file under the old name.
+        driver.append_file(path, text(numbered("app", 201, 300)))
+        local got = wait_lines(300, "every line of both files")
+        d:wait_for_log("app%.log: renamed away or removed", 5)
+        settle()
+        got = d:output_lines("out/lines")
+        table.sort(got, function(a, b)
+            return tonumber(a:match("%d+$")) < tonumber(b:match("%d+$"))
+        end)
+        assert.same(numbered("app", 1, 300), got)
+        -- Each file's lines came out in order.
+        local out = d:output_lines("out/lines")
+        local old_part, new_part = {}, {}
+        for _, l in ipairs(out) do
+            local n = tonumber(l:match("%d+$"))
+            local t = n <= 200 and old_part or new_part
+            t[#t + 1] = l
+        end
+        assert.same(numbered("app", 1, 200), old_part)
+        assert.same(numbered("app", 201, 300), new_part)
+    end)
+
+    it("with start = \"end\", skips what files held at start-up and delivers what is appended", function()
+        driver.append_file(logs .. "/app.log", text(numbered("old", 1, 20)))
+        start("end")
+        d:wait_for_log("app%.log: tailing from offset", 5)
+        driver.append_file(logs .. "/app.log", text(numbered("new", 1, 20)))
+        driver.append_file(logs .. "/other.log", text(numbered("other", 1, 5)))
+        wait_lines(25)
+        settle()
+        local got = d:output_lines("out/lines")
+        assert.same({}, of_tag(got, "old"))
+        assert.same(numbered("new", 1, 20), of_tag(got, "new"))
+        assert.same(numbered("other", 1, 5), of_tag(got, "other"))
+    end)
+end)
