@@ -71,6 +71,8 @@ local function record_table(r, arena, kind)
                 end
                 t.headers = headers
             end
+        elseif kind == "redis" and not meta:find("^%d+%-%d+$") then
+            t.channel = meta -- pub/sub: the channel; streams: the entry id
         else
             t[META_FIELD[kind] or "meta"] = meta
         end

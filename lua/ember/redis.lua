@@ -4,11 +4,11 @@
 --   local r = ember.redis("redis://127.0.0.1:6379")    -- in foreach_batch
 --   local n, err = r:call("INCRBY", "seen", #batch)
 --
--- ember.redis(url) borrows one connection per URL from the driver's pool
--- (core/pool.h, kind "redis", shared by every job) and keeps it for the rest
--- of the batch: the executor calls release_all() after each batch, which
--- gives every borrowed connection back. An object kept past its batch (an
--- upvalue) borrows again on its next call.
+-- ember.redis(url) returns the one object of that URL, holding a connection
+-- borrowed from the driver's pool (core/pool.h, kind "redis", shared by
+-- every job) for the rest of the batch: the executor calls release_all()
+-- after each batch, which gives every borrowed connection back. An object
+-- kept past its batch (an upvalue) borrows again on its next call.
 --
 -- call(cmd, ...) returns the reply as Lua values: a status or bulk string
 -- as a string, an integer as a number, an array as a table, a nil reply as
@@ -95,7 +95,8 @@ end
 -- RESP encoding ------------------------------------------------------------
 
 -- Numbers go out as Redis reads them: integers without an exponent
--- ("1e+15" is not an integer to INCRBY), others with every digit.
+-- ("1e+15" is not an integer to INCRBY), others in the shortest of 14 or
+-- 17 digits that reads back as the same number (12.3, not 12.300000000000001).
 local function arg_string(a)
     local t = type(a)
     if t == "string" then
@@ -104,7 +105,11 @@ local function arg_string(a)
         if a == math_floor(a) and a > -2^63 and a < 2^63 then
             return str_format("%d", a)
         end
-        return str_format("%.17g", a)
+        local s = str_format("%.14g", a)
+        if tonumber(s) ~= a then
+            s = str_format("%.17g", a)
+        end
+        return s
     end
     return nil
 end
@@ -262,8 +267,10 @@ local function to_lua(r)
 end
 
 
--- Objects of ember.redis(url), one per URL per batch.
-local held = {}
+-- One object per URL (per job state, for the life of the state); it holds
+-- a pooled connection from its first use in a batch to the batch's end.
+local objects = {}                      -- url -> object
+local holding = {}                      -- object -> true while it has a connection
 local hooked = false
 
 local Conn = {}
@@ -276,7 +283,7 @@ local function attach(self)
         return nil, err
     end
     self.c = c
-    held[self.url] = self
+    holding[self] = true
     if not hooked then
         -- The executor runs these after every batch (ember._on_batch_end).
         local ok, ember = pcall(require, "ember")
@@ -296,14 +303,16 @@ function _M.borrow(url)
     if bad then
         error("bad argument #1 to 'redis' (" .. bad .. ")", 2)
     end
-    local obj = held[url]
-    if obj then
-        return obj
+    local obj = objects[url]
+    if not obj then
+        obj = setmetatable({ url = url }, Conn)
+        objects[url] = obj
     end
-    obj = setmetatable({ url = url }, Conn)
-    local ok, err = attach(obj)
-    if not ok then
-        return nil, err
+    if not obj.c then
+        local ok, err = attach(obj)
+        if not ok then
+            return nil, err
+        end
     end
     return obj
 end
@@ -337,7 +346,7 @@ function Conn:call(...)
         local err = ffi_string(errbuf)
         C.em_redis_release(self.c, 1)
         self.c = nil
-        held[self.url] = nil
+        holding[self] = nil
         return nil, err
     end
     local r = box[0]
@@ -364,12 +373,12 @@ end
 -- Gives every connection borrowed by ember.redis() back to its pool. The
 -- executor calls it after each batch; calling it more often is harmless.
 function _M.release_all()
-    for url, obj in pairs(held) do
+    for obj in pairs(holding) do
         if obj.c then
             C.em_redis_release(obj.c, 0)
             obj.c = nil
         end
-        held[url] = nil
+        holding[obj] = nil
     end
 end
 

@@ -1,0 +1,159 @@
+-- to_redis and ember.redis(url): pipelined, pooled, every reply checked.
+-- redis-cli writes the input and reads the output.
+
+local driver = require "support.driver"
+local redis_server = require "support.redis_server"
+
+local render, seq = redis_server.render, redis_server.seq
+local q = driver.quote
+
+local CONF = { ["streaming.blockInterval"] = "100ms", ["streaming.batch.maxRetries"] = "1" }
+
+local HSET_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "sink", batch_interval = "200ms" }
+
+job:redis { url = {{url}}, mode = "list", key = "k1:in" }
+   :to_redis { url = {{url}}, command = function(v) return "HSET", "k1:hash", v, 1 end }
+
+return job
+]]
+
+-- Each batch: the same object twice, replies of several types, an error
+-- reply as nil, err, and a line about them appended to f:log.
+local FOREACH_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "sink", batch_interval = "100ms" }
+
+job:redis { url = {{url}}, mode = "list", key = "f:in" }
+   :foreach_batch(function(records)
+       if #records == 0 then return end
+       local r = assert(ember.redis({{url}}))
+       assert(r == ember.redis({{url}}), "one object per url per batch")
+       local total = assert(r:call("INCRBY", "f:total", #records))
+       local list = assert(r:call("LRANGE", "f:fixed", 0, -1))
+       local missing = r:call("GET", "f:missing")
+       local ok, err = r:call("HSET", "f:string", "a", "b")
+       local status = r:call{ "SET", "f:last", records[#records] }
+       r:call("RPUSH", "f:log", table.concat({ type(total), #list, list[2],
+           tostring(missing == require("ember.redis").null), tostring(ok),
+           err:match("^%u+"), status }, " "))
+   end)
+
+return job
+]]
+
+-- A second job writing through the same pool.
+local COPY_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "copy", batch_interval = "100ms" }
+
+job:redis { url = {{url}}, mode = "list", key = "g:in" }
+   :to_redis { url = {{url}}, command = function(v) return "RPUSH", "g:out", v end }
+
+return job
+]]
+
+local BAD_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "bad" }
+
+job:redis { url = {{source_url}}, mode = "list", key = "x" }
+   :to_redis { url = {{sink_url}}, command = function(v) return "SET", v, v end }
+
+return job
+]]
+
+
+describe("to_redis and ember.redis", function()
+    local srv, d
+
+    setup(function()
+        srv = redis_server.start()
+    end)
+
+    teardown(function()
+        if srv then
+            srv:stop()
+        end
+    end)
+
+    before_each(function()
+        d = driver.new()
+    end)
+
+    after_each(function()
+        d:stop()
+    end)
+
+    it("fails the batch on an error reply, logging the command and the error, and "
+       .. "acknowledges nothing", function()
+        srv:cli("SET", "k1:hash", "a string, not a hash")
+        srv:cli("LPUSH", "k1:in", "x1", "x2", "x3")
+        d:write_job("sink", render(HSET_JOB, { url = q(srv.url) }))
+        d:start { conf = CONF }
+        local line = d:wait_for_log("WRONGTYPE", 10)
+        assert.truthy(line:find('HSET "k1:hash" "x1" "1" (record 1 of 3) failed: WRONGTYPE',
+                                1, true), line)
+        assert.truthy(line:find("to_redis redis://127.0.0.1:" .. srv.port, 1, true), line)
+        d:wait_for_log("a failed batch left 3 items in processing list 'k1:in:processing:sink'",
+                       10)
+        assert.same({ "x1", "x2", "x3" },
+                    redis_server.sorted(srv:lines("LRANGE", "k1:in:processing:sink", "0", "-1")))
+        assert.equal("a string, not a hash", srv:cli("GET", "k1:hash"):gsub("\n$", ""))
+    end)
+
+    it("ember.redis(url) returns replies as Lua values and gives its connection back after "
+       .. "each batch", function()
+        srv:cli("RPUSH", "f:fixed", "one", "two")
+        srv:cli("SET", "f:string", "s")
+        local items = seq("f", 1, 12)
+        d:write_job("sink", render(FOREACH_JOB, { url = q(srv.url) }))
+        d:write_job("copy", render(COPY_JOB, { url = q(srv.url) }))
+        -- one pooled connection for both jobs: it must come back after each batch
+        local conf = { ["connector.pool.size"] = "1" }
+        for k, v in pairs(CONF) do
+            conf[k] = v
+        end
+        d:start { conf = conf }
+        d:wait_for_log("%(job sink%): connected", 10)
+        d:wait_for_log("%(job copy%): connected", 10)
+        -- one item a batch, each job in turn
+        for i, v in ipairs(items) do
+            srv:cli("LPUSH", "f:in", v)
+            srv:cli("LPUSH", "g:in", v)
+            d:wait_until(function()
+                return srv:num("LLEN", "f:log") == i and srv:num("LLEN", "g:out") == i
+            end, 3, 0.02, "batch " .. i .. " of both jobs")
+        end
+        assert.falsy(d:log():find("busy", 1, true))
+        assert.equal(12, srv:num("GET", "f:total"))
+        local log = srv:lines("LRANGE", "f:log", "0", "-1")
+        for _, l in ipairs(log) do
+            assert.equal("number 2 two true nil WRONGTYPE OK", l)
+        end
+        assert.equal("f00012", (srv:cli("GET", "f:last"):gsub("\n$", "")))
+        -- two sources with their acknowledging connections, the pool's one, redis-cli
+        local clients = tonumber(srv:cli("INFO", "clients"):match("connected_clients:(%d+)"))
+        assert.is_true(clients <= 6, clients .. " clients connected")
+    end)
+
+    it("rejects a bad url at load time, naming the job file, its line and the option", function()
+        d:write_job("bad", render(BAD_JOB, { source_url = q("http://127.0.0.1:1"),
+                                             sink_url = q(srv.url) }))
+        d:start { conf = CONF }
+        local line = d:wait_for_log("option 'url'", 10)
+        assert.truthy(line:find("bad.lua:4", 1, true), line)
+        assert.truthy(line:find("expected redis://", 1, true), line)
+        d:stop()
+
+        d = driver.new()
+        d:write_job("bad", render(BAD_JOB, { source_url = q(srv.url),
+                                             sink_url = q("redis://:secret@127.0.0.1:notaport") }))
+        d:start { conf = CONF }
+        line = d:wait_for_log("option 'url'", 10)
+        assert.truthy(line:find("bad.lua:5", 1, true), line)
+        assert.truthy(line:find("port must be a number", 1, true), line)
+        assert.falsy(d:log():find("secret", 1, true), "the password reached the log")
+    end)
+end)
