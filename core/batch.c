@@ -9,6 +9,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "pool.h"
 
 static void run(em_task *t);
 
@@ -192,6 +193,8 @@ static void run(em_task *t)
         em_batch_drop(b);
         return;
     }
+    em_pool_usage stale;
+    em_pool_usage_take(&stale); /* start this batch's count from zero */
     int64_t start = em_clock_now_ms();
     em_batch_view view = {b->time_ms, b->nblocks, b->blocks, b->sources};
     em_batch_result res;
@@ -223,16 +226,23 @@ static void run(em_task *t)
         adapt_rate(b, &info);
     for (size_t i = 0; i < b->version->nreceivers; i++)
         info.rate += em_receiver_rate(b->version->receivers[i]);
+    em_pool_usage pools;
+    em_pool_usage_take(&pools);
+    info.pool_borrows = pools.borrows;
+    info.pool_waits = pools.waits;
+    info.pool_wait_ms = pools.wait_ms;
     em_history_add(j->history, &info);
     if (b->first_of_reload)
         em_log(EM_LOG_INFO, j->name, "first batch of the new version done %lld ms after the reload",
                (long long)(end - b->version->reload_ms));
     em_log(EM_LOG_DEBUG, j->name,
            "batch %lld: %llu records in %u blocks, scheduling delay %lld ms, processing %lld ms, "
-           "total delay %lld ms, %lld failed",
+           "total delay %lld ms, %lld failed, rate %.0f/s, pool %llu borrowed %llu waited %lld ms",
            (long long)b->time_ms, (unsigned long long)b->records, b->nblocks,
            (long long)info.scheduling_delay_ms, (long long)info.processing_ms,
-           (long long)info.total_delay_ms, (long long)info.failed);
+           (long long)info.total_delay_ms, (long long)info.failed, info.rate,
+           (unsigned long long)info.pool_borrows, (unsigned long long)info.pool_waits,
+           (long long)info.pool_wait_ms);
     if (res.fatal) {
         em_log(EM_LOG_ERROR, j->name, "job stopped (on_error = fail): %s", res.err);
         atomic_store(&j->failed, 1);

@@ -18,6 +18,9 @@ typedef struct em_batch_info {
     int64_t total_delay_ms;      /* batch time → finished */
     int64_t failed;              /* records or output runs that raised */
     double rate;                 /* the job's receivers' rate after it (records/s, 0: none) */
+    uint64_t pool_borrows;       /* pooled connections its outputs borrowed */
+    uint64_t pool_waits;         /* borrows that waited for a free connection */
+    int64_t pool_wait_ms;        /* time those waits took */
     int ok;
 } em_batch_info;
 

@@ -26,6 +26,14 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static em_pool *pools;
 static int default_size = 4;
 
+static _Thread_local em_pool_usage usage;
+
+void em_pool_usage_take(em_pool_usage *out)
+{
+    *out = usage;
+    memset(&usage, 0, sizeof usage);
+}
+
 void em_pool_set_default_size(int n) { default_size = n > 0 ? n : 1; }
 
 em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops)
@@ -60,26 +68,35 @@ static void deadline_in(struct timespec *ts, int ms)
     }
 }
 
+/* Adds the time a borrow waited to the pool's and the thread's totals. */
+static void note_wait(em_pool *p, int waited, int64_t started)
+{
+    if (!waited)
+        return;
+    int64_t ms = em_clock_mono_ms() - started;
+    p->wait_ms += ms;
+    usage.wait_ms += ms;
+}
+
 void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
 {
     struct timespec until;
     deadline_in(&until, timeout_ms);
     int64_t started = em_clock_mono_ms();
     int waited = 0;
+    usage.borrows++;
     pthread_mutex_lock(&p->lock);
     p->borrows++;
     for (;;) {
         if (p->nidle > 0) {
             void *c = p->idle[--p->nidle];
-            if (waited)
-                p->wait_ms += em_clock_mono_ms() - started;
+            note_wait(p, waited, started);
             pthread_mutex_unlock(&p->lock);
             return c;
         }
         if (p->size < p->max) {
             p->size++; /* reserve the slot, connect without the lock */
-            if (waited)
-                p->wait_ms += em_clock_mono_ms() - started;
+            note_wait(p, waited, started);
             pthread_mutex_unlock(&p->lock);
             void *c = p->ops->connect(p->endpoint, err, errlen);
             if (!c) {
@@ -93,9 +110,10 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
         if (!waited) {
             waited = 1;
             p->waits++;
+            usage.waits++;
         }
         if (pthread_cond_timedwait(&p->freed, &p->lock, &until) != 0) {
-            p->wait_ms += em_clock_mono_ms() - started;
+            note_wait(p, waited, started);
             pthread_mutex_unlock(&p->lock);
             char masked[1024];
             em_mask_secret(p->endpoint, masked, sizeof masked);

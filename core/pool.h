@@ -27,6 +27,15 @@ typedef struct em_pool_stats {
     int64_t wait_ms; /* total time spent waiting for a free connection */
 } em_pool_stats;
 
+/* What the calling thread borrowed since it last asked: a worker reads it
+ * after each batch, so pool use and waits are recorded with the batch. */
+typedef struct em_pool_usage {
+    uint64_t borrows, waits;
+    int64_t wait_ms;
+} em_pool_usage;
+
+void em_pool_usage_take(em_pool_usage *out);
+
 void em_pool_set_default_size(int n); /* from connector.pool.size */
 /* The pool for this endpoint, made on first call; ops must be static. */
 em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops);
