@@ -26,10 +26,8 @@
 #include "../core/connector.h"
 #include "../core/log.h"
 #include "../core/receiver.h"
+#include "linebuf.h"
 
-#define MAX_LINE (1u << 20)      /* longer lines are cut here, so a buffer stays bounded */
-#define BUF_LIMIT (MAX_LINE + 1) /* room for a longest line and its "\n" */
-#define READ_CHUNK 65536
 /* A renamed-away file is closed only once it has been at its end this long:
  * a writer that has not reopened its log yet may still append to it. */
 #define ROTATE_WAIT_MS 1000
@@ -40,10 +38,7 @@ typedef struct tailed {
     int fd;             /* -1: could not be opened; tried again each scan */
     char *name;         /* its latest matching name in the folder, handed as meta */
     int64_t read_off;   /* next byte to read; the buffer ends there */
-    char *buf;
-    size_t start, len, cap; /* pending bytes are buf[start, start + len) */
-    size_t scanned;         /* pending bytes already searched for "\n" */
-    int skipping;           /* dropping the rest of an over-long line */
+    em_linebuf lines;
     int seen;               /* found by the current scan */
     int64_t gone_at;        /* 0 while under a matching name, else when it left */
     int at_eof;             /* the last read found nothing new */
@@ -85,7 +80,7 @@ static void untrack(tailed *t)
 {
     if (t->fd >= 0)
         close(t->fd);
-    free(t->buf);
+    em_linebuf_free(&t->lines);
     free(t->name);
     free(t);
 }
@@ -213,56 +208,17 @@ static void scan(file_src *s, em_receiver *r)
     }
 }
 
-static void consume(tailed *t, size_t n)
-{
-    t->start += n;
-    t->len -= n;
-    t->scanned = 0;
-    if (t->len == 0) {
-        t->start = 0;
-        if (t->cap > READ_CHUNK) { /* a long line passed: give the memory back */
-            free(t->buf);
-            t->buf = NULL;
-            t->cap = 0;
-        }
-    }
-}
-
 /* Pushes complete lines of one file until max is reached or none is left;
  * once the file is closing, a last line without "\n" counts as complete.
- * A line is consumed only once pushed. Returns 0, or -1 when the receiver
- * refused a record (logged). */
+ * Returns 0, or -1 when the receiver refused a record (logged). */
 static int drain(file_src *s, tailed *t, em_receiver *r, uint32_t max, uint32_t *pushed)
 {
-    while (*pushed < max && t->len > 0) {
-        char *p = t->buf + t->start;
-        if (t->skipping) {
-            char *nl = memchr(p, '\n', t->len);
-            if (!nl) {
-                consume(t, t->len);
-                break;
-            }
-            consume(t, (size_t)(nl - p) + 1);
-            t->skipping = 0;
-            continue;
-        }
-        char *nl = memchr(p + t->scanned, '\n', t->len - t->scanned);
-        size_t n, used;
-        int cut = 0;
-        if (nl) {
-            n = (size_t)(nl - p);
-            used = n + 1;
-        } else if (t->len > MAX_LINE) {
-            n = used = MAX_LINE;
-            cut = 1;
-        } else if (t->closing) {
-            n = used = t->len;
-        } else {
-            t->scanned = t->len; /* wait for the rest of the line */
-            break;
-        }
-        int64_t off = t->read_off - (int64_t)t->len;
-        if (em_receiver_push(r, p, n, NULL, 0, clock_ms(CLOCK_REALTIME), -1, off, t->name,
+    const char *line;
+    size_t n;
+    int cut;
+    while (*pushed < max && em_linebuf_next(&t->lines, t->closing, &line, &n, &cut)) {
+        int64_t off = t->read_off - (int64_t)em_linebuf_pending(&t->lines);
+        if (em_receiver_push(r, line, n, NULL, 0, clock_ms(CLOCK_REALTIME), -1, off, t->name,
                              strlen(t->name)) != 0) {
             em_log(EM_LOG_ERROR, em_receiver_job(r),
                    "file %s/%s: receiver refused the line at offset %lld",
@@ -270,14 +226,12 @@ static int drain(file_src *s, tailed *t, em_receiver *r, uint32_t max, uint32_t 
             return -1;
         }
         (*pushed)++;
-        consume(t, used);
-        if (cut) {
+        em_linebuf_consume(&t->lines);
+        if (cut)
             em_log(EM_LOG_WARN, em_receiver_job(r),
                    "file %s/%s: line at offset %lld is longer than 1 MiB; "
                    "delivered its first 1 MiB, dropped the rest",
                    s->path, t->name, (long long)off);
-            t->skipping = 1;
-        }
     }
     return 0;
 }
@@ -293,26 +247,16 @@ static int tail(file_src *s, tailed *t, em_receiver *r, uint32_t max, uint32_t *
             return -1;
         if (*pushed >= max || t->fd < 0 || t->closing)
             return 0;
-        if (t->start > 0) {
-            memmove(t->buf, t->buf + t->start, t->len);
-            t->start = 0;
+        size_t room;
+        char *at = em_linebuf_room(&t->lines, &room);
+        if (!at) {
+            em_log(EM_LOG_ERROR, em_receiver_job(r), "file %s/%s: out of memory", s->path,
+                   t->name);
+            return -1;
         }
-        if (t->cap - t->len < READ_CHUNK && t->cap < BUF_LIMIT) {
-            size_t cap = t->cap ? t->cap * 2 : READ_CHUNK;
-            if (cap > BUF_LIMIT)
-                cap = BUF_LIMIT;
-            char *b = realloc(t->buf, cap);
-            if (!b) {
-                em_log(EM_LOG_ERROR, em_receiver_job(r), "file %s/%s: out of memory", s->path,
-                       t->name);
-                return -1;
-            }
-            t->buf = b;
-            t->cap = cap;
-        }
-        ssize_t n = pread(t->fd, t->buf + t->len, t->cap - t->len, t->read_off);
+        ssize_t n = pread(t->fd, at, room, t->read_off);
         if (n > 0) {
-            t->len += (size_t)n;
+            em_linebuf_added(&t->lines, (size_t)n);
             t->read_off += n;
             t->at_eof = 0;
             continue;
@@ -330,8 +274,7 @@ static int tail(file_src *s, tailed *t, em_receiver *r, uint32_t max, uint32_t *
                    "file %s/%s: truncated from %lld to %lld bytes; reading it again from the start",
                    s->path, t->name, (long long)t->read_off, (long long)st.st_size);
             t->read_off = 0;
-            t->len = t->start = t->scanned = 0;
-            t->skipping = 0;
+            em_linebuf_reset(&t->lines);
             continue;
         }
         t->at_eof = 1;
@@ -413,7 +356,7 @@ static int file_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
         /* closing files whose last line went out are dropped */
         for (size_t i = 0; i < s->n;) {
             tailed *t = s->files[i];
-            if (t->closing && t->len == 0) {
+            if (t->closing && em_linebuf_pending(&t->lines) == 0) {
                 untrack(t);
                 s->files[i] = s->files[--s->n];
             } else {

@@ -23,10 +23,8 @@
 #include "../core/connector.h"
 #include "../core/log.h"
 #include "../core/receiver.h"
+#include "linebuf.h"
 
-#define MAX_LINE (1u << 20)      /* longer lines are cut here, so the buffer stays bounded */
-#define BUF_LIMIT (MAX_LINE + 1) /* room for a longest line and its "\n" */
-#define READ_CHUNK 65536
 #define MAX_DELAY_MS 30000
 #define CONNECT_TIMEOUT_MS 10000 /* a SYN into a black hole would otherwise hang for minutes */
 
@@ -46,10 +44,7 @@ typedef struct sock_src {
     int peer_closed;  /* EOF or error seen: flush the buffer, then reconnect */
     char reason[128]; /* why it closed */
 
-    char *buf;
-    size_t start, len, cap; /* pending bytes are buf[start, start + len) */
-    size_t scanned;         /* pending bytes already searched for "\n" */
-    int skipping;           /* dropping the rest of an over-long line */
+    em_linebuf lines;
     int64_t line_no;
 } sock_src;
 
@@ -116,51 +111,16 @@ static int fail(sock_src *s, em_receiver *r, const char *why)
     return -1;
 }
 
-static void consume(sock_src *s, size_t n)
-{
-    s->start += n;
-    s->len -= n;
-    s->scanned = 0;
-    if (s->len == 0)
-        s->start = 0;
-}
-
 /* Pushes complete lines from the buffer until max is reached or none is
  * left; after the peer closed, a last line without "\n" counts as complete.
- * A line is consumed only once pushed, so a refused push loses nothing.
  * Returns 0, or -1 when the receiver refused a record (logged). */
 static int drain(sock_src *s, em_receiver *r, uint32_t max, uint32_t *pushed)
 {
-    while (*pushed < max && s->len > 0) {
-        char *p = s->buf + s->start;
-        if (s->skipping) {
-            char *nl = memchr(p, '\n', s->len);
-            if (!nl) {
-                consume(s, s->len);
-                break;
-            }
-            consume(s, (size_t)(nl - p) + 1);
-            s->skipping = 0;
-            continue;
-        }
-        char *nl = memchr(p + s->scanned, '\n', s->len - s->scanned);
-        size_t n, used;
-        int cut = 0;
-        if (nl) {
-            n = (size_t)(nl - p);
-            used = n + 1;
-        } else if (s->len > MAX_LINE) {
-            n = used = MAX_LINE;
-            cut = 1;
-        } else if (s->peer_closed) {
-            n = used = s->len;
-        } else {
-            s->scanned = s->len; /* wait for the rest of the line */
-            break;
-        }
-        if (!cut && n > 0 && p[n - 1] == '\r')
-            n--;
-        if (em_receiver_push(r, p, n, NULL, 0, clock_ms(CLOCK_REALTIME), -1, s->line_no + 1,
+    const char *line;
+    size_t n;
+    int cut;
+    while (*pushed < max && em_linebuf_next(&s->lines, s->peer_closed, &line, &n, &cut)) {
+        if (em_receiver_push(r, line, n, NULL, 0, clock_ms(CLOCK_REALTIME), -1, s->line_no + 1,
                              NULL, 0) != 0) {
             em_log(EM_LOG_ERROR, em_receiver_job(r), "%s: receiver refused line %lld", s->name,
                    (long long)(s->line_no + 1));
@@ -168,14 +128,11 @@ static int drain(sock_src *s, em_receiver *r, uint32_t max, uint32_t *pushed)
         }
         s->line_no++;
         (*pushed)++;
-        consume(s, used);
-        if (cut) {
+        em_linebuf_consume(&s->lines);
+        if (cut)
             em_log(EM_LOG_WARN, em_receiver_job(r),
-                   "%s: line %lld is longer than 1 MiB; "
-                   "delivered its first 1 MiB, dropped the rest",
+                   "%s: line %lld is longer than 1 MiB; delivered its first 1 MiB, dropped the rest",
                    s->name, (long long)s->line_no);
-            s->skipping = 1;
-        }
     }
     return 0;
 }
@@ -279,30 +236,20 @@ static int step_connect(sock_src *s, em_receiver *r, int64_t deadline)
  * -1 on error (errno), -2 when nothing was there after all. */
 static ssize_t fill(sock_src *s)
 {
-    if (s->start > 0) {
-        memmove(s->buf, s->buf + s->start, s->len);
-        s->start = 0;
-    }
-    if (s->cap - s->len < READ_CHUNK && s->cap < BUF_LIMIT) {
-        size_t cap = s->cap ? s->cap * 2 : READ_CHUNK;
-        if (cap > BUF_LIMIT)
-            cap = BUF_LIMIT;
-        char *b = realloc(s->buf, cap);
-        if (!b) {
-            errno = ENOMEM;
-            return -1;
-        }
-        s->buf = b;
-        s->cap = cap;
+    size_t room;
+    char *at = em_linebuf_room(&s->lines, &room);
+    if (!at) {
+        errno = ENOMEM;
+        return -1;
     }
     ssize_t n;
     do
-        n = recv(s->fd, s->buf + s->len, s->cap - s->len, 0);
+        n = recv(s->fd, at, room, 0);
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return -2;
     if (n > 0)
-        s->len += (size_t)n;
+        em_linebuf_added(&s->lines, (size_t)n);
     return n;
 }
 
@@ -402,7 +349,7 @@ static void socket_free(void *self)
         return;
     close_fd(s);
     drop_addrs(s);
-    free(s->buf);
+    em_linebuf_free(&s->lines);
     free(s->host);
     free(s);
 }
