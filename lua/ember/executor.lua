@@ -64,11 +64,9 @@ local function record_table(r, arena, kind)
         if kind == "kafka" then
             local topic, rest = meta:match("^([^%z]*)(.*)$")
             t.topic = topic
-            if rest ~= "" then
-                local headers = {}
-                for k, v in rest:gmatch("%z([^=%z]*)=([^%z]*)") do
-                    headers[k] = v
-                end
+            for k, v in rest:gmatch("%z([^=%z]*)=([^%z]*)") do
+                local headers = t.headers or {}
+                headers[k] = v
                 t.headers = headers
             end
         elseif kind == "redis" and not meta:find("^%d+%-%d+$") then
@@ -655,7 +653,7 @@ function _M.compile(job, host)
             if node.write then
                 -- A sink: its failure is the server's, not the user's, so it
                 -- fails the batch (retried by the driver) whatever on_error says.
-                local info = { time = time, job = name, count = n }
+                local info = { time = time, job = name, count = n, shape = node.shape }
                 local ok, done, err = pcall(node.write, materialize(node.shape, ka, vb, n), info)
                 if not ok or not done then
                     return false, node.op .. " (" .. node.where .. "): " .. tostring(ok and err or done)

@@ -1,0 +1,1349 @@
+/* kafka.c — Kafka source (a consumer-group member) and sink (a shared producer).
+ *
+ * Source. One librdkafka high-level consumer per receiver, subscribed on the
+ * first poll(). Offsets are never committed by librdkafka
+ * (enable.auto.commit and enable.auto.offset.store are off): batch_done(ok)
+ * commits, per partition, the highest offset the finished batch processed,
+ * plus one. Everything that touches the consumer's fetch state — consuming,
+ * seeking, pausing, rebalancing — runs on the receiver thread, in sequence,
+ * because librdkafka's batch consume API is not safe against those
+ * operations run in parallel (2.0.2 changelog, "Known issues"). Worker
+ * threads only commit, and leave seeks to the receiver thread.
+ *
+ * Epochs. Each assigned partition carries an epoch number, bumped when it is
+ * assigned, revoked or sought back. Every record's meta carries the epoch it
+ * was read in, and only records of the partition's live epoch are committed.
+ * Within one epoch the records pushed are a gap-free run of the log from
+ * where the epoch began, so "highest processed + 1" never skips a record.
+ * Records left in memory from an older epoch (a revoked partition, a
+ * failed batch that was sought back) are still processed — ember cannot
+ * take records out of a sealed block — but never committed: the new owner,
+ * or this consumer after its seek, reads them again. Duplicates, no loss.
+ *
+ * Record meta: the topic, then NUL `name=value` per header (a null value is
+ * empty), then NUL `#epoch`. Lua's format = "record" reads the topic and
+ * the headers from it (lua/ember/executor.lua) and skips the tag, which has
+ * no '='. See docs/connectors/kafka.md.
+ *
+ * Rate cap. max_rate_per_partition is a token bucket per assigned partition;
+ * a partition out of tokens is paused with rd_kafka_pause_partitions(), so
+ * librdkafka stops fetching it (and drops what it prefetched) and the lag
+ * stays in Kafka. It is resumed when its tokens come back. A pause of the
+ * core (its own rate cap, a hold) that lasts pauses every assigned
+ * partition the same way (see kafka_pause).
+ *
+ * Sink. em_kafka_produce(), called from lua/ember/sinks/kafka.lua through the
+ * FFI: one producer per `brokers` string, shared by every job, made on first
+ * use and kept for the life of the process, its delivery reports served by
+ * a thread of its own. A call returns once every record it produced has its
+ * delivery report, and fails with the first delivery error.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "../core/block.h"
+#include "../core/connector.h"
+#include "../core/log.h"
+#include "../core/receiver.h"
+
+#define CONSUME_BATCH 1024    /* messages asked of librdkafka per call */
+#define SEEK_TIMEOUT_MS 5000  /* a seek waits this long for the fetcher to take it */
+#define CLOSE_NOTE_MS 2000    /* consumer_close slower than this is logged */
+#define CORE_PAUSE_GRACE_MS 1000 /* a core pause this long reaches the partitions */
+#define SINK_TIMEOUT_MS "30000" /* a record the cluster did not take by then fails its batch */
+
+/* ------------------------------------------------------------------ */
+/* Source state                                                        */
+/* ------------------------------------------------------------------ */
+
+typedef struct part {
+    struct topic *topic;
+    int32_t partition;
+    /* guarded by kafka_src.lock; written by the receiver thread except
+     * live and seek_to, which batch_done(ok = 0) may also set */
+    uint32_t epoch;    /* tag of the records read now */
+    uint32_t live;     /* epoch whose records may be committed; 0: none */
+    int assigned;
+    int64_t committed; /* highest offset committed in this assignment; -1: none yet */
+    int64_t seek_to;   /* >= 0: read again from here (a failed batch, a refused push) */
+    /* batch_done scratch, under lock and commit_lock */
+    int64_t upto;
+    int touched;
+    /* receiver thread only */
+    double tokens;
+    int rate_paused, kpaused, rewinding;
+} part;
+
+typedef struct topic {
+    char *name;
+    size_t len;
+    part **parts; /* by partition number; NULL until first assigned */
+    int32_t nparts;
+} topic;
+
+typedef struct kafka_src {
+    em_receiver *r;   /* the receiver this source feeds (not a counted reference) */
+    int closing;      /* in kafka_free: the receiver is going away */
+    char *job, *name; /* name: "kafka brokers=... topic=... group=...", for messages */
+    char *brokers, *topics_opt, *group;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *queue;
+    int subscribed, subscribe_failed;
+    rd_kafka_message_t *msgs[CONSUME_BATCH];
+
+    pthread_mutex_t lock;        /* guards the part fields marked so, and the tables' growth */
+    pthread_mutex_t commit_lock; /* one commit at a time; a revoke waits for it */
+    topic **topics;
+    size_t ntopics;
+    part **touched;
+    size_t ntouched, cap_touched, nparts_total;
+    atomic_int seeks_pending;
+
+    /* receiver thread only */
+    unsigned long rebalances;
+    double rate, burst, resume_at; /* max_rate_per_partition, bucket size, un-pause level */
+    int64_t refilled_ms;
+    int core_paused, core_pause_applied; /* the core's pause, and whether it reached librdkafka */
+    int64_t core_paused_at;
+    const rd_kafka_topic_t *last_rkt;
+    topic *last_topic;
+    char *meta;
+    size_t meta_cap;
+    int header_warned;
+
+    /* logging an outage once: the error code logged, cleared when data flows */
+    atomic_int outage;
+    atomic_int last_consumer_err;
+} kafka_src;
+
+static const em_option kafka_options[] = {
+    {"brokers", EM_OPT_STRING, NULL, "bootstrap servers, host:port[,host:port...] (required)"},
+    {"topic", EM_OPT_STRING, NULL,
+     "topic to read, or several comma-separated; a name starting with ^ is a regex (required)"},
+    {"group", EM_OPT_STRING, NULL, "consumer group id; offsets are committed for it (required)"},
+    {"start", EM_OPT_STRING, "latest",
+     "where a group without a committed offset starts: earliest or latest"},
+    {"max_rate_per_partition", EM_OPT_DOUBLE, "0",
+     "records/s cap per assigned partition, enforced by pausing it (0: unlimited)"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const char *const kafka_prefixes[] = {"kafka.", NULL};
+
+/* librdkafka properties ember sets itself: the option to use instead, or
+ * NULL when they must not change at all. */
+static const struct {
+    const char *prop, *use;
+} reserved[] = {
+    {"bootstrap.servers", "brokers"},
+    {"metadata.broker.list", "brokers"},
+    {"group.id", "group"},
+    {"auto.offset.reset", "start"},
+    {"enable.auto.commit", NULL},
+    {"enable.auto.offset.store", NULL},
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Errors that mean the brokers cannot be reached (librdkafka retries them). */
+static int is_outage(rd_kafka_resp_err_t err)
+{
+    return err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || err == RD_KAFKA_RESP_ERR__TRANSPORT ||
+           err == RD_KAFKA_RESP_ERR__RESOLVE || err == RD_KAFKA_RESP_ERR__TIMED_OUT ||
+           err == RD_KAFKA_RESP_ERR__AUTHENTICATION;
+}
+
+/* ------------------------------------------------------------------ */
+/* Partition table                                                     */
+/* ------------------------------------------------------------------ */
+
+static topic *find_topic(kafka_src *k, const char *name, size_t len)
+{
+    for (size_t i = 0; i < k->ntopics; i++)
+        if (k->topics[i]->len == len && memcmp(k->topics[i]->name, name, len) == 0)
+            return k->topics[i];
+    return NULL;
+}
+
+static part *find_part(kafka_src *k, const char *name, size_t len, int32_t partition)
+{
+    topic *t = find_topic(k, name, len);
+    return t && partition >= 0 && partition < t->nparts ? t->parts[partition] : NULL;
+}
+
+/* The part for (name, partition), made if new. Receiver thread, with
+ * k->lock held (the tables grow). NULL when out of memory. */
+static part *make_part(kafka_src *k, const char *name, int32_t partition)
+{
+    size_t len = strlen(name);
+    topic *t = find_topic(k, name, len);
+    if (!t) {
+        topic **ts = realloc(k->topics, (k->ntopics + 1) * sizeof *ts);
+        if (!ts)
+            return NULL;
+        k->topics = ts;
+        t = calloc(1, sizeof *t);
+        if (!t || !(t->name = strdup(name))) {
+            free(t);
+            return NULL;
+        }
+        t->len = len;
+        k->topics[k->ntopics++] = t;
+    }
+    if (partition < 0)
+        return NULL;
+    if (partition >= t->nparts) {
+        int32_t n = partition + 1;
+        part **ps = realloc(t->parts, (size_t)n * sizeof *ps);
+        if (!ps)
+            return NULL;
+        memset(ps + t->nparts, 0, (size_t)(n - t->nparts) * sizeof *ps);
+        t->parts = ps;
+        t->nparts = n;
+    }
+    if (!t->parts[partition]) {
+        if (k->nparts_total == k->cap_touched) {
+            size_t cap = k->cap_touched ? k->cap_touched * 2 : 16;
+            part **tp = realloc(k->touched, cap * sizeof *tp);
+            if (!tp)
+                return NULL;
+            k->touched = tp;
+            k->cap_touched = cap;
+        }
+        part *p = calloc(1, sizeof *p);
+        if (!p)
+            return NULL;
+        p->topic = t;
+        p->partition = partition;
+        p->committed = p->seek_to = -1;
+        t->parts[partition] = p;
+        k->nparts_total++;
+    }
+    return t->parts[partition];
+}
+
+/* Calls fn for every assigned part (receiver thread). */
+#define EACH_ASSIGNED(k, p)                                                  \
+    for (size_t ti_ = 0; ti_ < (k)->ntopics; ti_++)                           \
+        for (int32_t pi_ = 0; pi_ < (k)->topics[ti_]->nparts; pi_++)          \
+            for (part *p = (k)->topics[ti_]->parts[pi_]; p && p->assigned; p = NULL)
+
+/* The part a message came from, through a one-entry cache of its topic
+ * handle (a consume batch is mostly runs of one partition). */
+static part *message_part(kafka_src *k, const rd_kafka_message_t *m)
+{
+    if (m->rkt != k->last_rkt) {
+        const char *name = rd_kafka_topic_name(m->rkt);
+        k->last_topic = find_topic(k, name, strlen(name));
+        k->last_rkt = m->rkt;
+    }
+    topic *t = k->last_topic;
+    return t && m->partition >= 0 && m->partition < t->nparts ? t->parts[m->partition] : NULL;
+}
+
+/* Reads a record's meta (topic, headers, epoch tag last; see the top of
+ * this file). Returns its part or NULL; *epoch 0 when untagged. */
+static part *record_part(kafka_src *k, const em_block *b, const em_record *rec, uint32_t *epoch,
+                         topic **cache)
+{
+    const char *meta = b->arena + rec->meta_off;
+    const char *nul = rec->meta_len ? memchr(meta, '\0', rec->meta_len) : NULL;
+    const char *tag = rec->meta_len ? memrchr(meta, '\0', rec->meta_len) : NULL;
+    *epoch = 0;
+    if (!nul)
+        return NULL;
+    if (tag + 1 < meta + rec->meta_len && tag[1] == '#')
+        for (const char *d = tag + 2; d < meta + rec->meta_len && *d >= '0' && *d <= '9'; d++)
+            *epoch = *epoch * 10 + (uint32_t)(*d - '0');
+    size_t tlen = (size_t)(nul - meta);
+    topic *t = *cache;
+    if (!t || t->len != tlen || memcmp(t->name, meta, tlen) != 0)
+        *cache = t = find_topic(k, meta, tlen);
+    if (!t || rec->partition < 0 || rec->partition >= t->nparts)
+        return NULL;
+    return t->parts[rec->partition];
+}
+
+/* ------------------------------------------------------------------ */
+/* Pausing                                                             */
+/* ------------------------------------------------------------------ */
+
+/* Brings librdkafka's pause state of every assigned part in line with
+ * what ember wants: paused while the core waits for tokens or while the
+ * part's own bucket is empty. Receiver thread. */
+static void sync_pauses(kafka_src *k)
+{
+    rd_kafka_topic_partition_list_t *pause = NULL, *resume = NULL;
+    EACH_ASSIGNED(k, p)
+    {
+        int want = k->core_pause_applied || p->rate_paused;
+        if (want == p->kpaused)
+            continue;
+        rd_kafka_topic_partition_list_t **l = want ? &pause : &resume;
+        if (!*l)
+            *l = rd_kafka_topic_partition_list_new(8);
+        rd_kafka_topic_partition_list_add(*l, p->topic->name, p->partition);
+        p->kpaused = want;
+    }
+    if (pause) {
+        rd_kafka_pause_partitions(k->rk, pause);
+        rd_kafka_topic_partition_list_destroy(pause);
+    }
+    if (resume) {
+        rd_kafka_resume_partitions(k->rk, resume);
+        rd_kafka_topic_partition_list_destroy(resume);
+    }
+}
+
+/* Adds the tokens earned since the last call to every assigned part and
+ * un-pauses those back at the resume level. When every part is paused,
+ * lowers *wait_ms to the time until the first one may resume. */
+static void refill(kafka_src *k, int *wait_ms)
+{
+    int64_t now = mono_ms();
+    double dt = (double)(now - k->refilled_ms) / 1000.0;
+    k->refilled_ms = now;
+    double lowest_gap = -1;
+    int any_open = 0;
+    EACH_ASSIGNED(k, p)
+    {
+        p->tokens += dt * k->rate;
+        if (p->tokens > k->burst)
+            p->tokens = k->burst;
+        if (p->rate_paused && p->tokens >= k->resume_at)
+            p->rate_paused = 0;
+        if (!p->rate_paused)
+            any_open = 1;
+        else if (lowest_gap < 0 || k->resume_at - p->tokens < lowest_gap)
+            lowest_gap = k->resume_at - p->tokens;
+    }
+    if (!any_open && lowest_gap > 0) {
+        double ms = lowest_gap / k->rate * 1000 + 1;
+        if (ms < *wait_ms)
+            *wait_ms = (int)ms;
+    }
+}
+
+/* How many records one consume call may return without taking any
+ * unpaused part below zero tokens, whichever partitions they come from:
+ * the fewest tokens an unpaused part holds. 0 when every part is paused.
+ * 1 when nothing is assigned: the assignment happens inside the consume
+ * call, and records fetched right after it would come back in the same
+ * call, past any cap. */
+static uint32_t rate_step(kafka_src *k)
+{
+    double least = -1;
+    int any = 0;
+    EACH_ASSIGNED(k, p)
+    {
+        any = 1;
+        if (!p->rate_paused && (least < 0 || p->tokens < least))
+            least = p->tokens;
+    }
+    if (!any)
+        return 1;
+    if (least < 1)
+        return 0;
+    return least > CONSUME_BATCH ? CONSUME_BATCH : (uint32_t)least;
+}
+
+/* ------------------------------------------------------------------ */
+/* Rebalance                                                           */
+/* ------------------------------------------------------------------ */
+
+static void list_text(const rd_kafka_topic_partition_list_t *l, char *out, size_t len)
+{
+    size_t w = 0;
+    out[0] = '\0';
+    for (int i = 0; i < l->cnt && w + 1 < len; i++) {
+        int more = i + 1 < l->cnt && strcmp(l->elems[i + 1].topic, l->elems[i].topic) == 0;
+        int first = i == 0 || strcmp(l->elems[i - 1].topic, l->elems[i].topic) != 0;
+        int n = snprintf(out + w, len - w, "%s%s%s%" PRId32 "%s", first && i ? " " : "",
+                         first ? l->elems[i].topic : "", first ? "[" : "",
+                         l->elems[i].partition, more ? "," : "]");
+        if (n < 0)
+            break;
+        w += (size_t)n;
+    }
+    if (w >= len && len > 4)
+        strcpy(out + len - 4, "...");
+}
+
+static void on_assign(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
+                      int coop)
+{
+    pthread_mutex_lock(&k->lock);
+    for (int i = 0; i < parts->cnt; i++) {
+        part *p = make_part(k, parts->elems[i].topic, parts->elems[i].partition);
+        if (!p)
+            continue; /* out of memory: its records carry epoch 0, never committed */
+        p->epoch++;
+        if (p->epoch == 0) /* 0 means "no epoch": skip it when the counter wraps */
+            p->epoch = 1;
+        p->live = p->epoch;
+        p->assigned = 1;
+        p->committed = p->seek_to = -1;
+        p->tokens = k->rate > 2 ? k->rate / 2 : 1; /* half a second to start with */
+        p->rate_paused = p->rewinding = 0;
+        p->kpaused = -1; /* unknown after an earlier assignment: sync_pauses sets it */
+    }
+    pthread_mutex_unlock(&k->lock);
+    k->last_rkt = NULL;
+    rd_kafka_error_t *e = NULL;
+    rd_kafka_resp_err_t err = 0;
+    if (coop)
+        e = rd_kafka_incremental_assign(rk, parts);
+    else
+        err = rd_kafka_assign(rk, parts);
+    if (e || err) {
+        em_log(EM_LOG_ERROR, k->job, "%s: cannot take the assigned partitions: %s", k->name,
+               e ? rd_kafka_error_string(e) : rd_kafka_err2str(err));
+        rd_kafka_error_destroy(e);
+    }
+    sync_pauses(k);
+    char text[512];
+    list_text(parts, text, sizeof text);
+    em_log(EM_LOG_INFO, k->job, "%s: assigned %s", k->name, parts->cnt ? text : "nothing");
+    if (is_outage(atomic_exchange(&k->outage, 0)))
+        em_log(EM_LOG_INFO, k->job, "%s: the brokers answer again", k->name);
+}
+
+/* Drops the records of revoked partitions that no batch holds yet, so the
+ * new owner is the one to process them. The receiver discards by partition
+ * number only, so a number still assigned under another topic is kept
+ * (those records are processed here too, and never committed). */
+static void discard_revoked(kafka_src *k, const rd_kafka_topic_partition_list_t *parts)
+{
+    if (k->closing)
+        return;
+    size_t dropped = 0;
+    for (int i = 0; i < parts->cnt; i++) {
+        int32_t n = parts->elems[i].partition, seen = 0, kept = 0;
+        for (int j = 0; j < i; j++)
+            seen |= parts->elems[j].partition == n;
+        for (size_t t = 0; !seen && t < k->ntopics; t++)
+            kept |= n < k->topics[t]->nparts && k->topics[t]->parts[n] &&
+                    k->topics[t]->parts[n]->assigned;
+        if (!seen && !kept)
+            dropped += em_receiver_discard(k->r, n);
+    }
+    if (dropped)
+        em_log(EM_LOG_INFO, k->job, "%s: dropped %zu records of revoked partitions not yet in a "
+               "batch", k->name, dropped);
+}
+
+/* Revoked (or lost): waits for a commit under way — what is processed is
+ * committed before we return, which is before the partitions move — then
+ * makes every record of these partitions still in memory uncommittable. */
+static void on_revoke(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
+                      int coop)
+{
+    pthread_mutex_lock(&k->commit_lock);
+    pthread_mutex_lock(&k->lock);
+    for (int i = 0; i < parts->cnt; i++) {
+        const char *name = parts->elems[i].topic;
+        part *p = find_part(k, name, strlen(name), parts->elems[i].partition);
+        if (!p)
+            continue;
+        p->epoch++;
+        if (p->epoch == 0)
+            p->epoch = 1;
+        p->live = 0;
+        p->assigned = 0;
+        p->seek_to = -1;
+        p->rewinding = 0;
+    }
+    pthread_mutex_unlock(&k->lock);
+    pthread_mutex_unlock(&k->commit_lock);
+    k->last_rkt = NULL;
+    discard_revoked(k, parts);
+    if (coop) {
+        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+        rd_kafka_error_destroy(e);
+    } else {
+        rd_kafka_assign(rk, NULL);
+    }
+    char text[512];
+    list_text(parts, text, sizeof text);
+    em_log(EM_LOG_INFO, k->job, "%s: %s %s", k->name,
+           rd_kafka_assignment_lost(rk) ? "lost" : "revoked", parts->cnt ? text : "nothing");
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    kafka_src *k = opaque;
+    int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    k->rebalances++;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        on_assign(k, rk, parts, coop);
+    } else {
+        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+            em_log(EM_LOG_WARN, k->job, "%s: rebalance failed: %s", k->name,
+                   rd_kafka_err2str(err));
+        on_revoke(k, rk, parts, coop);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Errors and logs                                                     */
+/* ------------------------------------------------------------------ */
+
+/* librdkafka's error events: a broker outage is logged once until data
+ * flows again (librdkafka retries on its own); other errors each time
+ * their code changes. */
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    kafka_src *k = opaque;
+    if (rd_kafka_fatal_error(rk, NULL, 0)) {
+        em_log(EM_LOG_ERROR, k->job, "%s: fatal error: %s", k->name, reason);
+        return;
+    }
+    int before = atomic_exchange(&k->outage, err);
+    if (before == err || (is_outage(before) && is_outage(err)))
+        return; /* one line per outage, however librdkafka words it */
+    if (is_outage(err))
+        em_log(EM_LOG_WARN, k->job, "%s: cannot reach the brokers (%s); retrying until they answer",
+               k->name, reason);
+    else
+        em_log(EM_LOG_WARN, k->job, "%s: %s", k->name, reason);
+}
+
+/* librdkafka's own log lines go to the debug log: the ones a user needs
+ * arrive through on_error, once. */
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    const kafka_src *k = rd_kafka_opaque(rk);
+    em_log(level <= 2 ? EM_LOG_ERROR : EM_LOG_DEBUG, k ? k->job : "kafka", "librdkafka %s: %s",
+           fac, buf);
+}
+
+/* A message that carries an error instead of a record. */
+static void consumer_error(kafka_src *k, const rd_kafka_message_t *m)
+{
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    if (atomic_exchange(&k->last_consumer_err, m->err) == m->err)
+        return;
+    em_log(EM_LOG_WARN, k->job, "%s: %s%s%s", k->name,
+           m->rkt ? rd_kafka_topic_name(m->rkt) : "", m->rkt ? ": " : "",
+           rd_kafka_message_errstr(m));
+}
+
+/* ------------------------------------------------------------------ */
+/* create                                                              */
+/* ------------------------------------------------------------------ */
+
+static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, const char *shown,
+                    char *err, size_t errlen)
+{
+    char why[512];
+    if (rd_kafka_conf_set(conf, key, value, why, sizeof why) == RD_KAFKA_CONF_OK)
+        return 0;
+    snprintf(err, errlen, "kafka source: option '%s' = '%s': %s", shown, value, why);
+    return -1;
+}
+
+static void kafka_free(void *self);
+
+/* Checks the options, builds the consumer and its configuration. The
+ * consumer connects in the background but joins the group only on the
+ * first poll(), so a job version that never starts does not disturb it. */
+static void *kafka_create(const em_props *props, em_receiver *r, char *err, size_t errlen)
+{
+    static const char *const required[] = {"brokers", "topic", "group"};
+    for (size_t i = 0; i < 3; i++) {
+        const char *v = em_props_get(props, required[i]);
+        if (!v || !*v) {
+            snprintf(err, errlen, "kafka source: option '%s' is required", required[i]);
+            return NULL;
+        }
+    }
+    const char *start = em_props_str(props, "start", "latest");
+    if (strcmp(start, "earliest") != 0 && strcmp(start, "latest") != 0) {
+        snprintf(err, errlen, "kafka source: option 'start' = '%s' is not earliest or latest",
+                 start);
+        return NULL;
+    }
+    for (size_t i = 0; i < props->n; i++) {
+        const char *key = props->items[i].key;
+        if (strncmp(key, "kafka.", 6) != 0)
+            continue;
+        for (size_t j = 0; j < sizeof reserved / sizeof reserved[0]; j++)
+            if (strcmp(key + 6, reserved[j].prop) == 0) {
+                if (reserved[j].use)
+                    snprintf(err, errlen, "kafka source: option '%s' is set by ember; use '%s'",
+                             key, reserved[j].use);
+                else
+                    snprintf(err, errlen,
+                             "kafka source: option '%s' cannot be set: ember commits offsets "
+                             "itself, after each batch's outputs succeeded",
+                             key);
+                return NULL;
+            }
+    }
+
+    kafka_src *k = calloc(1, sizeof *k);
+    if (!k) {
+        snprintf(err, errlen, "kafka source: out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&k->lock, NULL);
+    pthread_mutex_init(&k->commit_lock, NULL);
+    k->r = r;
+    k->job = strdup(em_receiver_job(r));
+    k->brokers = strdup(em_props_get(props, "brokers"));
+    k->topics_opt = strdup(em_props_get(props, "topic"));
+    k->group = strdup(em_props_get(props, "group"));
+    if (!k->job || !k->brokers || !k->topics_opt || !k->group ||
+        asprintf(&k->name, "kafka %s topic=%s group=%s", k->brokers, k->topics_opt, k->group) < 0) {
+        k->name = NULL;
+        snprintf(err, errlen, "kafka source: out of memory");
+        kafka_free(k);
+        return NULL;
+    }
+    k->rate = em_props_double(props, "max_rate_per_partition", 0);
+    /* A paused partition resumes once it has a quarter second of tokens,
+     * and may save up to two seconds' worth. librdkafka 2.0.2 notices a
+     * resume only when its broker thread next wakes, up to a second later
+     * when nothing else is being fetched; a bucket of two seconds keeps
+     * those tokens instead of losing them, so the rate holds on average
+     * (records then come in bursts of up to a second per partition, as
+     * Spark's maxRatePerPartition gives rate x batch interval per batch).
+     * Resuming at the first token would thrash: each pause drops what
+     * librdkafka prefetched and each resume fetches it again. */
+    k->burst = k->rate * 2 > 1 ? k->rate * 2 : 1;
+    k->resume_at = k->rate / 4 > 1 ? k->rate / 4 : 1;
+    k->refilled_ms = mono_ms();
+
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char client[160];
+    snprintf(client, sizeof client, "ember-%s", k->job);
+    /* ember's defaults, which kafka.<property> may override: a deeper
+     * prefetch than librdkafka's 100000 messages, which stalls for about
+     * a second at a time under load; memory stays bounded by
+     * queued.max.messages.kbytes. */
+    if (conf_set(conf, "client.id", client, "kafka.client.id", err, errlen) ||
+        conf_set(conf, "queued.min.messages", "1000000", "kafka.queued.min.messages", err,
+                 errlen) ||
+        conf_set(conf, "queued.max.messages.kbytes", "32768", "kafka.queued.max.messages.kbytes",
+                 err, errlen) ||
+        conf_set(conf, "log.connection.close", "false", "kafka.log.connection.close", err,
+                 errlen))
+        goto fail;
+    if (k->rate > 0) {
+        /* A capped partition takes half a second of records at a time, and
+         * a pause drops whatever else was fetched: fetch about that much
+         * (assuming records near 1 KiB), not librdkafka's 1 MiB. */
+        double bytes = k->rate * 512;
+        char fetch[32];
+        if (bytes < 65536)
+            bytes = 65536;
+        if (bytes > 1048576)
+            bytes = 1048576;
+        snprintf(fetch, sizeof fetch, "%.0f", bytes);
+        if (conf_set(conf, "max.partition.fetch.bytes", fetch, "kafka.max.partition.fetch.bytes",
+                     err, errlen))
+            goto fail;
+    }
+    for (size_t i = 0; i < props->n; i++)
+        if (strncmp(props->items[i].key, "kafka.", 6) == 0 &&
+            conf_set(conf, props->items[i].key + 6, props->items[i].value, props->items[i].key,
+                     err, errlen))
+            goto fail;
+    if (conf_set(conf, "bootstrap.servers", k->brokers, "brokers", err, errlen) ||
+        conf_set(conf, "group.id", k->group, "group", err, errlen) ||
+        conf_set(conf, "auto.offset.reset", start, "start", err, errlen) ||
+        conf_set(conf, "enable.auto.commit", "false", "enable.auto.commit", err, errlen) ||
+        conf_set(conf, "enable.auto.offset.store", "false", "enable.auto.offset.store", err,
+                 errlen))
+        goto fail;
+    rd_kafka_conf_set_opaque(conf, k);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_log_cb(conf, on_log);
+
+    char why[512];
+    k->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
+    if (!k->rk) {
+        snprintf(err, errlen, "kafka source: %s", why);
+        goto fail; /* rd_kafka_new frees conf only on success */
+    }
+    rd_kafka_poll_set_consumer(k->rk);
+    k->queue = rd_kafka_queue_get_consumer(k->rk);
+    return k;
+fail:
+    if (!k->rk)
+        rd_kafka_conf_destroy(conf);
+    kafka_free(k);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* poll                                                                */
+/* ------------------------------------------------------------------ */
+
+static int subscribe(kafka_src *k)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    char *copy = strdup(k->topics_opt), *save = NULL;
+    if (!copy) {
+        rd_kafka_topic_partition_list_destroy(l);
+        return -1;
+    }
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ')
+            t++;
+        size_t n = strlen(t);
+        while (n && t[n - 1] == ' ')
+            t[--n] = '\0';
+        if (n)
+            rd_kafka_topic_partition_list_add(l, t, RD_KAFKA_PARTITION_UA);
+    }
+    free(copy);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(k->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) { /* a bad topic regex, say: logged once, tried again at each poll */
+        if (!k->subscribe_failed)
+            em_log(EM_LOG_ERROR, k->job, "%s: cannot subscribe to topic '%s': %s", k->name,
+                   k->topics_opt, rd_kafka_err2str(err));
+        k->subscribe_failed = 1;
+        return -1;
+    }
+    em_log(EM_LOG_INFO, k->job, "%s: joining the group", k->name);
+    k->subscribed = 1;
+    return 0;
+}
+
+/* Seeks the parts a failed batch (or a refused push) left to read again.
+ * Only after the seek took does the part get a new live epoch; until then
+ * nothing of it is committed, and a seek that failed is tried again on the
+ * next poll. */
+static void apply_seeks(kafka_src *k)
+{
+    atomic_store(&k->seeks_pending, 0);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    pthread_mutex_lock(&k->lock);
+    for (size_t ti = 0; ti < k->ntopics; ti++)
+        for (int32_t pi = 0; pi < k->topics[ti]->nparts; pi++) {
+            part *p = k->topics[ti]->parts[pi];
+            if (!p || p->seek_to < 0)
+                continue;
+            if (!p->assigned) {
+                p->seek_to = -1;
+                continue;
+            }
+            rd_kafka_topic_partition_list_add(l, p->topic->name, p->partition)->offset = p->seek_to;
+        }
+    pthread_mutex_unlock(&k->lock);
+    if (l->cnt == 0) {
+        rd_kafka_topic_partition_list_destroy(l);
+        return;
+    }
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(k->rk, l, SEEK_TIMEOUT_MS);
+    pthread_mutex_lock(&k->lock);
+    for (int i = 0; i < l->cnt; i++) {
+        rd_kafka_topic_partition_t *el = &l->elems[i];
+        part *p = find_part(k, el->topic, strlen(el->topic), el->partition);
+        if (!p)
+            continue;
+        if (e || el->err) {
+            em_log(EM_LOG_WARN, k->job, "%s: cannot seek %s[%" PRId32 "] to offset %" PRId64
+                   ": %s; trying again", k->name, el->topic, el->partition, el->offset,
+                   e ? rd_kafka_error_string(e) : rd_kafka_err2str(el->err));
+            atomic_store(&k->seeks_pending, 1);
+            continue;
+        }
+        if (p->seek_to != el->offset) { /* another failure came meanwhile: seek again */
+            atomic_store(&k->seeks_pending, 1);
+            continue;
+        }
+        p->epoch++;
+        if (p->epoch == 0)
+            p->epoch = 1;
+        p->live = p->epoch;
+        p->seek_to = -1;
+        p->rewinding = 0;
+        em_log(EM_LOG_INFO, k->job, "%s: reading %s[%" PRId32 "] again from offset %" PRId64,
+               k->name, el->topic, el->partition, el->offset);
+    }
+    pthread_mutex_unlock(&k->lock);
+    rd_kafka_error_destroy(e);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Marks part p to be read again from offset: nothing of it is committed
+ * until the receiver thread has sought there. Caller holds k->lock. */
+static void rewind_locked(kafka_src *k, part *p, int64_t offset)
+{
+    p->live = 0;
+    if (p->seek_to < 0 || offset < p->seek_to)
+        p->seek_to = offset;
+    atomic_store(&k->seeks_pending, 1);
+}
+
+static int put(kafka_src *k, size_t *w, const void *src, size_t n)
+{
+    if (*w + n > k->meta_cap) {
+        size_t cap = k->meta_cap ? k->meta_cap : 256;
+        while (cap < *w + n)
+            cap *= 2;
+        char *m = realloc(k->meta, cap);
+        if (!m)
+            return -1;
+        k->meta = m;
+        k->meta_cap = cap;
+    }
+    memcpy(k->meta + *w, src, n);
+    *w += n;
+    return 0;
+}
+
+/* The meta of one record (see the top of this file); its length, or -1.
+ * A header that this layout cannot hold (a NUL anywhere, '=' in its name)
+ * is left out, and that is logged once. */
+static ssize_t build_meta(kafka_src *k, const rd_kafka_message_t *m, const part *p,
+                          uint32_t epoch)
+{
+    const char *name = p ? p->topic->name : rd_kafka_topic_name(m->rkt);
+    size_t w = 0;
+    if (put(k, &w, name, p ? p->topic->len : strlen(name)))
+        return -1;
+    rd_kafka_headers_t *hdrs;
+    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        const char *hname;
+        const void *val;
+        size_t size;
+        for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &hname, &val, &size) == 0; i++) {
+            if (strchr(hname, '=') || (val && memchr(val, '\0', size))) {
+                if (!k->header_warned) {
+                    em_log(EM_LOG_WARN, k->job, "%s: header '%s' of %s[%" PRId32 "] offset %"
+                           PRId64 " has a NUL byte or '=' in its name; such headers are left "
+                           "out of records", k->name, hname, name, m->partition, m->offset);
+                    k->header_warned = 1;
+                }
+                continue;
+            }
+            if (put(k, &w, "", 1) || put(k, &w, hname, strlen(hname)) || put(k, &w, "=", 1) ||
+                (val && put(k, &w, val, size)))
+                return -1;
+        }
+    }
+    /* NUL '#' digits, written backwards: no printf per record */
+    char tag[16], *t = tag + sizeof tag;
+    do
+        *--t = (char)('0' + epoch % 10);
+    while (epoch /= 10);
+    *--t = '#';
+    *--t = '\0';
+    if (put(k, &w, t, (size_t)(tag + sizeof tag - t)))
+        return -1;
+    return (ssize_t)w;
+}
+
+/* Pushes one message. Returns 1 when pushed, 0 when not (it will be read
+ * again: its part is rewound). stale: a rebalance ran during the consume
+ * call that returned it, so it may belong to a previous assignment. */
+static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *m, int stale)
+{
+    part *p = message_part(k, m);
+    if (p && p->rewinding)
+        return 0; /* an earlier record of its part was refused: all of it comes again */
+    if (p && !p->assigned)
+        return 0; /* fetched before its partition was revoked: the new owner reads it */
+    uint32_t epoch = !stale && p && p->assigned ? p->epoch : 0;
+    ssize_t mlen = build_meta(k, m, p, epoch);
+    int64_t ts = rd_kafka_message_timestamp(m, NULL);
+    if (ts < 0)
+        ts = wall_ms();
+    const char *value = m->payload ? m->payload : ""; /* a null value (tombstone) reads as "" */
+    if (mlen >= 0 && em_receiver_push(r, value, m->payload ? m->len : 0, m->key,
+                                      m->key ? m->key_len : 0, ts, m->partition, m->offset,
+                                      k->meta, (size_t)mlen) == 0) {
+        if (p && k->rate > 0 && (p->tokens -= 1) < 1)
+            p->rate_paused = 1;
+        return 1;
+    }
+    em_log(EM_LOG_ERROR, k->job, "%s: receiver refused %s[%" PRId32 "] offset %" PRId64
+           " (out of memory); reading it again", k->name, rd_kafka_topic_name(m->rkt),
+           m->partition, m->offset);
+    if (p) {
+        pthread_mutex_lock(&k->lock);
+        if (p->assigned)
+            rewind_locked(k, p, m->offset);
+        pthread_mutex_unlock(&k->lock);
+        p->rewinding = p->assigned;
+    }
+    return 0;
+}
+
+/* Reads at most max records, waiting at most timeout_ms. Rebalances are
+ * served inside the consume call, on this thread. */
+static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
+{
+    kafka_src *k = self;
+    if (!k->subscribed && subscribe(k) != 0)
+        return -1;
+    if (atomic_load(&k->seeks_pending))
+        apply_seeks(k);
+    if (max == 0) { /* the core's pause: read nothing; past the grace, pause the partitions */
+        if (k->core_paused && !k->core_pause_applied &&
+            mono_ms() - k->core_paused_at >= CORE_PAUSE_GRACE_MS) {
+            k->core_pause_applied = 1;
+            sync_pauses(k);
+        }
+        return 0;
+    }
+    int wait = timeout_ms;
+    uint32_t step = CONSUME_BATCH;
+    if (k->rate > 0) {
+        refill(k, &wait);
+        sync_pauses(k);
+        step = rate_step(k);
+    }
+    uint32_t pushed = 0;
+    for (int first = 1; pushed < max; first = 0) {
+        size_t want = max - pushed < step ? max - pushed : step;
+        if (want == 0) {
+            if (!first)
+                break;
+            want = 1; /* everything is paused: still serve rebalances and errors, and wait */
+        }
+        unsigned long rebalances = k->rebalances;
+        ssize_t n = rd_kafka_consume_batch_queue(k->queue, first ? wait : 0, k->msgs, want);
+        if (n <= 0)
+            break;
+        int stale = k->rebalances != rebalances;
+        for (ssize_t i = 0; i < n; i++) {
+            rd_kafka_message_t *m = k->msgs[i];
+            if (m->err)
+                consumer_error(k, m);
+            else
+                pushed += (uint32_t)push_message(k, r, m, stale);
+            rd_kafka_message_destroy(m);
+        }
+        if (k->rate > 0) {
+            sync_pauses(k);
+            step = rate_step(k);
+        }
+        if ((size_t)n < want)
+            break;
+    }
+    if (pushed) {
+        if (is_outage(atomic_exchange(&k->outage, 0)))
+            em_log(EM_LOG_INFO, k->job, "%s: the brokers answer again; records flow", k->name);
+        atomic_store(&k->last_consumer_err, 0);
+    }
+    return (int)pushed;
+}
+
+/* ------------------------------------------------------------------ */
+/* batch_done, pause, resume, free                                     */
+/* ------------------------------------------------------------------ */
+
+/* Commits, per partition, the highest offset of the live epoch these
+ * blocks hold, plus one, when it is above what was committed. */
+static void commit_blocks(kafka_src *k, em_block *const *blocks, size_t n)
+{
+    pthread_mutex_lock(&k->commit_lock);
+    pthread_mutex_lock(&k->lock);
+    topic *cache = NULL;
+    k->ntouched = 0;
+    for (size_t b = 0; b < n; b++)
+        for (uint32_t i = 0; i < blocks[b]->count; i++) {
+            const em_record *rec = &blocks[b]->records[i];
+            uint32_t epoch;
+            part *p = record_part(k, blocks[b], rec, &epoch, &cache);
+            if (!p || !p->assigned || epoch == 0 || epoch != p->live)
+                continue;
+            if (!p->touched) {
+                p->touched = 1;
+                p->upto = -1;
+                k->touched[k->ntouched++] = p;
+            }
+            if (rec->offset + 1 > p->upto)
+                p->upto = rec->offset + 1;
+        }
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)k->ntouched + 1);
+    for (size_t i = 0; i < k->ntouched; i++) {
+        part *p = k->touched[i];
+        p->touched = 0;
+        if (p->upto > p->committed) /* never move a committed offset back */
+            rd_kafka_topic_partition_list_add(l, p->topic->name, p->partition)->offset = p->upto;
+    }
+    pthread_mutex_unlock(&k->lock);
+    if (l->cnt > 0) {
+        rd_kafka_resp_err_t err = rd_kafka_commit(k->rk, l, 0);
+        pthread_mutex_lock(&k->lock);
+        for (int i = 0; i < l->cnt; i++) {
+            rd_kafka_topic_partition_t *el = &l->elems[i];
+            part *p = find_part(k, el->topic, strlen(el->topic), el->partition);
+            if (!err && !el->err) {
+                if (p && el->offset > p->committed)
+                    p->committed = el->offset;
+                continue;
+            }
+            /* the records stay uncommitted: whoever owns the partition next reads them again */
+            em_log(EM_LOG_WARN, k->job, "%s: cannot commit %s[%" PRId32 "] at offset %" PRId64
+                   ": %s", k->name, el->topic, el->partition, el->offset,
+                   rd_kafka_err2str(err ? err : el->err));
+        }
+        pthread_mutex_unlock(&k->lock);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    pthread_mutex_unlock(&k->commit_lock);
+}
+
+/* A failed batch: nothing is committed, and each partition it held records
+ * of is read again from the lowest of them. Records of an older epoch are
+ * left out (a newer epoch began at or before them); records tagged 0 may be
+ * of the current run, so they count — reading back too far only repeats. */
+static void rewind_blocks(kafka_src *k, em_block *const *blocks, size_t n)
+{
+    pthread_mutex_lock(&k->commit_lock);
+    pthread_mutex_lock(&k->lock);
+    topic *cache = NULL;
+    k->ntouched = 0;
+    for (size_t b = 0; b < n; b++)
+        for (uint32_t i = 0; i < blocks[b]->count; i++) {
+            const em_record *rec = &blocks[b]->records[i];
+            uint32_t epoch;
+            part *p = record_part(k, blocks[b], rec, &epoch, &cache);
+            if (!p || !p->assigned || (epoch != 0 && epoch != p->epoch))
+                continue;
+            if (!p->touched) {
+                p->touched = 1;
+                p->upto = rec->offset;
+                k->touched[k->ntouched++] = p;
+            }
+            if (rec->offset < p->upto)
+                p->upto = rec->offset;
+        }
+    for (size_t i = 0; i < k->ntouched; i++) {
+        part *p = k->touched[i];
+        p->touched = 0;
+        rewind_locked(k, p, p->upto);
+        em_log(EM_LOG_WARN, k->job, "%s: batch failed; %s[%" PRId32 "] will be read again from "
+               "offset %" PRId64, k->name, p->topic->name, p->partition, p->seek_to);
+    }
+    pthread_mutex_unlock(&k->lock);
+    pthread_mutex_unlock(&k->commit_lock);
+}
+
+/* Runs on a worker thread. */
+static void kafka_batch_done(void *self, em_block *const *blocks, size_t n, int ok)
+{
+    kafka_src *k = self;
+    if (!k->rk)
+        return;
+    if (ok)
+        commit_blocks(k, blocks, n);
+    else
+        rewind_blocks(k, blocks, n);
+}
+
+/* The core stops calling poll() with records to read: its token bucket is
+ * empty, or it holds the receiver (too many waiting batches, memory.max).
+ * Token waits last a block interval at most, shorter than librdkafka 2.0.2
+ * takes to notice a resume (up to a second), and a pause drops what it
+ * prefetched: so the partitions are paused only once the core's pause
+ * outlasts CORE_PAUSE_GRACE_MS (seen by the max = 0 polls the core makes
+ * meanwhile). Until then the prefetch, bounded by
+ * queued.max.messages.kbytes, simply waits. Receiver thread. */
+static void kafka_pause(void *self)
+{
+    kafka_src *k = self;
+    if (!k->core_paused)
+        k->core_paused_at = mono_ms();
+    k->core_paused = 1;
+}
+
+static void kafka_resume(void *self)
+{
+    kafka_src *k = self;
+    k->core_paused = 0;
+    if (k->core_pause_applied) {
+        k->core_pause_applied = 0;
+        sync_pauses(k);
+    }
+}
+
+/* Leaves the group (the revoke runs here, through on_rebalance) and frees
+ * everything. Runs once every block of the receiver is gone, so no
+ * batch_done can come later. Accepts NULL. */
+static void kafka_free(void *self)
+{
+    kafka_src *k = self;
+    if (!k)
+        return;
+    if (k->rk) {
+        int64_t t0 = mono_ms();
+        k->closing = 1;
+        if (k->subscribed)
+            rd_kafka_consumer_close(k->rk);
+        if (k->queue)
+            rd_kafka_queue_destroy(k->queue);
+        rd_kafka_destroy(k->rk);
+        if (mono_ms() - t0 > CLOSE_NOTE_MS)
+            em_log(EM_LOG_INFO, k->job, "%s: leaving the group took %lldms", k->name,
+                   (long long)(mono_ms() - t0));
+    }
+    for (size_t i = 0; i < k->ntopics; i++) {
+        for (int32_t p = 0; p < k->topics[i]->nparts; p++)
+            free(k->topics[i]->parts[p]);
+        free(k->topics[i]->parts);
+        free(k->topics[i]->name);
+        free(k->topics[i]);
+    }
+    free(k->topics);
+    free(k->touched);
+    free(k->meta);
+    pthread_mutex_destroy(&k->lock);
+    pthread_mutex_destroy(&k->commit_lock);
+    free(k->job);
+    free(k->name);
+    free(k->brokers);
+    free(k->topics_opt);
+    free(k->group);
+    free(k);
+}
+
+/* Kafka keeps what was not committed: no write-ahead log needed. */
+static int kafka_acknowledges(void *self)
+{
+    (void)self;
+    return 1;
+}
+
+const em_connector em_kafka_connector = {
+    .name = "kafka",
+    .options = kafka_options,
+    .prefixes = kafka_prefixes,
+    .create = kafka_create,
+    .poll = kafka_poll,
+    .batch_done = kafka_batch_done,
+    .pause = kafka_pause,
+    .resume = kafka_resume,
+    .free = kafka_free,
+    .acknowledges = kafka_acknowledges,
+};
+
+/* ------------------------------------------------------------------ */
+/* Sink                                                                */
+/* ------------------------------------------------------------------ */
+
+typedef struct producer {
+    char *brokers;
+    rd_kafka_t *rk;
+    pthread_t poller;
+    atomic_int last_err; /* error code last logged (an outage once); 0 after a delivery */
+    struct producer *next;
+} producer;
+
+/* The delivery reports one em_kafka_produce() call waits for; lives on
+ * that call's stack, reached from each message's opaque. */
+typedef struct delivery {
+    pthread_mutex_t lock;
+    pthread_cond_t done;
+    size_t pending;
+    rd_kafka_resp_err_t err;
+    char why[256];
+} delivery;
+
+static pthread_mutex_t producers_lock = PTHREAD_MUTEX_INITIALIZER;
+static producer *producers;
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    producer *p = opaque;
+    if (!m->err && atomic_load(&p->last_err) && is_outage(atomic_exchange(&p->last_err, 0)))
+        em_log(EM_LOG_INFO, NULL, "kafka sink %s: the brokers answer again", p->brokers);
+    delivery *d = m->_private;
+    pthread_mutex_lock(&d->lock);
+    if (m->err && !d->err) {
+        d->err = m->err;
+        snprintf(d->why, sizeof d->why, "delivery to %s[%" PRId32 "] failed: %s",
+                 rd_kafka_topic_name(m->rkt), m->partition, rd_kafka_err2str(m->err));
+    }
+    if (--d->pending == 0)
+        pthread_cond_signal(&d->done);
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void on_sink_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    producer *p = opaque;
+    int before = atomic_exchange(&p->last_err, err);
+    if (before != err && !(is_outage(before) && is_outage(err))) /* once per outage */
+        em_log(EM_LOG_WARN, NULL, "kafka sink %s: %s", p->brokers, reason);
+}
+
+static void on_sink_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    em_log(level <= 2 ? EM_LOG_ERROR : EM_LOG_DEBUG, NULL, "kafka sink: librdkafka %s: %s", fac,
+           buf);
+}
+
+/* Serves delivery reports for the life of the process. */
+static void *poller(void *arg)
+{
+    producer *p = arg;
+    for (;;)
+        rd_kafka_poll(p->rk, 200);
+    return NULL;
+}
+
+/* A new producer for brokers, its poller thread started. NULL and why. */
+static producer *new_producer(const char *brokers, char *why, size_t len)
+{
+    static const char *const settings[][2] = {
+        {"acks", "all"},
+        {"linger.ms", "5"},
+        {"message.timeout.ms", SINK_TIMEOUT_MS},
+        {"queue.buffering.max.kbytes", "65536"}, /* produce() blocks past it: memory bounded */
+        {"client.id", "ember"},
+        {"log.connection.close", "false"},
+    };
+    producer *p = calloc(1, sizeof *p);
+    if (!p || !(p->brokers = strdup(brokers))) {
+        free(p);
+        snprintf(why, len, "out of memory");
+        return NULL;
+    }
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    int ok = rd_kafka_conf_set(conf, "bootstrap.servers", brokers, why, len) == RD_KAFKA_CONF_OK;
+    for (size_t i = 0; ok && i < sizeof settings / sizeof settings[0]; i++)
+        ok = rd_kafka_conf_set(conf, settings[i][0], settings[i][1], why, len) == RD_KAFKA_CONF_OK;
+    if (ok) {
+        rd_kafka_conf_set_opaque(conf, p);
+        rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+        rd_kafka_conf_set_error_cb(conf, on_sink_error);
+        rd_kafka_conf_set_log_cb(conf, on_sink_log);
+        p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, len); /* owns conf on success */
+    }
+    if (!p->rk) {
+        rd_kafka_conf_destroy(conf);
+        free(p->brokers);
+        free(p);
+        return NULL;
+    }
+    if (pthread_create(&p->poller, NULL, poller, p) != 0) {
+        snprintf(why, len, "cannot start its thread");
+        rd_kafka_destroy(p->rk);
+        free(p->brokers);
+        free(p);
+        return NULL;
+    }
+    pthread_setname_np(p->poller, "kafka-sink");
+    return p;
+}
+
+/* The producer for brokers, made on first use and kept. NULL and err. */
+static producer *get_producer(const char *brokers, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&producers_lock);
+    producer *p = producers;
+    while (p && strcmp(p->brokers, brokers) != 0)
+        p = p->next;
+    if (!p) {
+        char why[512];
+        p = new_producer(brokers, why, sizeof why);
+        if (p) {
+            p->next = producers;
+            producers = p;
+            em_log(EM_LOG_INFO, NULL, "kafka sink %s: producer ready", brokers);
+        } else {
+            snprintf(err, errlen, "kafka sink %s: %s", brokers, why);
+        }
+    }
+    pthread_mutex_unlock(&producers_lock);
+    return p;
+}
+
+/* Exported for lua/ember/sinks/kafka.lua (through the FFI). */
+int em_kafka_produce(const char *brokers, const char *topic_name, uint32_t n,
+                     const char *const *keys, const uint32_t *key_lens,
+                     const char *const *values, const uint32_t *value_lens, char *err,
+                     size_t errlen);
+
+/* Produces n records (keys may be NULL, as may each key) to topic and
+ * waits for every delivery report of them. Returns 0, or -1 with err
+ * holding the first failure. Safe from any thread; callers share the
+ * producer of their brokers string. */
+int em_kafka_produce(const char *brokers, const char *topic_name, uint32_t n,
+                     const char *const *keys, const uint32_t *key_lens,
+                     const char *const *values, const uint32_t *value_lens, char *err,
+                     size_t errlen)
+{
+    producer *p = get_producer(brokers, err, errlen);
+    if (!p)
+        return -1;
+    if (n == 0)
+        return 0;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, topic_name, NULL);
+    if (!rkt) {
+        snprintf(err, errlen, "kafka sink: topic '%s': %s", topic_name,
+                 rd_kafka_err2str(rd_kafka_last_error()));
+        return -1;
+    }
+    delivery d = {.pending = 0, .err = 0};
+    pthread_mutex_init(&d.lock, NULL);
+    pthread_cond_init(&d.done, NULL);
+    for (uint32_t i = 0; i < n; i++) {
+        const char *key = keys ? keys[i] : NULL;
+        pthread_mutex_lock(&d.lock);
+        d.pending++; /* before produce: its report may come before produce returns */
+        pthread_mutex_unlock(&d.lock);
+        /* F_BLOCK waits for room in the producer queue; our poller thread frees it */
+        if (rd_kafka_produce(rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_BLOCK,
+                             (void *)values[i], value_lens[i], key, key ? key_lens[i] : 0,
+                             &d) != 0) {
+            rd_kafka_resp_err_t e = rd_kafka_last_error();
+            pthread_mutex_lock(&d.lock);
+            d.pending--;
+            if (!d.err) {
+                d.err = e;
+                snprintf(d.why, sizeof d.why, "cannot produce to %s: %s", topic_name,
+                         rd_kafka_err2str(e));
+            }
+            pthread_mutex_unlock(&d.lock);
+            break; /* the rest would fail the batch anyway */
+        }
+    }
+    /* Every report must be in before d leaves the stack. */
+    pthread_mutex_lock(&d.lock);
+    while (d.pending > 0)
+        pthread_cond_wait(&d.done, &d.lock);
+    pthread_mutex_unlock(&d.lock);
+    pthread_cond_destroy(&d.done);
+    pthread_mutex_destroy(&d.lock);
+    rd_kafka_topic_destroy(rkt);
+    if (d.err) {
+        snprintf(err, errlen, "kafka sink %s: %s", brokers, d.why);
+        return -1;
+    }
+    return 0;
+}
