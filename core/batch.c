@@ -39,8 +39,9 @@ em_batch *em_batch_cut_recovered(em_job *j, int64_t time_ms, uint64_t max_record
 {
     size_t from = j->recovered_pos, to = from;
     uint64_t records = 0;
-    while (to < j->nrecovered &&
-           (to == from || !max_records || records + j->recovered[to]->count <= max_records))
+    /* Whole blocks while under the limit: at most the limit plus one block,
+     * the same bound live batches keep. */
+    while (to < j->nrecovered && (!max_records || records < max_records))
         records += j->recovered[to++]->count;
     if (to == from)
         return NULL;

@@ -27,8 +27,9 @@ typedef struct em_batch {
 /* Takes every sealed block of the job's current version into a new batch.
  * NULL only when out of memory (the blocks then stay with the receivers). */
 em_batch *em_batch_cut(em_job *j, int64_t time_ms);
-/* The next batch of blocks recovered from the write-ahead log: at most
- * max_records records (0: all), at least one block. NULL when none are left. */
+/* The next batch of blocks recovered from the write-ahead log: whole
+ * blocks until it holds max_records (0: all), so at most max_records plus
+ * one block. NULL when none are left. */
 em_batch *em_batch_cut_recovered(em_job *j, int64_t time_ms, uint64_t max_records);
 /* Releases a batch that will not run: its blocks are reported as failed so
  * ackable sources redeliver them. */

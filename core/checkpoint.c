@@ -137,8 +137,20 @@ int em_checkpoint_read(const char *dir, em_checkpoint *cp)
 
 int em_checkpoint_archive(const char *dir, char *moved_to, size_t len)
 {
-    snprintf(moved_to, len, "%s/archive-%lld", dir, (long long)time(NULL));
-    if (em_mkdirs(moved_to) != 0)
+    /* A unique folder: two state_version changes in one second keep both. */
+    long long now = (long long)time(NULL);
+    int made = -1;
+    for (int n = 0; made != 0 && n < 1000; n++) {
+        if (n)
+            snprintf(moved_to, len, "%s/archive-%lld.%d", dir, now, n);
+        else
+            snprintf(moved_to, len, "%s/archive-%lld", dir, now);
+        em_mkdirs(dir);
+        made = mkdir(moved_to, 0755);
+        if (made != 0 && errno != EEXIST)
+            return -1;
+    }
+    if (made != 0)
         return -1;
     static const char *const files[] = {"checkpoint", "checkpoint.1"};
     for (int i = 0; i < 2; i++) {

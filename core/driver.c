@@ -63,25 +63,29 @@ static uint64_t recovery_batch_limit(em_driver *d, em_job *j)
     double rate = d->cfg->backpressure ? d->cfg->initial_rate : 0;
     for (size_t i = 0; rate <= 0 && i < j->version->nreceivers; i++)
         rate += em_receiver_max_rate(j->version->receivers[i]);
-    return rate > 0 ? (uint64_t)(rate * (double)j->version->batch_interval_ms / 1000.0) + 1 : 0;
+    return rate > 0 ? (uint64_t)(rate * (double)j->version->batch_interval_ms / 1000.0) : 0;
 }
 
-/* streaming.maxWaitingBatches: hold a job's receivers while too many of its
- * batches wait, so a slow job pushes back on its sources instead of
- * growing the queue. */
-static void bound_waiting(em_driver *d, em_job *j)
+/* Holds a job's receivers while too many of its batches wait
+ * (streaming.maxWaitingBatches), so a slow job pushes back on its sources
+ * instead of growing the queue, and while records recovered from the
+ * write-ahead log are still being cut, so new input cannot pile up into
+ * one large batch behind them. */
+static void hold_receivers(em_driver *d, em_job *j)
 {
     int waiting = (int)em_scheduler_pending(d->sched, j);
-    int hold = waiting > d->cfg->max_waiting_batches;
+    int too_many = waiting > d->cfg->max_waiting_batches;
+    int hold = too_many || j->nrecovered > 0;
     if (hold == j->held)
         return;
     j->held = hold;
     for (size_t i = 0; i < j->version->nreceivers; i++)
         em_receiver_hold(j->version->receivers[i], hold);
-    em_log(hold ? EM_LOG_WARN : EM_LOG_INFO, j->name, hold
-           ? "%d batches waiting (streaming.maxWaitingBatches = %d): receivers paused"
-           : "%d batches waiting (streaming.maxWaitingBatches = %d): receivers resumed",
-           waiting, d->cfg->max_waiting_batches);
+    if (too_many || !hold)
+        em_log(hold ? EM_LOG_WARN : EM_LOG_INFO, j->name, hold
+               ? "%d batches waiting (streaming.maxWaitingBatches = %d): receivers paused"
+               : "%d batches waiting (streaming.maxWaitingBatches = %d): receivers resumed",
+               waiting, d->cfg->max_waiting_batches);
 }
 
 static void submit(em_driver *d, em_batch *b)
@@ -125,7 +129,7 @@ static void tick(int64_t now, void *arg)
         if (j->state != EM_JOB_RUNNING)
             continue;
         em_job_seal(j, now);
-        bound_waiting(d, j);
+        hold_receivers(d, j);
         if (now < j->next_batch_ms)
             continue;
         if (j->nrecovered) {
@@ -280,6 +284,11 @@ static void add_job(em_driver *d, const char *path, char *script, em_version *v)
     em_pid_init(&j->pid, v->batch_interval_ms, d->cfg->pid_p, d->cfg->pid_i, d->cfg->pid_d,
                 d->cfg->pid_min_rate);
     em_job_recover(j);
+    if (j->nrecovered) { /* new input waits until the recovered records are cut */
+        j->held = 1;
+        for (size_t i = 0; i < v->nreceivers; i++)
+            em_receiver_hold(v->receivers[i], 1);
+    }
     start_version(d, v);
     pthread_mutex_lock(&d->lock);
     d->jobs[d->njobs++] = j;

@@ -26,7 +26,7 @@ struct em_receiver {
     pthread_t thread;
     int started;
     atomic_int stopping, finished;
-    atomic_ullong records;
+    atomic_ullong records, bytes;
 
     pthread_mutex_t lock; /* guards current, sealed, rates, wal */
     em_block *current;
@@ -172,6 +172,19 @@ static void wal_result(em_receiver *r, int rc)
     r->wal_failed = rc != 0;
 }
 
+/* Caps one poll so the records it may bring (at this receiver's average
+ * size so far) fit in the room left under memory.max: one poll of 8192
+ * large records must not overshoot the cap by hundreds of megabytes. */
+static uint32_t within_memory(em_receiver *r, uint32_t allow, size_t room)
+{
+    uint64_t n = atomic_load(&r->records), bytes = atomic_load(&r->bytes);
+    if (n == 0)
+        return 1; /* the first record tells how large they are */
+    size_t avg = (size_t)(bytes / n) + sizeof(em_record);
+    size_t fit = room / avg;
+    return fit < 1 ? 1 : fit < allow ? (uint32_t)fit : allow;
+}
+
 static void *run(void *arg)
 {
     em_receiver *r = arg;
@@ -180,7 +193,10 @@ static void *run(void *arg)
     while (!atomic_load(&r->stopping)) {
         apply_rate(r);
         uint32_t allow = em_ratelimit_available(&r->rl, POLL_MAX);
-        int full = memory_max && em_block_total_bytes() > memory_max;
+        size_t used = em_block_total_bytes();
+        int full = memory_max && used > memory_max;
+        if (!full && memory_max && allow > 0)
+            allow = within_memory(r, allow, memory_max - used);
         if (full != over_memory)
             em_log(full ? EM_LOG_WARN : EM_LOG_INFO, r->job, "%s: %s", r->describe,
                    full ? "memory.max reached: reading paused until batches free blocks"
@@ -302,8 +318,10 @@ int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const 
         wal_result(r, em_wal_append(r->wal, r->current,
                                     &r->current->records[r->current->count - 1]));
     pthread_mutex_unlock(&r->lock);
-    if (rc == 0)
+    if (rc == 0) {
         atomic_fetch_add(&r->records, 1);
+        atomic_fetch_add(&r->bytes, value_len + key_len + meta_len);
+    }
     return rc;
 }
 

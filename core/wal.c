@@ -87,14 +87,24 @@ em_wal *em_wal_open(const char *dir, char *err, size_t errlen)
 int em_wal_begin(em_wal *w, em_block *b)
 {
     char path[1100];
-    snprintf(path, sizeof path, "%s/%020llu.wal", w->dir, (unsigned long long)w->next_seq++);
     if (w->f)
         em_wal_seal(w);
-    w->f = fopen(path, "wbe");
-    if (!w->f && errno == ENOENT && em_mkdirs(w->dir) == 0) /* made on first use */
-        w->f = fopen(path, "wbe");
-    if (!w->f)
+    /* Never reuse a name: another writer of the same source (the receiver a
+     * reload replaces) may have taken it, and its segment is still needed. */
+    int fd = -1;
+    for (int tries = 0; fd < 0 && tries < 1000; tries++) {
+        snprintf(path, sizeof path, "%s/%020llu.wal", w->dir, (unsigned long long)w->next_seq++);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 && errno == ENOENT && em_mkdirs(w->dir) != 0) /* made on first use */
+            return -1;
+        if (fd < 0 && errno != EEXIST && errno != ENOENT)
+            return -1;
+    }
+    if (fd < 0 || !(w->f = fdopen(fd, "wb"))) {
+        if (fd >= 0)
+            close(fd);
         return -1;
+    }
     b->wal_path = strdup(path);
     return b->wal_path ? 0 : -1;
 }
@@ -176,24 +186,38 @@ void em_wal_close(em_wal *w)
     free(w);
 }
 
-/* Moves bytes [from, end) of a damaged segment aside and cuts it there. */
+/* Sets bytes [from, to) of a damaged segment aside in the quarantine file. */
 static void quarantine(const char *path, const char *name, const unsigned char *data, size_t from,
-                       size_t len, const char *qdir, const char *job, uint64_t *bad_bytes)
+                       size_t to, const char *qdir, const char *job, uint64_t *bad_bytes)
 {
     char qpath[2200];
     em_mkdirs(qdir);
     snprintf(qpath, sizeof qpath, "%s/%s.bad", qdir, name);
     FILE *q = fopen(qpath, "ab");
     if (q) {
-        fwrite(data + from, 1, len - from, q);
+        fwrite(data + from, 1, to - from, q);
         fclose(q);
     }
-    if (truncate(path, (off_t)from) != 0)
-        em_log(EM_LOG_WARN, job, "write-ahead log %s: cannot cut the damaged tail: %s", path,
-               strerror(errno));
-    *bad_bytes += len - from;
+    *bad_bytes += to - from;
     em_log(EM_LOG_WARN, job, "write-ahead log %s: %zu damaged bytes at offset %zu moved to %s",
-           path, len - from, from, qpath);
+           path, to - from, from, qpath);
+}
+
+/* Length of the intact frame at pos (magic, length and checksum hold, the
+ * lengths inside add up), or 0. */
+static size_t frame_at(const unsigned char *data, size_t len, size_t pos)
+{
+    if (len - pos < HEADER || memcmp(data + pos, MAGIC, 4) != 0)
+        return 0;
+    uint32_t plen = get32(data + pos + 4), crc = get32(data + pos + 8);
+    const unsigned char *p = data + pos + HEADER;
+    if (plen < FIXED || plen > len - pos - HEADER || crc32(0, p, plen) != crc)
+        return 0;
+    uint32_t vlen = get32(p + 20), klen = get32(p + 24), mlen = get32(p + 28);
+    size_t k = klen == NO_KEY ? 0 : klen;
+    if ((size_t)FIXED + vlen + k + mlen != plen)
+        return 0;
+    return HEADER + plen;
 }
 
 static unsigned char *slurp(const char *path, size_t *len)
@@ -231,27 +255,22 @@ static em_block *read_segment(const char *dir, const char *name, const char *qdi
     em_block *b = em_block_create();
     size_t pos = 0;
     while (b && pos < len) {
-        if (len - pos < HEADER || memcmp(data + pos, MAGIC, 4) != 0) {
-            quarantine(path, name, data, pos, len, qdir, job, bad_bytes);
-            break;
+        size_t flen = frame_at(data, len, pos);
+        if (!flen) { /* damaged: set it aside up to the next intact frame */
+            size_t next = pos + 1;
+            while (next < len && !frame_at(data, len, next))
+                next++;
+            quarantine(path, name, data, pos, next, qdir, job, bad_bytes);
+            pos = next;
+            continue;
         }
-        uint32_t plen = get32(data + pos + 4), crc = get32(data + pos + 8);
         const unsigned char *p = data + pos + HEADER;
-        if (plen < FIXED || plen > len - pos - HEADER ||
-            crc32(0, p, plen) != crc) {
-            quarantine(path, name, data, pos, len, qdir, job, bad_bytes);
-            break;
-        }
         uint32_t vlen = get32(p + 20), klen = get32(p + 24), mlen = get32(p + 28);
         size_t k = klen == NO_KEY ? 0 : klen;
-        if ((size_t)FIXED + vlen + k + mlen != plen) {
-            quarantine(path, name, data, pos, len, qdir, job, bad_bytes);
-            break;
-        }
         const char *v = (const char *)p + FIXED;
         em_block_append(b, v, vlen, klen == NO_KEY ? NULL : v + vlen, k, get64(p),
                         (int32_t)get32(p + 16), get64(p + 8), v + vlen + k, mlen);
-        pos += HEADER + plen;
+        pos += flen;
     }
     free(data);
     if (b)

@@ -45,8 +45,9 @@ int em_wal_seal(em_wal *w);
 void em_wal_close(em_wal *w); /* accepts NULL */
 
 /* Reads every segment of a source's folder into blocks, oldest first. A
- * corrupt record or torn tail ends that segment: the bytes from there on are
- * moved to `quarantine_dir/<name>.bad`, counted in *bad_bytes, and logged. A
+ * corrupt record or torn tail is set aside: its bytes, up to the next intact
+ * record, are appended to `quarantine_dir/<name>.bad`, counted in
+ * *bad_bytes and logged; every intact record is replayed. A
  * block's wal_path is its segment. Returns the number of blocks (*out
  * malloc'd), or -1 if the folder cannot be read. */
 long em_wal_recover(const char *dir, const char *quarantine_dir, const char *job,

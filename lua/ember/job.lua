@@ -36,7 +36,8 @@ local function check_batch_interval(v, level)
         if v > 0 then return end
     elseif t == "string" then
         local num, unit = str_match(v, "^%s*(%d+%.?%d*)%s*(%a+)%s*$")
-        if num and (unit == "ms" or unit == "s" or unit == "m") and tonumber(num) > 0 then
+        if num and (unit == "ms" or unit == "s" or unit == "m" or unit == "h")
+                and tonumber(num) > 0 then
             return
         end
     end

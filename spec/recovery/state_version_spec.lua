@@ -57,7 +57,7 @@ describe("state_version", function()
     local function archives()
         local out = {}
         for _, name in ipairs(rec.list_dir(dir) or {}) do
-            if name:match("^archive%-%d+$") then
+            if name:match("^archive%-%d+$") or name:match("^archive%-%d+%.%d+$") then
                 out[#out + 1] = name
             end
         end

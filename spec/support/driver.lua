@@ -325,6 +325,14 @@ end
 function Driver:spawn(bin, argv)
     io.stdout:flush()
     io.stderr:flush()
+    -- Empty the log files before the child exists, so a wait_for_log right
+    -- after a restart cannot match the previous run's lines.
+    for _, path in ipairs({ self.stdout_path, self.stderr_path }) do
+        local f = io.open(path, "w")
+        if f then
+            f:close()
+        end
+    end
     local pid, err = unistd.fork()
     if not pid then
         error("fork: " .. tostring(err), 2)
