@@ -230,9 +230,9 @@ describe("ember.job options", function()
     end)
 
     it("want a batch_interval with a unit or a number of seconds", function()
-        assert.matches("^DIR/x.lua:2: bad option 'batch_interval'", bad_job("{ batch_interval = '2h' }"))
+        assert.matches("^DIR/x.lua:2: bad option 'batch_interval'", bad_job("{ batch_interval = '2d' }"))
         assert.matches("^DIR/x.lua:2: bad option 'batch_interval'", bad_job("{ batch_interval = 0 }"))
-        for _, ok in ipairs { "'500ms'", "'2s'", "'1m'", "1.5" } do
+        for _, ok in ipairs { "'500ms'", "'2s'", "'1m'", "'1h'", "1.5" } do
             assert(H.load(dir, "local job = require('ember').job { batch_interval = " .. ok
                                .. " }\njob:generator {}:print()\nreturn job\n"))
         end
