@@ -21,14 +21,30 @@ if not (brokers and redis_url and rabbitmq_url) then
   return ember.disabled("set EMBER_KAFKA_BROKERS, EMBER_REDIS_URL and EMBER_RABBITMQ_URL to run it")
 end
 
+-- A reading every output can write: a sink that cannot write a record
+-- fails its batch, so what would fail must be dropped here.
+local function optional(v)
+  return v == nil or type(v) == "number" or type(v) == "string"
+end
+
+local function well_formed(r)
+  if type(r) ~= "table" then
+    return false
+  end
+  if r.co2 == cjson.null then r.co2 = nil end -- JSON null: missing
+  if r.ts == cjson.null then r.ts = nil end
+  local pm25 = r.pm25
+  return type(r.device) == "string" and #r.device > 0 and #r.device <= 200 -- routing keys: 255 bytes
+     and type(pm25) == "number" and pm25 == pm25 and pm25 > -math.huge and pm25 < math.huge
+     and optional(r.co2) and optional(r.ts)
+end
+
 local job = ember.job { name = "sensor_pipeline", batch_interval = "1s" }
 
 local readings = job:kafka { brokers = brokers, topic = "datapoints", group = "sensor_pipeline",
                              start = "earliest" }
   :map(cjson.decode) -- nil for broken JSON: dropped
-  :filter(function(r)
-    return type(r) == "table" and type(r.device) == "string" and type(r.pm25) == "number"
-  end)
+  :filter(well_formed)
 
 readings:to_redis {
   url = redis_url,

@@ -290,7 +290,9 @@ end
 -- Starts `ember run`. opts.conf: { key = value } or { "key=value", ... }
 -- added as --conf flags (sorted, so the command line is stable);
 -- opts.args: more arguments before the jobs folder; opts.log_level
--- (default "debug"); opts.jobs_dir (default <tmp>/jobs). Returns the pid.
+-- (default "debug"); opts.jobs_dir (default <tmp>/jobs); opts.env:
+-- { NAME = "value" } set, { NAME = false } unset, in ember's environment
+-- only (the rest is inherited, as without it). Returns the pid.
 function Driver:start(opts)
     opts = opts or {}
     if self.pid and not self.status then
@@ -316,13 +318,14 @@ function Driver:start(opts)
     end
     argv[#argv + 1] = opts.jobs_dir or self.jobs_dir
     self.argv = argv
-    self.pid, self.status, self.how = self:spawn(_M.bin, argv), nil, nil
+    self.pid, self.status, self.how = self:spawn(_M.bin, argv, opts.env), nil, nil
     return self.pid
 end
 
 
--- Forks and execs bin with argv, in <tmp>, stdout and stderr to files.
-function Driver:spawn(bin, argv)
+-- Forks and execs bin with argv, in <tmp>, stdout and stderr to files;
+-- env: variables to set (a string) or unset (false) in the child.
+function Driver:spawn(bin, argv, env)
     io.stdout:flush()
     io.stderr:flush()
     -- Empty the log files before the child exists, so a wait_for_log right
@@ -341,6 +344,9 @@ function Driver:spawn(bin, argv)
         -- The child: no Lua error may escape into a copy of busted.
         local ok, why = pcall(function()
             unistd.chdir(self.dir)
+            for k, v in pairs(env or {}) do
+                stdlib.setenv(k, v and tostring(v) or nil)
+            end
             local flags = fcntl.O_WRONLY + fcntl.O_CREAT + fcntl.O_TRUNC
             local out = fcntl.open(self.stdout_path, flags, 420)
             local errf = fcntl.open(self.stderr_path, flags, 420)
