@@ -651,10 +651,23 @@ function _M.compile(job, host)
             local ka, vb, n = collectors[node].get()
             local kind = node.op
             if node.write then
-                -- A sink: its failure is the server's, not the user's, so it
-                -- fails the batch (retried by the driver) whatever on_error says.
-                local info = { time = time, job = name, count = n, shape = node.shape }
-                local ok, done, err = pcall(node.write, materialize(node.shape, ka, vb, n), info)
+                -- A sink. A record it cannot write (its user function raised,
+                -- or returned what the system cannot take) is the user's fault
+                -- and follows on_error through info.reject, so one bad record
+                -- never stalls the job; a failure to deliver is the server's,
+                -- and fails the batch (retried by the driver) whatever
+                -- on_error says.
+                local shape, stop = node.shape, false
+                local info = { time = time, job = name, count = n, shape = shape }
+                function info.reject(i, why)
+                    local _, text = pcall(describe, ka[i], vb[i], shape)
+                    stop = fails:add(node.op .. ": " .. tostring(why), text) or stop
+                    return stop
+                end
+                local ok, done, err = pcall(node.write, materialize(shape, ka, vb, n), info)
+                if stop then
+                    return false
+                end
                 if not ok or not done then
                     return false, node.op .. " (" .. node.where .. "): " .. tostring(ok and err or done)
                 end

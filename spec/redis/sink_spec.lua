@@ -54,6 +54,22 @@ job:redis { url = {{url}}, mode = "list", key = "g:in" }
 return job
 ]]
 
+-- A command function that cannot make a command for some records: one
+-- raises, one returns a table argument. dead_letter keeps them.
+local POISON_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "poison", batch_interval = "200ms", on_error = "dead_letter" }
+
+job:redis { url = {{url}}, mode = "list", key = "p:in" }
+   :to_redis { url = {{url}}, command = function(v)
+       if v == "boom" then error("cannot write " .. v) end
+       if v == "nested" then return "SET", "p:" .. v, { 1 } end
+       return "RPUSH", "p:out", v
+   end }
+
+return job
+]]
+
 local BAD_JOB = [[
 local ember = require "ember"
 local job = ember.job { name = "bad" }
@@ -136,6 +152,29 @@ describe("to_redis and ember.redis", function()
         -- two sources with their acknowledging connections, the pool's one, redis-cli
         local clients = tonumber(srv:cli("INFO", "clients"):match("connected_clients:(%d+)"))
         assert.is_true(clients <= 6, clients .. " clients connected")
+    end)
+
+    it("sets a record its command function cannot write aside by on_error, writes the rest, "
+       .. "and acknowledges the batch", function()
+        srv:cli("LPUSH", "p:in", "a", "boom", "b", "nested", "c")
+        d:write_job("poison", render(POISON_JOB, { url = q(srv.url) }))
+        d:start { conf = CONF }
+        d:wait_until(function()
+            return srv:num("LLEN", "p:out") == 3 and srv:num("LLEN", "p:in:processing:poison") == 0
+        end, 10, 0.05, "the three good records written and the batch acknowledged")
+        assert.same({ "a", "b", "c" }, srv:lines("LRANGE", "p:out", "0", "-1"))
+        local dead = d:wait_until(function()
+            local f = io.open(d.checkpoint_dir .. "/poison/dead_letter.jsonl")
+            local text = f and f:read("*a")
+            if f then f:close() end
+            local n = text and select(2, text:gsub("\n", "")) or 0
+            return n == 2 and text, n .. " dead letters"
+        end, 10, 0.05, "two dead letters")
+        assert.truthy(dead:find('"record":"boom"', 1, true), dead)
+        assert.truthy(dead:find("cannot write boom", 1, true), dead)
+        assert.truthy(dead:find('"record":"nested"', 1, true), dead)
+        assert.truthy(dead:find("argument 3 is a table", 1, true) or dead:find("table", 1, true), dead)
+        assert.falsy(d:log():find("failed after", 1, true), "the batch must not fail")
     end)
 
     it("rejects a bad url at load time, naming the job file, its line and the option", function()

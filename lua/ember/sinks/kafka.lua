@@ -125,45 +125,51 @@ function _M.to_kafka(opts)
     local err_buf = ffi_new("char[?]", ERR_LEN)
     local anchor = {}   -- the strings C reads in place, reachable until produce returns
 
-    local function fill(records, n, shape)
-        local at = 0
-        local ok, why = pcall(function()
-            for i = 1, n do
-                at = i
-                local r = records[i]
-                local pair = (key_fn == nil or value_fn == nil) and is_pair(r, shape)
-                local k, v
-                if key_fn then
-                    k = key_fn(r)
-                elseif pair then
-                    k = r[1]
-                end
-                if value_fn then
-                    v = value_fn(r)
-                elseif pair then
-                    v = r[2]
-                else
-                    v = r
-                end
-                v = bytes(v, "value", i)
-                anchor[2 * i - 1] = v           -- C reads these strings in place
-                values[i - 1], value_lens[i - 1] = v, #v
-                if k ~= nil then
-                    k = bytes(k, "key", i)
-                    anchor[2 * i] = k
-                    keys[i - 1], key_lens[i - 1] = k, #k
-                else
-                    keys[i - 1], key_lens[i - 1] = nil, 0
-                end
-            end
-        end)
-        if not ok then
-            if type(why) == "string" and str_find(why, "^to_kafka: ") then
-                error(why, 0)
-            end
-            error("to_kafka: the key or value function failed on record " .. at .. ": "
-                  .. tostring(why), 0)
+    -- The key and value bytes of one record, or raises.
+    local function encode(r, i, shape)
+        local pair = (key_fn == nil or value_fn == nil) and is_pair(r, shape)
+        local k, v
+        if key_fn then
+            k = key_fn(r)
+        elseif pair then
+            k = r[1]
         end
+        if value_fn then
+            v = value_fn(r)
+        elseif pair then
+            v = r[2]
+        else
+            v = r
+        end
+        return k ~= nil and bytes(k, "key", i) or nil, bytes(v, "value", i)
+    end
+
+    -- Fills the C arrays with every record that encodes; a record that
+    -- does not goes to reject (on_error). Returns the count filled.
+    local function fill(records, n, shape, reject)
+        local j = 0
+        for i = 1, n do
+            local ok, k, v = pcall(encode, records[i], i, shape)
+            if ok then
+                anchor[2 * j + 1] = v           -- C reads these strings in place
+                values[j], value_lens[j] = v, #v
+                anchor[2 * j + 2] = k or false
+                if k then
+                    keys[j], key_lens[j] = k, #k
+                else
+                    keys[j], key_lens[j] = nil, 0
+                end
+                j = j + 1
+            else
+                local why = type(k) == "string" and str_find(k, "^to_kafka: ")
+                            and k:sub(11) or ("the key or value function failed on record "
+                                              .. i .. ": " .. tostring(k))
+                if not reject or reject(i, why) then
+                    error("to_kafka: " .. why, 0)
+                end
+            end
+        end
+        return j
     end
 
     return function(records, info)
@@ -182,13 +188,16 @@ function _M.to_kafka(opts)
             values = ffi_new("const char *[?]", cap)
             value_lens = ffi_new("uint32_t[?]", cap)
         end
-        local ok, err = pcall(fill, records, n, info and info.shape)
-        local rc = ok and produce(brokers, topic, n, keys, key_lens, values, value_lens,
-                                  err_buf, ERR_LEN)
-        anchor = {}
+        local ok, m = pcall(fill, records, n, info and info.shape, info and info.reject)
         if not ok then
-            error(err, 0)
+            anchor = {}
+            error(m, 0)
         end
+        local rc = 0
+        if m > 0 then
+            rc = produce(brokers, topic, m, keys, key_lens, values, value_lens, err_buf, ERR_LEN)
+        end
+        anchor = {}
         if rc ~= 0 then
             return nil, "to_kafka " .. topic .. ": " .. ffi_string(err_buf)
         end

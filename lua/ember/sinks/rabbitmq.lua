@@ -88,29 +88,43 @@ local function default_body(rec)
 end
 
 
--- Publishes records[1..n] into batch b; raises on a user function's error
--- or a bad result. Returns false when C reports the batch failed (the
+-- The routing key and body of one record, or raises.
+local function message_of(rec, i, rk_fixed, rk_fn, body_fn)
+    local rk = rk_fixed
+    if rk_fn then
+        rk = rk_fn(rec)
+        if type(rk) ~= "string" then
+            error(str_format("routing_key function returned a %s for record %d, not a string",
+                             type(rk), i), 0)
+        end
+        if #rk > 255 then
+            error(str_format("routing key of record %d is %d bytes (AMQP allows 255)", i, #rk), 0)
+        end
+    end
+    local body = body_fn(rec)
+    if type(body) ~= "string" then
+        if type(body) ~= "number" then
+            error(str_format("body function returned a %s for record %d, not a string",
+                             type(body), i), 0)
+        end
+        body = tostring(body)
+    end
+    return rk, body
+end
+
+
+-- Publishes records[1..n] into batch b. A record whose routing key or body
+-- cannot be made goes to reject (on_error) and is left out; raises when
+-- reject says stop. Returns false when C reports the batch failed (the
 -- reason comes from em_rabbitmq_batch_finish).
-local function publish_all(b, records, n, rk_fixed, rk_fn, body_fn)
+local function publish_all(b, records, n, rk_fixed, rk_fn, body_fn, reject)
     for i = 1, n do
-        local rec = records[i]
-        local rk = rk_fixed
-        if rk_fn then
-            rk = rk_fn(rec)
-            if type(rk) ~= "string" then
-                error(str_format("routing_key function returned a %s for record %d, "
-                                 .. "not a string", type(rk), i), 0)
+        local ok, rk, body = pcall(message_of, records[i], i, rk_fixed, rk_fn, body_fn)
+        if not ok then
+            if not reject or reject(i, tostring(rk)) then
+                error(rk, 0)
             end
-        end
-        local body = body_fn(rec)
-        if type(body) ~= "string" then
-            if type(body) ~= "number" then
-                error(str_format("body function returned a %s for record %d, not a string",
-                                 type(body), i), 0)
-            end
-            body = tostring(body)
-        end
-        if C.em_rabbitmq_batch_publish(b, rk, #rk, body, #body) ~= 0 then
+        elseif C.em_rabbitmq_batch_publish(b, rk, #rk, body, #body) ~= 0 then
             return false
         end
     end
@@ -184,7 +198,8 @@ function _M.to_rabbitmq(opts)
         if b == nil then
             return nil, "to_rabbitmq: " .. ffi_string(errbuf)
         end
-        local ok, res = pcall(publish_all, b, records, n, rk_fixed, rk_fn, body_fn)
+        local ok, res = pcall(publish_all, b, records, n, rk_fixed, rk_fn, body_fn,
+                              info and info.reject)
         local rc = C.em_rabbitmq_batch_finish(b, ok and 0 or 1, errbuf, ERR_LEN)
         if not ok then
             return nil, "to_rabbitmq: " .. tostring(res)

@@ -44,6 +44,12 @@ local function callable(f)
 end
 
 
+-- The command for one record, collected into argv: argc, or nil and why.
+local function command_of(argv, command, record)
+    return collect(argv, command(record))
+end
+
+
 -- Builds the per-batch write function; nil, err on bad options.
 function _M.to_redis(opts)
     for k in pairs(opts) do
@@ -68,16 +74,25 @@ function _M.to_redis(opts)
     local argv, index = {}, {}
     local state = {}                    -- conn and name while a batch is written
 
+    local reject                        -- info.reject of the batch being written
+
     -- Encodes records[from..] until CHUNK commands; returns the next index
     -- and the count encoded. index[j] = the record of the j-th command.
     local function encode(records, from, n)
         enc:reset()
         local m, i = 0, from
         while i <= n and m < CHUNK do
-            local argc, why = collect(argv, command(records[i]))
-            if not argc then
-                error(str_format("to_redis: the command for record %d %s (strings and numbers "
-                                 .. "expected)", i, why), 0)
+            local ok, argc, why = pcall(command_of, argv, command, records[i])
+            if not ok or not argc then
+                -- The user's record, not the server: on_error decides.
+                local msg = ok and str_format("the command for record %d %s (strings and "
+                                              .. "numbers expected)", i, why)
+                            or str_format("the command function failed on record %d: %s",
+                                          i, tostring(argc))
+                if not reject or reject(i, msg) then
+                    error("to_redis: " .. msg, 0)
+                end
+                argc = 0
             end
             if argc > 0 then
                 enc:command(argv, argc)
@@ -126,6 +141,7 @@ function _M.to_redis(opts)
     end
 
     return function(records, info)
+        reject = info and info.reject
         local ok, done, err = pcall(send, records, #records)
         if state.conn then
             redis.release_raw(state.conn, state.broken)
