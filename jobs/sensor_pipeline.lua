@@ -21,8 +21,9 @@ if not (brokers and redis_url and rabbitmq_url) then
   return ember.disabled("set EMBER_KAFKA_BROKERS, EMBER_REDIS_URL and EMBER_RABBITMQ_URL to run it")
 end
 
--- A reading every output can write: a sink that cannot write a record
--- fails its batch, so what would fail must be dropped here.
+-- A reading every output can write. One they could not would be skipped
+-- and counted as failed (on_error); dropping it here keeps the counts for
+-- real faults.
 local function optional(v)
   return v == nil or type(v) == "number" or type(v) == "string"
 end
