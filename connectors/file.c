@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/clock.h"
 #include "../core/connector.h"
 #include "../core/log.h"
 #include "../core/receiver.h"
@@ -67,14 +68,6 @@ static const em_option file_options[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int64_t clock_ms(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
 static void untrack(tailed *t)
 {
@@ -154,7 +147,7 @@ static void scan(file_src *s, em_receiver *r)
         /* the folder is gone, and its files with it */
         for (size_t i = 0; i < s->n; i++)
             if (!s->files[i]->gone_at)
-                s->files[i]->gone_at = mono_ms();
+                s->files[i]->gone_at = em_clock_mono_ms();
         return;
     }
     if (s->dir_err)
@@ -194,7 +187,7 @@ static void scan(file_src *s, em_receiver *r)
         }
     }
     closedir(d);
-    int64_t now = mono_ms();
+    int64_t now = em_clock_mono_ms();
     for (size_t i = 0; i < s->n; i++) {
         tailed *t = s->files[i];
         if (t->seen)
@@ -218,7 +211,7 @@ static int drain(file_src *s, tailed *t, em_receiver *r, uint32_t max, uint32_t 
     int cut;
     while (*pushed < max && em_linebuf_next(&t->lines, t->closing, &line, &n, &cut)) {
         int64_t off = t->read_off - (int64_t)em_linebuf_pending(&t->lines);
-        if (em_receiver_push(r, line, n, NULL, 0, clock_ms(CLOCK_REALTIME), -1, off, t->name,
+        if (em_receiver_push(r, line, n, NULL, 0, em_clock_now_ms(), -1, off, t->name,
                              strlen(t->name)) != 0) {
             em_log(EM_LOG_ERROR, em_receiver_job(r),
                    "file %s/%s: receiver refused the line at offset %lld",
@@ -328,12 +321,12 @@ static void *file_create(const em_props *props, em_receiver *r, char *err, size_
 static int file_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
 {
     file_src *s = self;
-    int64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    int64_t deadline = em_clock_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     uint32_t pushed = 0;
     if (max == 0)
         return 0;
     for (;;) {
-        int64_t now = mono_ms();
+        int64_t now = em_clock_mono_ms();
         if (now >= s->next_scan) {
             scan(s, r);
             s->next_scan = now + s->interval_ms;
@@ -345,7 +338,7 @@ static int file_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
                 return pushed ? (int)pushed : -1;
             /* gone and read to its end for a while: the writer has moved on */
             if (pushed < max && t->gone_at && (t->at_eof || t->fd < 0) && !t->closing &&
-                mono_ms() - t->gone_at >= ROTATE_WAIT_MS) {
+                em_clock_mono_ms() - t->gone_at >= ROTATE_WAIT_MS) {
                 t->closing = 1;
                 if (drain(s, t, r, max, &pushed) != 0)
                     return pushed ? (int)pushed : -1;
@@ -363,7 +356,7 @@ static int file_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
                 i++;
             }
         }
-        now = mono_ms();
+        now = em_clock_mono_ms();
         if (pushed > 0 || now >= deadline)
             return (int)pushed;
         int64_t t = s->next_scan < deadline ? s->next_scan : deadline;

@@ -50,6 +50,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "../core/block.h"
+#include "../core/clock.h"
 #include "../core/connector.h"
 #include "../core/log.h"
 #include "../core/receiver.h"
@@ -150,20 +151,6 @@ static const struct {
     {"enable.auto.commit", NULL},
     {"enable.auto.offset.store", NULL},
 };
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Errors that mean the brokers cannot be reached (librdkafka retries them). */
 static int is_outage(rd_kafka_resp_err_t err)
@@ -320,7 +307,7 @@ static void sync_pauses(kafka_src *k)
  * lowers *wait_ms to the time until the first one may resume. */
 static void refill(kafka_src *k, int *wait_ms)
 {
-    int64_t now = mono_ms();
+    int64_t now = em_clock_mono_ms();
     double dt = (double)(now - k->refilled_ms) / 1000.0;
     k->refilled_ms = now;
     double lowest_gap = -1;
@@ -634,7 +621,7 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
      * librdkafka prefetched and each resume fetches it again. */
     k->burst = k->rate * 2 > 1 ? k->rate * 2 : 1;
     k->resume_at = k->rate / 4 > 1 ? k->rate / 4 : 1;
-    k->refilled_ms = mono_ms();
+    k->refilled_ms = em_clock_mono_ms();
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client[160];
@@ -875,7 +862,7 @@ static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *
     ssize_t mlen = build_meta(k, m, p, epoch);
     int64_t ts = rd_kafka_message_timestamp(m, NULL);
     if (ts < 0)
-        ts = wall_ms();
+        ts = em_clock_now_ms();
     const char *value = m->payload ? m->payload : ""; /* a null value (tombstone) reads as "" */
     if (mlen >= 0 && em_receiver_push(r, value, m->payload ? m->len : 0, m->key,
                                       m->key ? m->key_len : 0, ts, m->partition, m->offset,
@@ -908,7 +895,7 @@ static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
         apply_seeks(k);
     if (max == 0) { /* the core's pause: read nothing; past the grace, pause the partitions */
         if (k->core_paused && !k->core_pause_applied &&
-            mono_ms() - k->core_paused_at >= CORE_PAUSE_GRACE_MS) {
+            em_clock_mono_ms() - k->core_paused_at >= CORE_PAUSE_GRACE_MS) {
             k->core_pause_applied = 1;
             sync_pauses(k);
         }
@@ -1074,7 +1061,7 @@ static void kafka_pause(void *self)
 {
     kafka_src *k = self;
     if (!k->core_paused)
-        k->core_paused_at = mono_ms();
+        k->core_paused_at = em_clock_mono_ms();
     k->core_paused = 1;
 }
 
@@ -1097,16 +1084,16 @@ static void kafka_free(void *self)
     if (!k)
         return;
     if (k->rk) {
-        int64_t t0 = mono_ms();
+        int64_t t0 = em_clock_mono_ms();
         k->closing = 1;
         if (k->subscribed)
             rd_kafka_consumer_close(k->rk);
         if (k->queue)
             rd_kafka_queue_destroy(k->queue);
         rd_kafka_destroy(k->rk);
-        if (mono_ms() - t0 > CLOSE_NOTE_MS)
+        if (em_clock_mono_ms() - t0 > CLOSE_NOTE_MS)
             em_log(EM_LOG_INFO, k->job, "%s: leaving the group took %lldms", k->name,
-                   (long long)(mono_ms() - t0));
+                   (long long)(em_clock_mono_ms() - t0));
     }
     for (size_t i = 0; i < k->ntopics; i++) {
         for (int32_t p = 0; p < k->topics[i]->nparts; p++)

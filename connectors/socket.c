@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/clock.h"
 #include "../core/connector.h"
 #include "../core/log.h"
 #include "../core/receiver.h"
@@ -56,19 +57,11 @@ static const em_option socket_options[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int64_t clock_ms(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
 /* Milliseconds from now until t, clamped for poll(2). */
 static int until(int64_t t)
 {
-    int64_t d = t - mono_ms();
+    int64_t d = t - em_clock_mono_ms();
     return d <= 0 ? 0 : d > 60000 ? 60000 : (int)d;
 }
 
@@ -105,7 +98,7 @@ static int fail(sock_src *s, em_receiver *r, const char *why)
     em_log(EM_LOG_WARN, em_receiver_job(r), "%s: %s, retrying in %s", s->name, why, d);
     close_fd(s);
     drop_addrs(s);
-    s->retry_at = mono_ms() + s->delay_ms;
+    s->retry_at = em_clock_mono_ms() + s->delay_ms;
     int64_t cap = s->delay0_ms > MAX_DELAY_MS ? s->delay0_ms : MAX_DELAY_MS;
     s->delay_ms = s->delay_ms * 2 > cap ? cap : s->delay_ms * 2;
     return -1;
@@ -120,7 +113,7 @@ static int drain(sock_src *s, em_receiver *r, uint32_t max, uint32_t *pushed)
     size_t n;
     int cut;
     while (*pushed < max && em_linebuf_next(&s->lines, s->peer_closed, &line, &n, &cut)) {
-        if (em_receiver_push(r, line, n, NULL, 0, clock_ms(CLOCK_REALTIME), -1, s->line_no + 1,
+        if (em_receiver_push(r, line, n, NULL, 0, em_clock_now_ms(), -1, s->line_no + 1,
                              NULL, 0) != 0) {
             em_log(EM_LOG_ERROR, em_receiver_job(r), "%s: receiver refused line %lld", s->name,
                    (long long)(s->line_no + 1));
@@ -153,7 +146,7 @@ static int start_connect(sock_src *s)
         if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 || errno == EINPROGRESS) {
             s->fd = fd;
             s->connecting = 1; /* settled by poll(2) either way */
-            s->connect_deadline = mono_ms() + CONNECT_TIMEOUT_MS;
+            s->connect_deadline = em_clock_mono_ms() + CONNECT_TIMEOUT_MS;
             return 0;
         }
         s->last_err = errno;
@@ -182,10 +175,10 @@ static int step_connect(sock_src *s, em_receiver *r, int64_t deadline)
             return 1;
         if (s->fd < 0) {
             if (!s->ai) {
-                if (mono_ms() < s->retry_at) {
+                if (em_clock_mono_ms() < s->retry_at) {
                     int64_t t = s->retry_at < deadline ? s->retry_at : deadline;
                     poll(NULL, 0, until(t));
-                    if (mono_ms() < s->retry_at)
+                    if (em_clock_mono_ms() < s->retry_at)
                         return 0;
                 }
                 struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -209,7 +202,7 @@ static int step_connect(sock_src *s, em_receiver *r, int64_t deadline)
             return fail(s, r, strerror(errno));
         int err = 0;
         if (rc <= 0) {
-            if (mono_ms() < s->connect_deadline)
+            if (em_clock_mono_ms() < s->connect_deadline)
                 return 0;
             err = ETIMEDOUT;
         } else {
@@ -293,7 +286,7 @@ static void *socket_create(const em_props *props, em_receiver *r, char *err, siz
 static int socket_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
 {
     sock_src *s = self;
-    int64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    int64_t deadline = em_clock_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     uint32_t pushed = 0;
     if (max == 0)
         return 0;
@@ -308,7 +301,7 @@ static int socket_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
             s->peer_closed = 0;
             return fail(s, r, s->reason);
         }
-        if (pushed && mono_ms() >= deadline)
+        if (pushed && em_clock_mono_ms() >= deadline)
             return (int)pushed;
         int c = step_connect(s, r, pushed ? 0 : deadline);
         if (c <= 0)

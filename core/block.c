@@ -84,12 +84,6 @@ int em_block_append(em_block *b, const char *value, size_t value_len, const char
     return 0;
 }
 
-em_block *em_block_ref(em_block *b)
-{
-    atomic_fetch_add(&b->refs, 1);
-    return b;
-}
-
 void em_block_unref(em_block *b)
 {
     if (!b || atomic_fetch_sub(&b->refs, 1) != 1)
@@ -102,7 +96,3 @@ void em_block_unref(em_block *b)
     free(b);
 }
 
-size_t em_block_bytes(const em_block *b)
-{
-    return sizeof *b + (size_t)b->cap * sizeof(em_record) + b->arena_cap;
-}

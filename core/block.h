@@ -59,9 +59,7 @@ em_block *em_block_create(void);
 int em_block_append(em_block *b, const char *value, size_t value_len, const char *key,
                     size_t key_len, int64_t ts_ms, int32_t partition, int64_t offset,
                     const char *meta, size_t meta_len);
-em_block *em_block_ref(em_block *b);
 void em_block_unref(em_block *b); /* accepts NULL */
-size_t em_block_bytes(const em_block *b);
 /* Bytes held by every live block of the process, for memory.max. */
 size_t em_block_total_bytes(void);
 

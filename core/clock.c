@@ -31,6 +31,17 @@ void em_clock_sleep_ms(int64_t ms)
         ;
 }
 
+void em_clock_deadline(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
 void em_clock_set_block_interval_ms(int64_t ms) { atomic_store(&block_interval_ms, ms); }
 int64_t em_clock_block_interval_ms(void) { return atomic_load(&block_interval_ms); }
 
@@ -54,14 +65,7 @@ static void *run(void *arg)
         if (now < next) {
             /* The condition variable lets stop() wake us at once. */
             struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            int64_t wait = next - now;
-            until.tv_sec += wait / 1000;
-            until.tv_nsec += (wait % 1000) * 1000000;
-            if (until.tv_nsec >= 1000000000) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000;
-            }
+            em_clock_deadline(&until, next - now);
             pthread_cond_timedwait(&c->cond, &c->lock, &until);
             continue;
         }

@@ -7,10 +7,13 @@
 #define EMBER_CLOCK_H
 
 #include <stdint.h>
+#include <time.h>
 
 int64_t em_clock_now_ms(void);  /* wall clock, for batch times and record timestamps */
 int64_t em_clock_mono_ms(void); /* monotonic, for durations */
 void em_clock_sleep_ms(int64_t ms);
+/* The CLOCK_REALTIME moment ms from now, for pthread_cond_timedwait. */
+void em_clock_deadline(struct timespec *ts, int64_t ms);
 
 /* The block interval every receiver's rate limiter sizes its bucket by. */
 void em_clock_set_block_interval_ms(int64_t ms);

@@ -22,8 +22,6 @@ static int max_retained = 10;
 static const char *const names[] = {"debug", "info", "warn", "error"};
 
 void em_log_set_level(em_log_level level) { min_level = level; }
-int em_log_enabled(em_log_level level) { return level >= min_level; }
-const char *em_log_level_name(em_log_level level) { return names[level]; }
 
 int em_log_parse_level(const char *name)
 {

@@ -11,10 +11,8 @@ typedef enum { EM_LOG_DEBUG, EM_LOG_INFO, EM_LOG_WARN, EM_LOG_ERROR } em_log_lev
 void em_log(em_log_level level, const char *job, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void em_log_set_level(em_log_level level);
-int em_log_enabled(em_log_level level);
 /* "debug", "info", "warn", "error" → level; -1 if unknown. */
 int em_log_parse_level(const char *name);
-const char *em_log_level_name(em_log_level level);
 /* Log to files under path instead of stderr. strategy "off" keeps one file;
  * "time" starts a new one every interval ("minutely", "hourly", "daily") and
  * keeps at most max_retained old ones. Returns 0 or -1 with errno set. */

@@ -242,11 +242,6 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_res
     lua_settop(L, 0);
 }
 
-size_t em_luahost_memory(em_luahost *h)
-{
-    return (size_t)lua_gc(h->L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(h->L, LUA_GCCOUNTB, 0);
-}
-
 void em_luahost_free(em_luahost *h)
 {
     if (!h)

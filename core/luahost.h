@@ -57,8 +57,6 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
 em_job_desc *em_luahost_desc(em_luahost *h); /* owned by the host */
 /* Runs one batch through every output. A Lua error never escapes. */
 void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_result *res);
-/* Bytes the Lua state holds. */
-size_t em_luahost_memory(em_luahost *h);
 void em_luahost_free(em_luahost *h); /* accepts NULL */
 
 #endif

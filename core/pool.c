@@ -18,8 +18,6 @@ struct em_pool {
     pthread_cond_t freed;
     void **idle;
     int nidle, size, max;
-    uint64_t borrows, waits;
-    int64_t wait_ms;
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -57,46 +55,33 @@ em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *
     return p;
 }
 
-static void deadline_in(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000;
-    if (ts->tv_nsec >= 1000000000) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000;
-    }
-}
-
-/* Adds the time a borrow waited to the pool's and the thread's totals. */
-static void note_wait(em_pool *p, int waited, int64_t started)
+/* Adds the time a borrow waited to the thread's total. */
+static void note_wait(int waited, int64_t started)
 {
     if (!waited)
         return;
     int64_t ms = em_clock_mono_ms() - started;
-    p->wait_ms += ms;
     usage.wait_ms += ms;
 }
 
 void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
 {
     struct timespec until;
-    deadline_in(&until, timeout_ms);
+    em_clock_deadline(&until, timeout_ms);
     int64_t started = em_clock_mono_ms();
     int waited = 0;
     usage.borrows++;
     pthread_mutex_lock(&p->lock);
-    p->borrows++;
     for (;;) {
         if (p->nidle > 0) {
             void *c = p->idle[--p->nidle];
-            note_wait(p, waited, started);
+            note_wait(waited, started);
             pthread_mutex_unlock(&p->lock);
             return c;
         }
         if (p->size < p->max) {
             p->size++; /* reserve the slot, connect without the lock */
-            note_wait(p, waited, started);
+            note_wait(waited, started);
             pthread_mutex_unlock(&p->lock);
             void *c = p->ops->connect(p->endpoint, err, errlen);
             if (!c) {
@@ -109,11 +94,10 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
         }
         if (!waited) {
             waited = 1;
-            p->waits++;
             usage.waits++;
         }
         if (pthread_cond_timedwait(&p->freed, &p->lock, &until) != 0) {
-            note_wait(p, waited, started);
+            note_wait(waited, started);
             pthread_mutex_unlock(&p->lock);
             char masked[1024];
             em_mask_secret(p->endpoint, masked, sizeof masked);
@@ -141,38 +125,3 @@ void em_pool_return(em_pool *p, void *conn, int broken)
     pthread_mutex_unlock(&p->lock);
 }
 
-void em_pool_stats_get(em_pool *p, em_pool_stats *out)
-{
-    pthread_mutex_lock(&p->lock);
-    out->size = p->size;
-    out->in_use = p->size - p->nidle;
-    out->max = p->max;
-    out->borrows = p->borrows;
-    out->waits = p->waits;
-    out->wait_ms = p->wait_ms;
-    pthread_mutex_unlock(&p->lock);
-}
-
-const char *em_pool_endpoint(const em_pool *p) { return p->endpoint; }
-
-void em_pool_each(void (*fn)(em_pool *p, const char *kind, void *arg), void *arg)
-{
-    pthread_mutex_lock(&registry_lock);
-    for (em_pool *p = pools; p; p = p->next)
-        fn(p, p->kind, arg);
-    pthread_mutex_unlock(&registry_lock);
-}
-
-void em_pool_close_all(void)
-{
-    pthread_mutex_lock(&registry_lock);
-    for (em_pool *p = pools; p; p = p->next) {
-        pthread_mutex_lock(&p->lock);
-        while (p->nidle > 0) {
-            p->ops->close(p->idle[--p->nidle]);
-            p->size--;
-        }
-        pthread_mutex_unlock(&p->lock);
-    }
-    pthread_mutex_unlock(&registry_lock);
-}

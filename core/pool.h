@@ -21,12 +21,6 @@ typedef struct em_pool_ops {
 
 typedef struct em_pool em_pool;
 
-typedef struct em_pool_stats {
-    int size, in_use, max;
-    uint64_t borrows, waits;
-    int64_t wait_ms; /* total time spent waiting for a free connection */
-} em_pool_stats;
-
 /* What the calling thread borrowed since it last asked: a worker reads it
  * after each batch, so pool use and waits are recorded with the batch. */
 typedef struct em_pool_usage {
@@ -44,11 +38,5 @@ em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *
 void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen);
 /* Gives it back; broken = 1 closes it instead (after an I/O error). */
 void em_pool_return(em_pool *p, void *conn, int broken);
-void em_pool_stats_get(em_pool *p, em_pool_stats *out);
-const char *em_pool_endpoint(const em_pool *p); /* with its password: mask it to show it */
-/* Every pool, for the metrics: calls fn for each. */
-void em_pool_each(void (*fn)(em_pool *p, const char *kind, void *arg), void *arg);
-/* Closes every idle connection of every pool (at exit). */
-void em_pool_close_all(void);
 
 #endif

@@ -25,8 +25,8 @@ struct em_receiver {
     char *signature, *describe, *job;
     pthread_t thread;
     int started;
-    atomic_int stopping, finished;
-    atomic_ullong records, bytes;
+    atomic_int stopping;
+    uint64_t records, bytes; /* taken in so far; under lock, read by the receiver thread */
 
     pthread_mutex_t lock; /* guards current, sealed, rates, wal */
     em_block *current;
@@ -131,12 +131,6 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     return r;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static size_t memory_max;
 
 void em_receiver_set_memory_max(size_t bytes) { memory_max = bytes; }
@@ -177,7 +171,7 @@ static void wal_result(em_receiver *r, int rc)
  * large records must not overshoot the cap by hundreds of megabytes. */
 static uint32_t within_memory(em_receiver *r, uint32_t allow, size_t room)
 {
-    uint64_t n = atomic_load(&r->records), bytes = atomic_load(&r->bytes);
+    uint64_t n = r->records, bytes = r->bytes; /* written by this thread only */
     if (n == 0)
         return 1; /* the first record tells how large they are */
     size_t avg = (size_t)(bytes / n) + sizeof(em_record);
@@ -213,7 +207,7 @@ static void *run(void *arg)
              * finished batches and keep its connection alive. */
             r->conn->poll(r->self, r, 0, 0);
             int wait = em_ratelimit_wait_ms(&r->rl);
-            sleep_ms(wait > 0 ? wait : 10);
+            em_clock_sleep_ms(wait > 0 ? wait : 10);
             continue;
         }
         if (paused && r->conn->resume)
@@ -231,7 +225,7 @@ static void *run(void *arg)
             em_log(EM_LOG_INFO, r->job, "%s: source exhausted", r->describe);
             break;
         } else if (n < 0) {
-            sleep_ms(100); /* the connector logged the fault and reconnects next call */
+            em_clock_sleep_ms(100); /* the connector logged the fault and reconnects next call */
         }
     }
     if (r->conn->flush) {
@@ -242,7 +236,6 @@ static void *run(void *arg)
             pthread_mutex_unlock(&r->lock);
         }
     }
-    atomic_store(&r->finished, 1);
     return NULL;
 }
 
@@ -314,14 +307,14 @@ int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const 
     }
     int rc = em_block_append(r->current, value, value_len, key, key_len, ts_ms, partition,
                              offset, meta, meta_len);
+    if (rc == 0) {
+        r->records++;
+        r->bytes += value_len + key_len + meta_len;
+    }
     if (rc == 0 && r->wal)
         wal_result(r, em_wal_append(r->wal, r->current,
                                     &r->current->records[r->current->count - 1]));
     pthread_mutex_unlock(&r->lock);
-    if (rc == 0) {
-        atomic_fetch_add(&r->records, 1);
-        atomic_fetch_add(&r->bytes, value_len + key_len + meta_len);
-    }
     return rc;
 }
 
@@ -456,5 +449,3 @@ int em_receiver_enable_wal(em_receiver *r, const char *dir, char *err, size_t er
 const char *em_receiver_signature(const em_receiver *r) { return r->signature; }
 const char *em_receiver_describe(const em_receiver *r) { return r->describe; }
 const char *em_receiver_job(const em_receiver *r) { return r->job; }
-int em_receiver_finished(const em_receiver *r) { return atomic_load(&r->finished); }
-uint64_t em_receiver_records(const em_receiver *r) { return atomic_load(&r->records); }

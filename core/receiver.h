@@ -71,7 +71,5 @@ int em_receiver_acknowledges(const em_receiver *r);
 const char *em_receiver_signature(const em_receiver *r); /* connector + props */
 const char *em_receiver_describe(const em_receiver *r);  /* "socket localhost:9999" */
 const char *em_receiver_job(const em_receiver *r);
-int em_receiver_finished(const em_receiver *r); /* source exhausted and stopped */
-uint64_t em_receiver_records(const em_receiver *r); /* records taken in so far */
 
 #endif
