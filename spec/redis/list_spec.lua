@@ -77,13 +77,6 @@ describe("the redis list source", function()
         d:stop()
     end)
 
-    local function wait_len(key, n, timeout)
-        d:wait_until(function()
-            local got = srv:num("LLEN", key)
-            return got >= n, got .. " items in " .. key
-        end, timeout or 10, 0.05, n .. " items in " .. key)
-    end
-
     it("delivers every item pushed onto the list once, in order, through a Lua map to to_redis",
        function()
         local items = seq("a", 1, 300)
@@ -92,10 +85,10 @@ describe("the redis list source", function()
         d:write_job("queue", render(DELIVER_JOB, { url = q(srv.url), key = q("l1:in"),
                                                    out = q("l1:out"), extra = "" }))
         d:start { conf = CONF }
-        wait_len("l1:out", 200)
+        srv:wait_len(d, "l1:out", 200)
         -- more while it runs: read by the blocking BLMOVE
         srv:cli("LPUSH", "l1:in", unpack(items, 201, 300))
-        wait_len("l1:out", 300)
+        srv:wait_len(d, "l1:out", 300)
         d:wait_until(function()
             return srv:num("LLEN", "l1:in:processing:queue") == 0
         end, 5, 0.05, "the processing list to empty")
@@ -144,7 +137,7 @@ describe("the redis list source", function()
         d:start { conf = CONF }
         d:wait_for_log("items in processing list 'l2:in:processing:queue' left by an earlier "
                        .. "run; processing them first", 10)
-        wait_len("l2:out", 200)
+        srv:wait_len(d, "l2:out", 200)
         d:wait_until(function()
             return srv:num("LLEN", "l2:in:processing:queue") == 0
         end, 5, 0.05, "the processing list to empty")
@@ -164,7 +157,7 @@ describe("the redis list source", function()
         d:wait_exit(5)
         d:start { conf = CONF }
         srv:cli("LPUSH", "l2:in", "sentinel")
-        wait_len("l2:out", 201)
+        srv:wait_len(d, "l2:out", 201)
         local expected = prefixed(items, "out:")
         expected[#expected + 1] = "out:sentinel"
         assert.same(sorted(expected), sorted(srv:lines("LRANGE", "l2:out", "0", "-1")))
@@ -180,12 +173,12 @@ describe("the redis list source", function()
         end
         d:write_job("queue", job(1000))
         d:start { conf = CONF }
-        wait_len("l4:out", 300)
+        srv:wait_len(d, "l4:out", 300)
         d:write_job("queue", job(1200))
         d:signal("HUP")
         d:wait_for_log("%[queue%] now running the new version %(0 of 1 sources kept running%)", 10)
         assert.is_true(srv:num("LLEN", "l4:out") < 1500, "the reload came too late")
-        wait_len("l4:out", 1500)
+        srv:wait_len(d, "l4:out", 1500)
         d:wait_until(function()
             return srv:num("LLEN", "l4:in:processing:queue") == 0
         end, 5, 0.05, "the processing list to empty")
@@ -200,7 +193,7 @@ describe("the redis list source", function()
                                                    out = q("l3:out"),
                                                    extra = ", max_rate = " .. RATE }))
         d:start { conf = CONF }
-        wait_len("l3:out", 200)
+        srv:wait_len(d, "l3:out", 200)
         local t0, n0 = driver.now(), srv:num("LLEN", "l3:out")
         local most_taken = 0
         d:wait_until(function()
@@ -216,7 +209,7 @@ describe("the redis list source", function()
         assert.is_true(most_taken <= 2 * (RATE * BATCH_S + RATE * BLOCK_S),
                        "ember held " .. most_taken .. " items at once")
 
-        wait_len("l3:out", 1000)
+        srv:wait_len(d, "l3:out", 1000)
         assert.same(prefixed(items, "out:"), srv:lines("LRANGE", "l3:out", "0", "-1"))
         local bound, biggest = RATE * BATCH_S + RATE * BLOCK_S, 0
         for _, b in ipairs(d:batches("queue")) do

@@ -59,13 +59,6 @@ describe("the redis pubsub source", function()
         d:stop()
     end)
 
-    local function wait_len(key, n)
-        d:wait_until(function()
-            local got = srv:num("LLEN", key)
-            return got >= n, got .. " items in " .. key
-        end, 10, 0.05, n .. " items in " .. key)
-    end
-
     it("delivers every message published on the channels it subscribed to, and no other",
        function()
         d:write_job("news", render(JOB, { url = q(srv.url), channel = q("p1.a, p1.b"),
@@ -77,7 +70,7 @@ describe("the redis pubsub source", function()
         srv:pipe(publishes("p1.c", seq("c", 1, 10)))      -- not subscribed
         srv:pipe(publishes("p1.b", b))
         srv:cli("PUBLISH", "p1.a", "sentinel")            -- after everything else
-        wait_len("p1:out", 401)
+        srv:wait_len(d, "p1:out", 401)
         local out = srv:lines("LRANGE", "p1:out", "0", "-1")
         assert.equal("out:sentinel", out[#out])
         local expected = prefixed(a, "out:")
@@ -104,7 +97,7 @@ describe("the redis pubsub source", function()
         srv:cli("PUBLISH", "p2.x", "one")
         srv:cli("PUBLISH", "other", "two")
         srv:cli("PUBLISH", "p2.y.z", "three")
-        wait_len("p2:out", 2)
+        srv:wait_len(d, "p2:out", 2)
         assert.same({ "out:one", "out:three" }, srv:lines("LRANGE", "p2:out", "0", "-1"))
     end)
 end)

@@ -77,13 +77,6 @@ describe("the redis stream source", function()
         d:stop()
     end)
 
-    local function wait_len(key, n, timeout)
-        d:wait_until(function()
-            local got = srv:num("LLEN", key)
-            return got >= n, got .. " items in " .. key
-        end, timeout or 10, 0.05, n .. " items in " .. key)
-    end
-
     local function wait_acked(key, group)
         d:wait_until(function()
             local n = srv:num("XPENDING", key, group)
@@ -99,10 +92,10 @@ describe("the redis stream source", function()
                                                     out = q("s1:out"), extra = "" }))
         d:start { conf = CONF }
         d:wait_for_log("created consumer group 'ember%-events' on stream 's1'", 10)
-        wait_len("s1:out", 300)
+        srv:wait_len(d, "s1:out", 300)
         srv:pipe(xadds("s1", { unpack(items, 301, 400) }))
         srv:cli("XADD", "s1", "*", "device", "sensor-1", "note", 'say "hi"')
-        wait_len("s1:out", 401)
+        srv:wait_len(d, "s1:out", 401)
         wait_acked("s1", "ember-events")
         local expected = prefixed(items, "out:")
         expected[#expected + 1] = 'out:{"device":"sensor-1","note":"say \\"hi\\""}'
@@ -130,7 +123,7 @@ describe("the redis stream source", function()
         d:write_job("events", render(DELIVER_JOB, { url = q(srv.url), key = q("s2"),
                                                     out = q("s2:out"), extra = "" }))
         d:start { conf = CONF }
-        wait_len("s2:out", 200)
+        srv:wait_len(d, "s2:out", 200)
         wait_acked("s2", "ember-events")
         local out = srv:lines("LRANGE", "s2:out", "0", "-1")
         assert.same(prefixed(items, "out:"), sorted(out))
@@ -143,7 +136,7 @@ describe("the redis stream source", function()
         d:wait_exit(5)
         d:start { conf = CONF }
         srv:cli("XADD", "s2", "*", "value", "sentinel")
-        wait_len("s2:out", 201)
+        srv:wait_len(d, "s2:out", 201)
         local expected = prefixed(items, "out:")
         expected[#expected + 1] = "out:sentinel"
         assert.same(sorted(expected), sorted(srv:lines("LRANGE", "s2:out", "0", "-1")))
@@ -162,7 +155,7 @@ describe("the redis stream source", function()
                                                     out = q("s3:out"),
                                                     extra = ", claim_idle = '300ms'" }))
         d:start { conf = CONF }
-        wait_len("s3:out", 100)
+        srv:wait_len(d, "s3:out", 100)
         wait_acked("s3", "ember-events")
         d:wait_for_log("took over 30 entries pending longer than claim_idle", 5)
         assert.same(prefixed(items, "out:"), sorted(srv:lines("LRANGE", "s3:out", "0", "-1")))

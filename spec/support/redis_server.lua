@@ -236,6 +236,16 @@ function Server:num(...)
 end
 
 
+-- Waits (through driver d, so a timeout shows ember's log) until the list
+-- at key holds at least n items.
+function Server:wait_len(d, key, n, timeout)
+    d:wait_until(function()
+        local got = self:num("LLEN", key)
+        return got >= n, got .. " items in " .. key
+    end, timeout or 10, 0.05, n .. " items in " .. key)
+end
+
+
 -- Sends many commands (arrays of strings) through `redis-cli --pipe`,
 -- which writes the protocol and checks every reply.
 function Server:pipe(commands)
