@@ -2,12 +2,14 @@
 # Kafka throughput, against librdkafka's mock cluster (tools/kafka-mock):
 #
 #   0. Kafka -> foreach_batch doing nothing: the source's own cost
-#   1. Kafka -> cjson.decode -> filter -> to_redis (HSET), 200-byte JSON records
+#   1. Kafka (format = "json") -> filter -> map -> to_redis (HSET), 200-byte
+#      JSON records: issue 3's figure
 #   2. Redis stream -> to_kafka, the same records
+#   3. as 1, decoding with map(cjson.decode) instead: for comparison
 #
 #   bench/kafka_bench.sh                       # 1000000 records
 #   BENCH_RECORDS=200000 bench/kafka_bench.sh
-#   BENCH_ONLY=1 bench/kafka_bench.sh          # only that one (0, 1 or 2)
+#   BENCH_ONLY=1 bench/kafka_bench.sh          # only that one (0 to 3)
 #
 # Starts its own kafka-mock and redis-server on free loopback ports. The
 # mock keeps only about 5 MiB per partition, so the topic gets one partition
@@ -124,22 +126,28 @@ rm -f "$work/jobs/count.lua"
 fi
 
 # --- 1. Kafka -> Lua -> Redis -------------------------------------------
-if [ -z "$ONLY" ] || [ "$ONLY" = 1 ]; then
+# The job of issue 3's figure: decode, filter the valid readings, clean
+# them (pm25 to one decimal), store the last reading per device. $1 is the
+# source's extra option, $2 the decoding step (empty with format = "json").
+pipeline_job() {
 cat > "$work/jobs/bench.lua" <<EOF
 local ember = require "ember"
 local cjson = require "cjson.safe"
 local job = ember.job { name = "bench" }
 
-job:kafka { brokers = "$B", topic = "bench", group = "bench", start = "earliest",
-            ["kafka.fetch.wait.max.ms"] = 10 }
-   :map(cjson.decode)
-   :filter(function(p) return p ~= nil and p.pm25 ~= nil end)
+job:kafka { brokers = "$B", topic = "bench", group = "bench-$3", start = "earliest",
+            ["kafka.fetch.wait.max.ms"] = 10$1 }$2
+   :filter(function(p) return p ~= nil and type(p.pm25) == "number" and p.pm25 >= 0 end)
+   :map(function(p) p.pm25 = math.floor(p.pm25 * 10 + 0.5) / 10 return p end)
    :to_redis { url = "redis://127.0.0.1:$port",
                command = function(p) return "HSET", "last:" .. p.device, "pm25", p.pm25 end }
 
 return job
 EOF
-measure '[ "$(batched)" -ge "$N" ]' "kafka -> decode/filter -> to_redis" "assigned bench"
+}
+if [ -z "$ONLY" ] || [ "$ONLY" = 1 ]; then
+pipeline_job ', format = "json"' '' json
+measure '[ "$(batched)" -ge "$N" ]' "kafka (format=json) -> filter/map -> to_redis" "assigned bench"
 echo "  redis: $(cli --raw EVAL "return #redis.call('KEYS', 'last:*')" 0) devices written"
 rm -f "$work/jobs/bench.lua"
 fi
@@ -165,4 +173,15 @@ drained='[ "$(cli XINFO GROUPS bench:in | awk '"'"'p {print; exit} /^lag$/ {p=1}
          [ "$(cli XPENDING bench:in ember-tokafka | head -1)" = "0" ]'
 measure "$drained" "redis stream -> to_kafka" "connected"
 echo "  topic sunk: $(kcat -b "$B" -C -t sunk -e -q -o beginning -f '\n' | wc -l) records"
+fi
+
+# --- 3. As 1, with map(cjson.decode) ------------------------------------
+if [ -z "$ONLY" ] || [ "$ONLY" = 3 ]; then
+cli EVAL "for _, k in ipairs(redis.call('KEYS', 'last:*')) do redis.call('DEL', k) end" 0 >/dev/null
+pipeline_job '' '
+   :map(cjson.decode)' cjson
+measure '[ "$(batched)" -ge "$N" ]' "kafka -> map(cjson.decode) -> filter/map -> to_redis" \
+    "assigned bench"
+echo "  redis: $(cli --raw EVAL "return #redis.call('KEYS', 'last:*')" 0) devices written"
+rm -f "$work/jobs/bench.lua"
 fi

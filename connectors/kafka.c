@@ -629,12 +629,15 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
     /* ember's defaults, which kafka.<property> may override: a deeper
      * prefetch than librdkafka's 100000 messages, which stalls for about
      * a second at a time under load; memory stays bounded by
-     * queued.max.messages.kbytes. */
+     * queued.max.messages.kbytes. Fetch responses of at most 16 MiB stay
+     * under malloc's mmap threshold (main.c), so their buffers are reused
+     * instead of being fresh pages every time (librdkafka's 50 MiB). */
     if (conf_set(conf, "client.id", client, "kafka.client.id", err, errlen) ||
         conf_set(conf, "queued.min.messages", "1000000", "kafka.queued.min.messages", err,
                  errlen) ||
         conf_set(conf, "queued.max.messages.kbytes", "32768", "kafka.queued.max.messages.kbytes",
                  err, errlen) ||
+        conf_set(conf, "fetch.max.bytes", "16777216", "kafka.fetch.max.bytes", err, errlen) ||
         conf_set(conf, "log.connection.close", "false", "kafka.log.connection.close", err,
                  errlen))
         goto fail;

@@ -10,7 +10,10 @@ static atomic_size_t total_bytes;
 
 size_t em_block_total_bytes(void) { return atomic_load(&total_bytes); }
 
-em_block *em_block_create(void)
+static int reserve_arena(em_block *b, size_t more);
+static int reserve_records(em_block *b, uint32_t cap);
+
+em_block *em_block_create(uint32_t records, uint32_t bytes)
 {
     em_block *b = calloc(1, sizeof *b);
     if (!b)
@@ -18,6 +21,11 @@ em_block *em_block_create(void)
     atomic_init(&b->refs, 1);
     b->first_offset = -1;
     b->last_offset = -1;
+    /* Hints only: when they cannot be had, the block grows as it fills. */
+    if (records)
+        (void)reserve_records(b, records);
+    if (bytes)
+        (void)reserve_arena(b, bytes);
     return b;
 }
 
@@ -43,6 +51,19 @@ static int reserve_arena(em_block *b, size_t more)
     return 0;
 }
 
+static int reserve_records(em_block *b, uint32_t cap)
+{
+    if (cap <= b->cap)
+        return 0;
+    em_record *r = realloc(b->records, cap * sizeof *r);
+    if (!r)
+        return -1;
+    atomic_fetch_add(&total_bytes, (size_t)(cap - b->cap) * sizeof *r);
+    b->records = r;
+    b->cap = cap;
+    return 0;
+}
+
 static uint32_t copy_in(em_block *b, const char *bytes, size_t len)
 {
     uint32_t off = b->arena_len;
@@ -56,15 +77,8 @@ int em_block_append(em_block *b, const char *value, size_t value_len, const char
                     size_t key_len, int64_t ts_ms, int32_t partition, int64_t offset,
                     const char *meta, size_t meta_len)
 {
-    if (b->count == b->cap) {
-        uint32_t cap = b->cap ? b->cap * 2 : 1024;
-        em_record *r = realloc(b->records, cap * sizeof *r);
-        if (!r)
-            return -1;
-        atomic_fetch_add(&total_bytes, (size_t)(cap - b->cap) * sizeof *r);
-        b->records = r;
-        b->cap = cap;
-    }
+    if (b->count == b->cap && reserve_records(b, b->cap ? b->cap * 2 : 1024) != 0)
+        return -1;
     size_t klen = key ? key_len : 0;
     if (reserve_arena(b, value_len + klen + meta_len) != 0)
         return -1;

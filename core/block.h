@@ -18,6 +18,13 @@
 
 #define EM_NO_KEY UINT32_MAX /* key_off of a record without a key */
 
+/* A receiver seals its block early once the arena would pass this size.
+ * Blocks of a few MiB come from malloc's heap and are reused from one
+ * batch to the next; a block of a whole busy interval (hundreds of MiB)
+ * would be fresh pages every time, and the page faults cost more than
+ * the copy. */
+#define EM_BLOCK_BYTES_MAX (4u << 20)
+
 typedef struct em_record {
     uint32_t value_off, value_len;
     uint32_t key_off, key_len; /* key_off == EM_NO_KEY: no key */
@@ -53,7 +60,9 @@ typedef struct em_batch_view {
     int32_t *sources;
 } em_batch_view;
 
-em_block *em_block_create(void);
+/* A block with room for about records records of bytes bytes in all
+ * (hints: it grows past them as needed; 0, 0 for the defaults). */
+em_block *em_block_create(uint32_t records, uint32_t bytes);
 /* Appends one record, copying the bytes; key == NULL means no key. Returns 0, or -1 when out of memory
  * or when the record would not fit in a 32-bit arena. */
 int em_block_append(em_block *b, const char *value, size_t value_len, const char *key,

@@ -27,6 +27,7 @@ struct em_receiver {
     int started;
     atomic_int stopping;
     uint64_t records, bytes; /* taken in so far; under lock, read by the receiver thread */
+    uint32_t last_count, last_bytes; /* of the last sealed block, to size the next */
 
     pthread_mutex_t lock; /* guards current, sealed, rates, wal */
     em_block *current;
@@ -288,13 +289,19 @@ void em_receiver_unref(em_receiver *r)
     free(r);
 }
 
+static void seal_locked(em_receiver *r, int64_t now_ms);
+
 int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const char *key,
                      size_t key_len, int64_t ts_ms, int32_t partition, int64_t offset,
                      const char *meta, size_t meta_len)
 {
     pthread_mutex_lock(&r->lock);
+    size_t len = value_len + (key ? key_len : 0) + meta_len;
+    if (r->current && r->current->arena_len + len > EM_BLOCK_BYTES_MAX)
+        seal_locked(r, em_clock_now_ms());
     if (!r->current) {
-        r->current = em_block_create();
+        /* Sized like the last block: it grows without copies in steady state. */
+        r->current = em_block_create(r->last_count, r->last_bytes);
         if (!r->current) {
             pthread_mutex_unlock(&r->lock);
             return -1;
@@ -318,27 +325,33 @@ int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const 
     return rc;
 }
 
+/* Moves the current block to the sealed list; the lock is held. */
+static void seal_locked(em_receiver *r, int64_t now_ms)
+{
+    em_block *b = r->current;
+    if (!b || b->count == 0)
+        return;
+    if (r->nsealed == r->capsealed) {
+        size_t cap = r->capsealed ? r->capsealed * 2 : 16;
+        em_block **s = realloc(r->sealed, cap * sizeof *s);
+        if (!s) /* keep filling the current block; try again next tick */
+            return;
+        r->sealed = s;
+        r->capsealed = cap;
+    }
+    b->sealed_ms = now_ms;
+    if (r->wal) /* the segment is complete (and synced) before the block can join a batch */
+        wal_result(r, em_wal_seal(r->wal));
+    r->sealed[r->nsealed++] = b;
+    r->current = NULL;
+    r->last_count = b->count;
+    r->last_bytes = b->arena_len;
+}
+
 void em_receiver_seal(em_receiver *r, int64_t now_ms)
 {
     pthread_mutex_lock(&r->lock);
-    em_block *b = r->current;
-    if (b && b->count > 0) {
-        if (r->nsealed == r->capsealed) {
-            size_t cap = r->capsealed ? r->capsealed * 2 : 16;
-            em_block **s = realloc(r->sealed, cap * sizeof *s);
-            if (!s) { /* keep filling the current block; try again next tick */
-                pthread_mutex_unlock(&r->lock);
-                return;
-            }
-            r->sealed = s;
-            r->capsealed = cap;
-        }
-        b->sealed_ms = now_ms;
-        if (r->wal) /* the segment is complete (and synced) before the block can join a batch */
-            wal_result(r, em_wal_seal(r->wal));
-        r->sealed[r->nsealed++] = b;
-        r->current = NULL;
-    }
+    seal_locked(r, now_ms);
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -382,7 +395,7 @@ static em_block *without_partition(em_block *b, int32_t p, int *changed)
     *changed = keep != b->count;
     if (!*changed)
         return b;
-    em_block *nb = keep ? em_block_create() : NULL;
+    em_block *nb = keep ? em_block_create(0, 0) : NULL;
     for (uint32_t i = 0; nb && i < b->count; i++) {
         const em_record *rec = &b->records[i];
         if (rec->partition == p)

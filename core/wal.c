@@ -252,7 +252,7 @@ static em_block *read_segment(const char *dir, const char *name, const char *qdi
     unsigned char *data = slurp(path, &len);
     if (!data)
         return NULL;
-    em_block *b = em_block_create();
+    em_block *b = em_block_create(0, 0);
     size_t pos = 0;
     while (b && pos < len) {
         size_t flen = frame_at(data, len, pos);

@@ -72,6 +72,10 @@ function _M._is_disabled(v)
 end
 
 
+-- ember.json: the JSON decoder of format = "json" (lua/ember/json.lua).
+_M.json = require "ember.json"
+
+
 -- ember.redis(url): a pooled Redis connection for code in foreach_batch,
 -- given back when the batch ends (lua/ember/redis.lua).
 function _M.redis(url)

@@ -26,6 +26,7 @@
 local ffi = require "ffi"
 local eff = require "ember.ffi"
 local sinks = require "ember.sinks"
+local json = require "ember.json"
 local failures = require "ember.failures"
 
 local ffi_string = ffi.string
@@ -37,7 +38,9 @@ local type = type
 local tostring = tostring
 local tonumber = tonumber
 local ipairs = ipairs
+local decode_bytes = json.decode_bytes
 local materialize = sinks.materialize
+local tbl_clear = require "table.clear"
 local describe = sinks.describe
 
 
@@ -429,6 +432,77 @@ local function make_collector(node)
 end
 
 
+-- A sink's writer: the elements it receives go out in chunks of
+-- SINK_CHUNK while the batch is computed, instead of being held until the
+-- pass ends, so a batch of a million records never lives in memory as a
+-- million tables. A record the sink cannot write (info.reject) follows
+-- on_error; a failed delivery stops this sink for the batch, and the batch
+-- fails once the pass is over (the driver runs it again).
+local SINK_CHUNK = 8192
+_M.SINK_CHUNK = SINK_CHUNK
+
+local function make_streamer(node, ctx, fails)
+    local shape, write = node.shape, node.write
+    local keep_b = shape ~= "one"
+    local ka, vb, n = {}, {}, 0
+    local total, failed, stop = 0, nil, false
+    local s = {}
+    local info = { job = ctx.job, shape = shape }
+    function info.reject(i, why)
+        local _, text = pcall(describe, ka[i], vb[i], shape)
+        stop = fails:add(node.op .. ": " .. tostring(why), text) or stop
+        return stop
+    end
+
+    local function flush()
+        if n == 0 then
+            return
+        end
+        if not failed and not stop then
+            info.time, info.count, info.first = ctx.time, n, total + 1
+            local ok, done, err = pcall(write, materialize(shape, ka, vb, n), info)
+            if not stop and (not ok or not done) then
+                failed = tostring(ok and err or done)
+            end
+        end
+        total = total + n
+        tbl_clear(ka)
+        if keep_b then
+            tbl_clear(vb)
+        end
+        n = 0
+    end
+
+    function s.reset()
+        n, total, failed, stop = 0, 0, nil, false
+    end
+    if keep_b then
+        s.push = function(a, b)
+            n = n + 1
+            ka[n] = a
+            vb[n] = b
+            if n == SINK_CHUNK then
+                flush()
+            end
+        end
+    else
+        s.push = function(a, b)
+            n = n + 1
+            ka[n] = a
+            if n == SINK_CHUNK then
+                flush()
+            end
+        end
+    end
+    -- After the pass: writes the rest. Returns stop (on_error said so), err.
+    function s.finish()
+        flush()
+        return stop, failed
+    end
+    return s
+end
+
+
 -- foreach_record's call of the user function, by shape.
 local function record_caller(node)
     local f, shape = node.fn, node.shape
@@ -473,6 +547,7 @@ function _M.compile(job, host)
     local source_push = {}      -- source number -> push of the source stream
     local wides = {}            -- { node, w, out } in creation order
     local collectors = {}       -- output node -> collector
+    local streamers = {}        -- sink output node -> streamer
 
     for i = #nodes, 1, -1 do
         local node = nodes[i]
@@ -488,6 +563,10 @@ function _M.compile(job, host)
 
             if node.source then
                 source_push[node.source] = out
+            elseif node.is_output and node.write then
+                local w = make_streamer(node, ctx, fails)
+                streamers[node] = w
+                input[node] = w.push
             elseif node.is_output then
                 local c = make_collector(node)
                 collectors[node] = c
@@ -552,6 +631,20 @@ function _M.compile(job, host)
             push(record_table(recs[i], arena, kind), nil)
         end
     end
+    -- format = "json": each element is the value decoded, straight from
+    -- the block's bytes (no string of the raw record is made).
+    local function json_loop(push, recs, arena, from, n)
+        for i = from, n - 1 do
+            cur = i
+            local r = recs[i]
+            local v = decode_bytes(arena + r.value_off, r.value_len)
+            if v == nil then
+                error("json: the record is null", 0)
+            end
+            push(v, nil)
+        end
+    end
+    local LOOPS = { value = source_loop, record = record_loop, json = json_loop }
     local source_kind, source_format = {}, {}
     for i, src in ipairs(job.sources) do
         source_kind[i], source_format[i] = src.type, src.format
@@ -595,7 +688,9 @@ function _M.compile(job, host)
             wides[i].w.reset()
         end
         for i = 1, #outputs do
-            collectors[outputs[i]].reset()
+            local o = outputs[i]
+            local c = collectors[o] or streamers[o]
+            c.reset()
         end
 
         -- source pass
@@ -612,7 +707,7 @@ function _M.compile(job, host)
             if push and n > 0 then
                 local recs, arena = blk.records, blk.arena
                 local from = 0
-                local loop = source_format[s] == "record" and record_loop or source_loop
+                local loop = LOOPS[source_format[s]]
                 while true do
                     local ok, err = pcall(loop, push, recs, arena, from, n, source_kind[s])
                     if ok then
@@ -648,34 +743,28 @@ function _M.compile(job, host)
         -- outputs, in declaration order
         for i = 1, #outputs do
             local node = outputs[i]
-            local ka, vb, n = collectors[node].get()
             local kind = node.op
             if node.write then
-                -- A sink. A record it cannot write (its user function raised,
-                -- or returned what the system cannot take) is the user's fault
-                -- and follows on_error through info.reject, so one bad record
-                -- never stalls the job; a failure to deliver is the server's,
-                -- and fails the batch (retried by the driver) whatever
-                -- on_error says.
-                local shape, stop = node.shape, false
-                local info = { time = time, job = name, count = n, shape = shape }
-                function info.reject(i, why)
-                    local _, text = pcall(describe, ka[i], vb[i], shape)
-                    stop = fails:add(node.op .. ": " .. tostring(why), text) or stop
-                    return stop
-                end
-                local ok, done, err = pcall(node.write, materialize(shape, ka, vb, n), info)
+                -- A sink, written while the batch was computed. A record it
+                -- cannot write (its user function raised, or returned what
+                -- the system cannot take) is the user's fault and followed
+                -- on_error, so one bad record never stalls the job; a
+                -- failure to deliver is the server's, and fails the batch
+                -- (retried by the driver) whatever on_error says.
+                local stop, err = streamers[node].finish()
                 if stop then
                     return false
                 end
-                if not ok or not done then
-                    return false, node.op .. " (" .. node.where .. "): " .. tostring(ok and err or done)
+                if err then
+                    return false, node.op .. " (" .. node.where .. "): " .. err
                 end
             elseif kind == "foreach_record" then
+                local ka, vb, n = collectors[node].get()
                 if guarded_push(record_caller(node), ka, vb, n, node.shape) then
                     return false
                 end
             else
+                local ka, vb, n = collectors[node].get()
                 local info = { time = time, job = name, count = n }
                 local ok, err = pcall(sinks[kind], node, ka, vb, n, info)
                 if not ok and fails:add(err, batch_note(n)) then

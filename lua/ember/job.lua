@@ -119,9 +119,9 @@ for _, kind in ipairs(SOURCES) do
         -- format is Lua's business: what an element of the source is. The
         -- rest goes to the connector in C, which checks every key.
         local format = options.format
-        if format ~= nil and format ~= "value" and format ~= "record" then
-            error("bad option 'format' to '" .. kind .. "' (\"value\" or \"record\" expected, got "
-                  .. tostring(format) .. ")", 2)
+        if format ~= nil and format ~= "value" and format ~= "record" and format ~= "json" then
+            error("bad option 'format' to '" .. kind .. "' (\"value\", \"record\" or \"json\" "
+                  .. "expected, got " .. tostring(format) .. ")", 2)
         end
         local passed = {}
         for k, v in pairs(options) do

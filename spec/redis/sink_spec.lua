@@ -70,6 +70,24 @@ job:redis { url = {{url}}, mode = "list", key = "p:in" }
 return job
 ]]
 
+-- A batch of many more records than one chunk of the sink (8192): c:in is
+-- filled before ember starts, and the 1s batch takes all of it at once.
+-- The command for one record raises (dead-lettered); the one for
+-- c:wrong meets an error reply when that key holds a string.
+local CHUNK_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "chunk", batch_interval = "1s", on_error = "dead_letter" }
+
+job:redis { url = {{url}}, mode = "list", key = "c:in" }
+   :to_redis { url = {{url}}, command = function(v)
+       if v == {{poison}} then error("cannot write " .. v) end
+       if v == {{wrong}} then return "HSET", "c:wrong", v, 1 end
+       return "RPUSH", "c:out", v
+   end }
+
+return job
+]]
+
 local BAD_JOB = [[
 local ember = require "ember"
 local job = ember.job { name = "bad" }
@@ -109,7 +127,7 @@ describe("to_redis and ember.redis", function()
         d:write_job("sink", render(HSET_JOB, { url = q(srv.url) }))
         d:start { conf = CONF }
         local line = d:wait_for_log("WRONGTYPE", 10)
-        assert.truthy(line:find('HSET "k1:hash" "x1" "1" (record 1 of 3) failed: WRONGTYPE',
+        assert.truthy(line:find('HSET "k1:hash" "x1" "1" (record 1 of the batch) failed: WRONGTYPE',
                                 1, true), line)
         assert.truthy(line:find("to_redis redis://127.0.0.1:" .. srv.port, 1, true), line)
         d:wait_for_log("a failed batch left 3 items in processing list 'k1:in:processing:sink'",
@@ -175,6 +193,92 @@ describe("to_redis and ember.redis", function()
         assert.truthy(dead:find('"record":"nested"', 1, true), dead)
         assert.truthy(dead:find("argument 3 is a table", 1, true) or dead:find("table", 1, true), dead)
         assert.falsy(d:log():find("failed after", 1, true), "the batch must not fail")
+    end)
+
+    -- The batch (in log order, each once) holding the index-th record taken
+    -- in, and the record's position in it.
+    local function locate(index)
+        local seen, before = {}, 0
+        for _, b in ipairs(d:batches("chunk")) do
+            if not seen[b.time] then
+                seen[b.time] = true
+                if index <= before + b.records then
+                    return b, index - before
+                end
+                before = before + b.records
+            end
+        end
+        error("no batch holds record " .. index)
+    end
+
+    local function fill_input()
+        srv:cli("FLUSHALL")
+        local items = seq("c", 1, 20000)
+        local cmds = {}
+        for i, v in ipairs(items) do
+            cmds[i] = { "LPUSH", "c:in", v }
+        end
+        srv:pipe(cmds)
+        return items
+    end
+
+    it("writes a batch larger than a chunk while computing it: every record once, in order, "
+       .. "a poison record set aside", function()
+        local items = fill_input()
+        d:write_job("chunk", render(CHUNK_JOB, { url = q(srv.url), poison = q(items[17000]),
+                                                 wrong = q("none") }))
+        d:start { conf = CONF }
+        d:wait_until(function()
+            return srv:num("LLEN", "c:out") == 19999
+                   and srv:num("LLEN", "c:in:processing:chunk") == 0
+        end, 20, 0.05, "19999 records written and acknowledged")
+        local want = {}
+        for i, v in ipairs(items) do
+            if i ~= 17000 then
+                want[#want + 1] = v
+            end
+        end
+        assert.same(want, srv:lines("LRANGE", "c:out", "0", "-1"))
+        local batch, pos = locate(17000)
+        local dead = d:wait_until(function()
+            local f = io.open(d.checkpoint_dir .. "/chunk/dead_letter.jsonl")
+            local text = f and f:read("*a")
+            if f then f:close() end
+            return text and text:find("\n") and text
+        end, 10, 0.05, "the dead letter")
+        assert.truthy(dead:find('"record":"' .. items[17000] .. '"', 1, true), dead)
+        assert.truthy(dead:find("failed on record " .. pos .. ":", 1, true), dead)
+        assert.is_true(batch.records > 8192, batch.line)
+    end)
+
+    it("fails the batch when a chunk meets an error reply, and writes no chunk of that batch "
+       .. "after it", function()
+        local items = fill_input()
+        srv:cli("SET", "c:wrong", "a string, not a hash")
+        d:write_job("chunk", render(CHUNK_JOB, { url = q(srv.url), poison = q("none"),
+                                                 wrong = q(items[19000]) }))
+        d:start { conf = CONF }
+        local line = d:wait_for_log("WRONGTYPE", 20)
+        d:wait_for_log("a failed batch left %d+ items in processing list", 20)
+        local batch, pos = locate(19000)
+        assert.truthy(line:find('HSET "c:wrong" "' .. items[19000] .. '" "1" (record ' .. pos
+                                .. ' of the batch) failed: WRONGTYPE', 1, true), line)
+        -- Both attempts (maxRetries 1) write the chunks up to the failing
+        -- one; the rest of that batch is never written.
+        local first = 19000 - pos + 1                       -- the batch's first record
+        local written_to = first - 1 + math.min(batch.records, math.ceil(pos / 8192) * 8192)
+        local seen = {}
+        for _, v in ipairs(srv:lines("LRANGE", "c:out", "0", "-1")) do
+            seen[v] = (seen[v] or 0) + 1
+        end
+        for i = first, first + batch.records - 1 do
+            if i == 19000 or i > written_to then
+                assert.is_nil(seen[items[i]], "record " .. i)
+            else
+                assert.equal(2, seen[items[i]], "record " .. i)
+            end
+        end
+        assert.is_true(srv:num("LLEN", "c:in:processing:chunk") >= batch.records)
     end)
 
     it("rejects a bad url at load time, naming the job file, its line and the option", function()

@@ -146,10 +146,10 @@ function _M.to_kafka(opts)
 
     -- Fills the C arrays with every record that encodes; a record that
     -- does not goes to reject (on_error). Returns the count filled.
-    local function fill(records, n, shape, reject)
+    local function fill(records, n, base, shape, reject)
         local j = 0
         for i = 1, n do
-            local ok, k, v = pcall(encode, records[i], i, shape)
+            local ok, k, v = pcall(encode, records[i], base + i, shape)
             if ok then
                 anchor[2 * j + 1] = v           -- C reads these strings in place
                 values[j], value_lens[j] = v, #v
@@ -163,7 +163,7 @@ function _M.to_kafka(opts)
             else
                 local why = type(k) == "string" and str_find(k, "^to_kafka: ")
                             and k:sub(11) or ("the key or value function failed on record "
-                                              .. i .. ": " .. tostring(k))
+                                              .. base + i .. ": " .. tostring(k))
                 if not reject or reject(i, why) then
                     error("to_kafka: " .. why, 0)
                 end
@@ -188,7 +188,8 @@ function _M.to_kafka(opts)
             values = ffi_new("const char *[?]", cap)
             value_lens = ffi_new("uint32_t[?]", cap)
         end
-        local ok, m = pcall(fill, records, n, info and info.shape, info and info.reject)
+        local base = info and info.first and info.first - 1 or 0   -- records before this chunk
+        local ok, m = pcall(fill, records, n, base, info and info.shape, info and info.reject)
         if not ok then
             anchor = {}
             error(m, 0)

@@ -117,9 +117,9 @@ end
 -- cannot be made goes to reject (on_error) and is left out; raises when
 -- reject says stop. Returns false when C reports the batch failed (the
 -- reason comes from em_rabbitmq_batch_finish).
-local function publish_all(b, records, n, rk_fixed, rk_fn, body_fn, reject)
+local function publish_all(b, records, n, base, rk_fixed, rk_fn, body_fn, reject)
     for i = 1, n do
-        local ok, rk, body = pcall(message_of, records[i], i, rk_fixed, rk_fn, body_fn)
+        local ok, rk, body = pcall(message_of, records[i], base + i, rk_fixed, rk_fn, body_fn)
         if not ok then
             if not reject or reject(i, tostring(rk)) then
                 error(rk, 0)
@@ -198,7 +198,8 @@ function _M.to_rabbitmq(opts)
         if b == nil then
             return nil, "to_rabbitmq: " .. ffi_string(errbuf)
         end
-        local ok, res = pcall(publish_all, b, records, n, rk_fixed, rk_fn, body_fn,
+        local base = info and info.first and info.first - 1 or 0   -- records before this chunk
+        local ok, res = pcall(publish_all, b, records, n, base, rk_fixed, rk_fn, body_fn,
                               info and info.reject)
         local rc = C.em_rabbitmq_batch_finish(b, ok and 0 or 1, errbuf, ERR_LEN)
         if not ok then

@@ -74,7 +74,8 @@ function _M.to_redis(opts)
     local argv, index = {}, {}
     local state = {}                    -- conn and name while a batch is written
 
-    local reject                        -- info.reject of the batch being written
+    local reject                        -- info.reject of the chunk being written
+    local base = 0                      -- records of the batch before this chunk
 
     -- Encodes records[from..] until CHUNK commands; returns the next index
     -- and the count encoded. index[j] = the record of the j-th command.
@@ -86,9 +87,9 @@ function _M.to_redis(opts)
             if not ok or not argc then
                 -- The user's record, not the server: on_error decides.
                 local msg = ok and str_format("the command for record %d %s (strings and "
-                                              .. "numbers expected)", i, why)
+                                              .. "numbers expected)", base + i, why)
                             or str_format("the command function failed on record %d: %s",
-                                          i, tostring(argc))
+                                          base + i, tostring(argc))
                 if not reject or reject(i, msg) then
                     error("to_redis: " .. msg, 0)
                 end
@@ -132,8 +133,8 @@ function _M.to_redis(opts)
                     end
                     local rec = index[a]
                     local argc = collect(argv, command(records[rec]))
-                    return nil, str_format("to_redis %s: %s (record %d of %d) failed: %s",
-                                           state.name, redis.describe(argv, argc), rec, n, b)
+                    return nil, str_format("to_redis %s: %s (record %d of the batch) failed: %s",
+                                           state.name, redis.describe(argv, argc), base + rec, b)
                 end
             end
         end
@@ -142,6 +143,7 @@ function _M.to_redis(opts)
 
     return function(records, info)
         reject = info and info.reject
+        base = info and info.first and info.first - 1 or 0
         local ok, done, err = pcall(send, records, #records)
         if state.conn then
             redis.release_raw(state.conn, state.broken)
