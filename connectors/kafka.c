@@ -32,11 +32,12 @@
  * core (its own rate cap, a hold) that lasts pauses every assigned
  * partition the same way (see kafka_pause).
  *
- * Sink. em_kafka_produce(), called from lua/ember/sinks/kafka.lua through the
- * FFI: one producer per `brokers` string, shared by every job, made on first
- * use and kept for the life of the process, its delivery reports served by
- * a thread of its own. A call returns once every record it produced has its
- * delivery report, and fails with the first delivery error.
+ * Sink. em_kafka_send() and em_kafka_delivery_wait(), called from
+ * lua/ember/sinks/kafka.lua through the FFI: one producer per `brokers`
+ * string, shared by every job, made on first use and kept for the life of
+ * the process, its delivery reports served by a thread of its own. A batch
+ * sends its chunks as it is computed and waits once, at its end, for every
+ * delivery report; the first delivery error fails it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -1150,15 +1151,15 @@ typedef struct producer {
     struct producer *next;
 } producer;
 
-/* The delivery reports one em_kafka_produce() call waits for; lives on
- * that call's stack, reached from each message's opaque. */
-typedef struct delivery {
+/* The delivery reports of one batch of a sink: em_kafka_send() adds to
+ * it, em_kafka_delivery_wait() waits for all of them and frees it. */
+typedef struct em_kafka_delivery {
     pthread_mutex_t lock;
     pthread_cond_t done;
     size_t pending;
     rd_kafka_resp_err_t err;
     char why[256];
-} delivery;
+} em_kafka_delivery;
 
 static pthread_mutex_t producers_lock = PTHREAD_MUTEX_INITIALIZER;
 static producer *producers;
@@ -1169,7 +1170,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     producer *p = opaque;
     if (!m->err && atomic_load(&p->last_err) && is_outage(atomic_exchange(&p->last_err, 0)))
         em_log(EM_LOG_INFO, NULL, "kafka sink %s: the brokers answer again", p->brokers);
-    delivery *d = m->_private;
+    em_kafka_delivery *d = m->_private;
     pthread_mutex_lock(&d->lock);
     if (m->err && !d->err) {
         d->err = m->err;
@@ -1274,66 +1275,98 @@ static producer *get_producer(const char *brokers, char *err, size_t errlen)
 }
 
 /* Exported for lua/ember/sinks/kafka.lua (through the FFI). */
-int em_kafka_produce(const char *brokers, const char *topic_name, uint32_t n,
-                     const char *const *keys, const uint32_t *key_lens,
-                     const char *const *values, const uint32_t *value_lens, char *err,
-                     size_t errlen);
+em_kafka_delivery *em_kafka_delivery_new(void);
+int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_name, uint32_t n,
+                  const char *const *keys, const uint32_t *key_lens, const char *const *values,
+                  const uint32_t *value_lens);
+int em_kafka_delivery_wait(em_kafka_delivery *d, char *err, size_t errlen);
 
-/* Produces n records (keys may be NULL, as may each key) to topic and
- * waits for every delivery report of them. Returns 0, or -1 with err
- * holding the first failure. Safe from any thread; callers share the
- * producer of their brokers string. */
-int em_kafka_produce(const char *brokers, const char *topic_name, uint32_t n,
-                     const char *const *keys, const uint32_t *key_lens,
-                     const char *const *values, const uint32_t *value_lens, char *err,
-                     size_t errlen)
+em_kafka_delivery *em_kafka_delivery_new(void)
 {
-    producer *p = get_producer(brokers, err, errlen);
-    if (!p)
+    em_kafka_delivery *d = calloc(1, sizeof *d);
+    if (d) {
+        pthread_mutex_init(&d->lock, NULL);
+        pthread_cond_init(&d->done, NULL);
+    }
+    return d;
+}
+
+/* Records the first failure of d. */
+static void delivery_fail(em_kafka_delivery *d, rd_kafka_resp_err_t e, const char *what,
+                          const char *topic_name)
+{
+    pthread_mutex_lock(&d->lock);
+    if (!d->err) {
+        d->err = e;
+        snprintf(d->why, sizeof d->why, "%s %s: %s", what, topic_name, rd_kafka_err2str(e));
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* Produces n records (keys may be NULL, as may each key) to topic without
+ * waiting: their delivery reports come into d. Returns 0, or -1 when one
+ * could not be produced (d holds why; the rest are not produced). Safe
+ * from any thread; callers share the producer of their brokers string. */
+int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_name, uint32_t n,
+                  const char *const *keys, const uint32_t *key_lens, const char *const *values,
+                  const uint32_t *value_lens)
+{
+    char why[1024];
+    producer *p = get_producer(brokers, why, sizeof why);
+    if (!p) {
+        pthread_mutex_lock(&d->lock);
+        if (!d->err) {
+            d->err = RD_KAFKA_RESP_ERR__FAIL;
+            snprintf(d->why, sizeof d->why, "%.250s", why);
+        }
+        pthread_mutex_unlock(&d->lock);
         return -1;
+    }
     if (n == 0)
         return 0;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, topic_name, NULL);
     if (!rkt) {
-        snprintf(err, errlen, "kafka sink: topic '%s': %s", topic_name,
-                 rd_kafka_err2str(rd_kafka_last_error()));
+        delivery_fail(d, rd_kafka_last_error(), "topic", topic_name);
         return -1;
     }
-    delivery d = {.pending = 0, .err = 0};
-    pthread_mutex_init(&d.lock, NULL);
-    pthread_cond_init(&d.done, NULL);
+    int rc = 0;
     for (uint32_t i = 0; i < n; i++) {
         const char *key = keys ? keys[i] : NULL;
-        pthread_mutex_lock(&d.lock);
-        d.pending++; /* before produce: its report may come before produce returns */
-        pthread_mutex_unlock(&d.lock);
+        pthread_mutex_lock(&d->lock);
+        d->pending++; /* before produce: its report may come before produce returns */
+        pthread_mutex_unlock(&d->lock);
         /* F_BLOCK waits for room in the producer queue; our poller thread frees it */
         if (rd_kafka_produce(rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_BLOCK,
                              (void *)values[i], value_lens[i], key, key ? key_lens[i] : 0,
-                             &d) != 0) {
+                             d) != 0) {
             rd_kafka_resp_err_t e = rd_kafka_last_error();
-            pthread_mutex_lock(&d.lock);
-            d.pending--;
-            if (!d.err) {
-                d.err = e;
-                snprintf(d.why, sizeof d.why, "cannot produce to %s: %s", topic_name,
-                         rd_kafka_err2str(e));
-            }
-            pthread_mutex_unlock(&d.lock);
+            pthread_mutex_lock(&d->lock);
+            d->pending--;
+            pthread_mutex_unlock(&d->lock);
+            delivery_fail(d, e, "cannot produce to", topic_name);
+            rc = -1;
             break; /* the rest would fail the batch anyway */
         }
     }
-    /* Every report must be in before d leaves the stack. */
-    pthread_mutex_lock(&d.lock);
-    while (d.pending > 0)
-        pthread_cond_wait(&d.done, &d.lock);
-    pthread_mutex_unlock(&d.lock);
-    pthread_cond_destroy(&d.done);
-    pthread_mutex_destroy(&d.lock);
     rd_kafka_topic_destroy(rkt);
-    if (d.err) {
-        snprintf(err, errlen, "kafka sink %s: %s", brokers, d.why);
-        return -1;
+    return rc;
+}
+
+/* Waits for every delivery report d expects, then frees d. Returns 0, or
+ * -1 with err holding the first failure. */
+int em_kafka_delivery_wait(em_kafka_delivery *d, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&d->lock);
+    while (d->pending > 0)
+        pthread_cond_wait(&d->done, &d->lock);
+    pthread_mutex_unlock(&d->lock);
+    int rc = 0;
+    if (d->err) {
+        snprintf(err, errlen, "%s", d->why);
+        rc = -1;
     }
-    return 0;
+    pthread_cond_destroy(&d->done);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+    return rc;
 }

@@ -248,9 +248,11 @@ end
 
 -- Sinks to external systems: stream:to_kafka{...}, to_redis{...},
 -- to_rabbitmq{...}. The system's module (lua/ember/sinks/<system>.lua)
--- checks the options at load time and returns the per-batch write
--- function; a write that returns nil, err fails the batch, which is then
--- retried and, failing still, left unacknowledged upstream.
+-- checks the options at load time and returns the write function, called
+-- per chunk of a batch, or { write =, finish = } when the sink waits for
+-- its server once at the end of the batch (docs/internals.md); a write or
+-- finish that returns nil, err fails the batch, which is then retried and,
+-- failing still, left unacknowledged upstream.
 local function sink_method(kind, system)
     return function(self, opts)
         check_self(self, kind)
@@ -261,11 +263,16 @@ local function sink_method(kind, system)
         if not ok or type(mod[kind]) ~= "function" then
             error(kind .. " is not available in this ember: " .. tostring(mod), 2)
         end
-        local write, err = mod[kind](opts)
-        if not write then
+        local sink, err = mod[kind](opts)
+        if not sink then
             error("bad argument #1 to '" .. kind .. "' (" .. tostring(err) .. ")", 2)
         end
-        add_output(self, kind, where(2)).write = write
+        local node = add_output(self, kind, where(2))
+        if type(sink) == "table" then
+            node.write, node.finish = sink.write, sink.finish
+        else
+            node.write = sink
+        end
         return self
     end
 end

@@ -442,10 +442,10 @@ local SINK_CHUNK = 8192
 _M.SINK_CHUNK = SINK_CHUNK
 
 local function make_streamer(node, ctx, fails)
-    local shape, write = node.shape, node.write
+    local shape, write, finish = node.shape, node.write, node.finish
     local keep_b = shape ~= "one"
     local ka, vb, n = {}, {}, 0
-    local total, failed, stop = 0, nil, false
+    local total, failed, stop, open = 0, nil, false, false
     local s = {}
     local info = { job = ctx.job, shape = shape }
     function info.reject(i, why)
@@ -459,6 +459,7 @@ local function make_streamer(node, ctx, fails)
             return
         end
         if not failed and not stop then
+            open = true
             info.time, info.count, info.first = ctx.time, n, total + 1
             local ok, done, err = pcall(write, materialize(shape, ka, vb, n), info)
             if not stop and (not ok or not done) then
@@ -473,8 +474,20 @@ local function make_streamer(node, ctx, fails)
         n = 0
     end
 
+    -- The sink's end of the batch (its delivery reports, confirms), once.
+    function s.close()
+        if open and finish then
+            open = false
+            local ok, done, err = pcall(finish, info)
+            if not failed and (not ok or not done) then
+                failed = tostring(ok and err or done)
+            end
+        end
+        open = false
+    end
+
     function s.reset()
-        n, total, failed, stop = 0, 0, nil, false
+        n, total, failed, stop, open = 0, 0, nil, false, false
     end
     if keep_b then
         s.push = function(a, b)
@@ -494,9 +507,11 @@ local function make_streamer(node, ctx, fails)
             end
         end
     end
-    -- After the pass: writes the rest. Returns stop (on_error said so), err.
+    -- After the pass: writes the rest and ends the batch for the sink.
+    -- Returns stop (on_error said so), err.
     function s.finish()
         flush()
+        s.close()
         return stop, failed
     end
     return s
@@ -778,6 +793,13 @@ function _M.compile(job, host)
     return function(view_ptr)
         local view = ffi_cast(view_ptr_t, view_ptr)
         local ok, res, sink_err = pcall(run, view)
+        -- A batch that stopped early leaves no sink waiting on its server.
+        for i = 1, #outputs do
+            local w = streamers[outputs[i]]
+            if w then
+                w.close()
+            end
+        end
         local failed, first_err, io_err = fails:finish()
         if ok and not res and sink_err then
             return false, failed, sink_err, false

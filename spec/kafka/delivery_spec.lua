@@ -155,19 +155,25 @@ describe("kafka source and sink", function()
         return dd
     end
 
-    it("delivers exactly the records produced, through a map, to another topic", function()
+    it("delivers exactly the records produced, through a map, to another topic, batches "
+       .. "larger than the sink's chunk too", function()
         local input, expected = {}, {}
-        for i = 1, 1000 do
+        for i = 1, 30000 do
             input[i] = { key = "in" .. i % 3, value = "r" .. i }
             expected[i] = "m-r" .. i
         end
         mock:produce("in", input)
-        d = start(PIPE_JOB, {})
+        d = start(PIPE_JOB, {}, { ["streaming.batchInterval"] = "1s" })
         d:wait_for_log("assigned in%[", 20)
         d:wait_until(function()
             local n = #mock:values("out")
-            return n >= 1000, n .. " records on topic out"
-        end, 30, 0.2, "1000 records on topic out")
+            return n >= 30000, n .. " records on topic out"
+        end, 30, 0.2, "30000 records on topic out")
+        local biggest = 0
+        for _, b in ipairs(d:batches("pipe")) do
+            biggest = math.max(biggest, b.records)
+        end
+        assert.is_true(biggest > 8192, "the largest batch held " .. biggest .. " records")
         -- Stop gracefully, so every batch is done: then the topic is final.
         d:signal("TERM")
         assert.equal(0, d:wait_exit(20))

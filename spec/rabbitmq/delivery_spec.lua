@@ -86,6 +86,19 @@ job:rabbitmq { url = {{url}}, queue = {{input}}{{source_extra}} }
 return job
 ]]
 
+-- A generator's 20000 numbers in one second's batches: more than the
+-- sink's chunk of 8192 in a batch. Bodies end in "\n", as consume() wants.
+local CHUNK_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "chunk", batch_interval = "1s" }
+
+job:generator { kind = "sequence", count = 20000, rate = 0 }
+   :map(function(v) return v .. "\n" end)
+   :to_rabbitmq { url = {{url}}, routing_key = "chunk_out", mandatory = true }
+
+return job
+]]
+
 -- Appends each batch's records to a file, as they are (the input bodies
 -- end with "\n"); with a gate, first announces the batch and then blocks
 -- until the gate file exists.
@@ -178,6 +191,30 @@ describe("rabbitmq", function()
             assert.same({ ready = 0, unacked = 0 }, srv:queue("e2e_out"))
             -- The password never reaches the log.
             assert.equal(0, #d:log_lines("guest:guest", { plain = true }))
+        end)
+
+        it("publishes batches larger than the sink's chunk, every record once, confirmed",
+           function()
+            local d = driver.new()
+            finally(function() d:stop() end)
+            srv:declare("chunk_out")
+            d:write_job("chunk.lua", driver.render(CHUNK_JOB, { url = driver.quote(srv.url) }))
+            d:start()
+            d:wait_until(function()
+                local q = srv:queue("chunk_out")
+                return q.ready >= 20000, q.ready .. " messages in chunk_out"
+            end, 30, 0.2, "20000 messages in chunk_out")
+            local biggest = 0
+            for _, b in ipairs(d:batches("chunk")) do
+                biggest = math.max(biggest, b.records)
+                assert.equal(0, b.failed or 0, b.line)
+            end
+            assert.is_true(biggest > 8192, "the largest batch held " .. biggest .. " records")
+            local want = {}
+            for i = 1, 20000 do
+                want[i] = tostring(i)
+            end
+            assert_set(want, srv:consume("chunk_out", 20000))
         end)
 
         it("binds its queue to an exchange, gives each record its exchange and routing key, and routes it by a routing_key function", function()

@@ -13,11 +13,12 @@
 -- boolean as its text, a table as JSON.
 --
 -- One producer per `brokers` string is shared by every job of the process
--- (connectors/kafka.c, acks=all). write() returns only when every record of
--- the batch has its delivery report; the first failed delivery fails the
--- batch, which the driver runs again — the records that did land are then
--- written twice (at-least-once). A key or value function that raises fails
--- the batch too.
+-- (connectors/kafka.c, acks=all). Each chunk of a batch is sent as the
+-- executor hands it over; finish() returns once every record of the batch
+-- has its delivery report, and the first failed delivery fails the batch,
+-- which the driver runs again — the records that did land are then
+-- written twice (at-least-once). A record whose key or value function
+-- raises is set aside by the job's on_error (info.reject).
 
 local ffi = require "ffi"
 local sinks = require "ember.sinks"
@@ -40,17 +41,19 @@ local OPTIONS = { brokers = true, topic = true, key = true, value = true }
 local ERR_LEN = 512
 
 pcall(ffi.cdef, [[
-    int em_kafka_produce(const char *brokers, const char *topic, uint32_t n,
-                         const char *const *keys, const uint32_t *key_lens,
-                         const char *const *values, const uint32_t *value_lens,
-                         char *err, size_t errlen);
+    typedef struct em_kafka_delivery em_kafka_delivery;
+    em_kafka_delivery *em_kafka_delivery_new(void);
+    int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic, uint32_t n,
+                      const char *const *keys, const uint32_t *key_lens,
+                      const char *const *values, const uint32_t *value_lens);
+    int em_kafka_delivery_wait(em_kafka_delivery *d, char *err, size_t errlen);
 ]])
 
 
--- The C entry point, or nil outside the ember binary (a unit spec).
-local function c_produce()
-    local ok, f = pcall(function() return ffi.C.em_kafka_produce end)
-    return ok and f or nil
+-- ffi.C when this process is ember, nil outside it (a unit spec).
+local function c_kafka()
+    local ok = pcall(function() return ffi.C.em_kafka_send end)
+    return ok and ffi.C or nil
 end
 
 
@@ -172,14 +175,18 @@ function _M.to_kafka(opts)
         return j
     end
 
-    return function(records, info)
+    -- A batch's chunks are sent as they come and their delivery reports
+    -- awaited once, in finish: the cluster works while the batch is computed.
+    local delivery                      -- of the batch being written
+
+    local function write(records, info)
         local n = #records
         if n == 0 then
             return true
         end
-        local produce = c_produce()
-        if not produce then
-            return nil, "to_kafka: em_kafka_produce is not in this process (run the job in ember)"
+        local C = c_kafka()
+        if not C then
+            return nil, "to_kafka: em_kafka_send is not in this process (run the job in ember)"
         end
         if n > cap then
             cap = n > 2 * cap and n or 2 * cap
@@ -194,17 +201,35 @@ function _M.to_kafka(opts)
             anchor = {}
             error(m, 0)
         end
-        local rc = 0
         if m > 0 then
-            rc = produce(brokers, topic, m, keys, key_lens, values, value_lens, err_buf, ERR_LEN)
+            if not delivery then
+                delivery = C.em_kafka_delivery_new()
+                if delivery == nil then
+                    anchor = {}
+                    return nil, "to_kafka " .. topic .. ": out of memory"
+                end
+            end
+            -- librdkafka copies the bytes (F_COPY): the strings may go after this
+            C.em_kafka_send(delivery, brokers, topic, m, keys, key_lens, values, value_lens)
         end
         anchor = {}
-        if rc ~= 0 then
-            return nil, "to_kafka " .. topic .. ": " .. ffi_string(err_buf)
+        return true
+    end
+
+    local function finish()
+        local d = delivery
+        if not d then
+            return true
+        end
+        delivery = nil
+        if ffi.C.em_kafka_delivery_wait(d, err_buf, ERR_LEN) ~= 0 then
+            return nil, "to_kafka " .. topic .. ": kafka sink " .. brokers .. ": "
+                        .. ffi_string(err_buf)
         end
         return true
     end
-end
 
+    return { write = write, finish = finish }
+end
 
 return _M

@@ -1,6 +1,7 @@
 -- ember.sinks.rabbitmq: stream:to_rabbitmq{...}, publishing every record of
--- a batch as a persistent message and returning only once the broker has
--- confirmed each one (publisher confirms).
+-- a batch as a persistent message, chunk by chunk as the batch is computed,
+-- and finishing the batch only once the broker has confirmed each one
+-- (publisher confirms).
 --
 --   stream:to_rabbitmq {
 --       url         = "amqp://user:password@host:5672/vhost",   -- required
@@ -132,8 +133,9 @@ local function publish_all(b, records, n, base, rk_fixed, rk_fn, body_fn, reject
 end
 
 
--- Validates opts at load time. Returns write(records, info) -> true or
--- nil, err; or nil, err for bad options (the job then fails to load).
+-- Validates opts at load time. Returns { write = fn(records, info),
+-- finish = fn() }, each -> true or nil, err; or nil, err for bad options
+-- (the job then fails to load).
 function _M.to_rabbitmq(opts)
     if type(opts) ~= "table" then
         return nil, "to_rabbitmq: expects a table of options"
@@ -189,28 +191,51 @@ function _M.to_rabbitmq(opts)
 
     local errbuf = ffi_new("char[?]", ERR_LEN)   -- one per sink: a job's outputs run one at a time
 
-    return function(records, info)
+    -- A batch publishes its chunks on one pooled channel as they come and
+    -- waits for the broker's confirms once, in finish.
+    local b                             -- the batch being written, or nil
+
+    local function write(records, info)
         local n = #records
         if n == 0 then
             return true
         end
-        local b = C.em_rabbitmq_batch_begin(url, exchange, mandatory, timeout_ms, errbuf, ERR_LEN)
-        if b == nil then
-            return nil, "to_rabbitmq: " .. ffi_string(errbuf)
+        if not b then
+            b = C.em_rabbitmq_batch_begin(url, exchange, mandatory, timeout_ms, errbuf, ERR_LEN)
+            if b == nil then
+                b = nil
+                return nil, "to_rabbitmq: " .. ffi_string(errbuf)
+            end
         end
         local base = info and info.first and info.first - 1 or 0   -- records before this chunk
         local ok, res = pcall(publish_all, b, records, n, base, rk_fixed, rk_fn, body_fn,
                               info and info.reject)
-        local rc = C.em_rabbitmq_batch_finish(b, ok and 0 or 1, errbuf, ERR_LEN)
         if not ok then
-            return nil, "to_rabbitmq: " .. tostring(res)
+            C.em_rabbitmq_batch_finish(b, 1, errbuf, ERR_LEN)   -- abandons the batch
+            b = nil
+            error(res, 0)                                      -- on_error said stop
         end
+        if not res then                 -- C gave up on the batch: finish says why
+            C.em_rabbitmq_batch_finish(b, 0, errbuf, ERR_LEN)
+            b = nil
+            return nil, "to_rabbitmq: " .. ffi_string(errbuf)
+        end
+        return true
+    end
+
+    local function finish()
+        if not b then
+            return true
+        end
+        local rc = C.em_rabbitmq_batch_finish(b, 0, errbuf, ERR_LEN)
+        b = nil
         if rc ~= 0 then
             return nil, "to_rabbitmq: " .. ffi_string(errbuf)
         end
         return true
     end
-end
 
+    return { write = write, finish = finish }
+end
 
 return _M
