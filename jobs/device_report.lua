@@ -2,13 +2,14 @@
 -- average temperature per device, and the readings a user function could
 -- not handle, set aside in a dead-letter file instead of lost.
 local ember = require "ember"
-local cjson = require "cjson"  -- the raising decoder: a broken message is an error
 
 local job = ember.job { name = "device_report", batch_interval = "5s", on_error = "dead_letter" }
 
-local readings = job:generator { kind = "air_quality", rate = 50, devices = 8, seed = 7 }
-  :map(function(line)
-    local r = cjson.decode(line)          -- raises on broken JSON → dead_letter.jsonl
+-- format = "json": each reading arrives decoded; broken JSON goes to
+-- dead_letter.jsonl with its text, as does a reading the map rejects.
+local readings = job:generator { kind = "air_quality", rate = 50, devices = 8, seed = 7,
+                                 format = "json" }
+  :map(function(r)
     assert(type(r.temperature) == "number", "reading without a temperature")
     return r
   end)
