@@ -13,7 +13,10 @@
 -- it, wide operations flush their results downstream in creation order,
 -- which is a topological order (a node's parents always exist before it),
 -- so a flush may feed a wide operation that flushes later. Outputs then run
--- in declaration order on what they collected. All state is per batch.
+-- in declaration order on what they collected, except sinks (to_kafka,
+-- to_redis, to_rabbitmq): they write chunk by chunk as elements reach them
+-- (make_streamer), so a large batch is never held whole. All state is per
+-- batch.
 --
 -- Errors: a whole loop runs under one pcall. The loop stores the index of
 -- the element in hand in `cur`; when a user function raises, the handler
