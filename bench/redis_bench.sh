@@ -17,7 +17,7 @@ N=${BENCH_RECORDS:-500000}
 work=$(mktemp -d /tmp/ember-redis-bench.XXXXXX)
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     cp "$work/ember.log" /tmp/ember-redis-bench.log 2>/dev/null || true # for a look afterwards
     rm -rf "$work"
 }
