@@ -99,6 +99,19 @@ return job
 ]]
 
 
+-- kafka (format = "json") -> map -> to_kafka; broken JSON dead-lettered.
+local JSON_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "json", on_error = "dead_letter" }
+
+job:kafka { brokers = {{b}}, topic = "json_in", group = "json", start = "earliest", format = "json",
+            {{client}} }
+   :map(function(p) return p.device .. "=" .. p.pm25 * 2 end)
+   :to_kafka { brokers = {{b}}, topic = "json_out" }
+
+return job
+]]
+
 -- kafka -> to_kafka, untouched.
 local COPY_TO_KAFKA_JOB = [[
 local ember = require "ember"
@@ -133,7 +146,8 @@ describe("kafka source and sink", function()
 
     setup(function()
         mock = kafka_mock.start { topics = { "in:3", "out:2", "acks:2", "retry:2", "retry_out:1",
-                                              "meta:1", "relay_in:2", "relay_out:2" } }
+                                              "meta:1", "relay_in:2", "relay_out:2", "json_in:2",
+                                              "json_out:1" } }
     end)
 
     teardown(function()
@@ -184,6 +198,47 @@ describe("kafka source and sink", function()
             assert.equal("k" .. tonumber(r.value:match("%d+")) % 5, r.key)
         end
         assert_same_set(expected, values)
+    end)
+
+    it("hands a format = \"json\" job each record decoded, dead-letters broken JSON with its "
+       .. "text, and commits past both", function()
+        local input, expected = {}, {}
+        for i = 1, 200 do
+            input[#input + 1] = { value = string.format('{"device":"d%d","pm25":%d.5}', i, i) }
+            expected[i] = string.format("d%d=%d", i, 2 * i + 1)
+        end
+        input[#input + 1] = { value = '{"device":"broken","pm25":' }
+        input[#input + 1] = { value = "not json" }
+        mock:produce("json_in", input)
+        d = start(JSON_JOB, {})
+        d:wait_until(function()
+            local n = #mock:values("json_out")
+            return n >= 200, n .. " records on topic json_out"
+        end, 30, 0.2, "200 records on topic json_out")
+        local dead = d:wait_until(function()
+            local text = driver.read_file(d.checkpoint_dir .. "/json/dead_letter.jsonl")
+            local n = text and select(2, text:gsub("\n", "")) or 0
+            return n == 2 and text, n .. " dead letters"
+        end, 10, 0.1, "two dead letters")
+        assert.truthy(dead:find('"record":"{\\"device\\":\\"broken\\",\\"pm25\\":"', 1, true), dead)
+        assert.truthy(dead:find('"error":"json: unexpected end at byte 27"', 1, true), dead)
+        assert.truthy(dead:find('"record":"not json"', 1, true), dead)
+        d:signal("TERM")
+        assert.equal(0, d:wait_exit(20))
+        assert_same_set(expected, mock:values("json_out"))
+        -- Nothing is read again: every offset, the broken records' too, was committed.
+        local again = start(JSON_JOB, {})
+        finally(function() again:stop() end)
+        again:wait_for_log("assigned json_in%[", 20)
+        local n0 = #again:batches("json")
+        again:wait_until(function() return #again:batches("json") >= n0 + 3 end, 10, 0.05,
+                         "three batches after the assignment")
+        for _, b in ipairs(again:batches("json")) do
+            assert.equal(0, b.records, b.line)
+        end
+        again:signal("TERM")
+        assert.equal(0, again:wait_exit(20))
+        assert.equal(200, #mock:values("json_out"))
     end)
 
     it("commits offsets only after the batch's outputs finished", function()
