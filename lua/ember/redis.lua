@@ -95,8 +95,18 @@ end
 -- RESP encoding ------------------------------------------------------------
 
 -- Numbers go out as Redis reads them: integers without an exponent
--- ("1e+15" is not an integer to INCRBY), others in the shortest of 14 or
--- 17 digits that reads back as the same number (12.3, not 12.300000000000001).
+-- ("1e+15" is not an integer to INCRBY); a number with up to 6 decimals
+-- (a reading: 12.3) as exactly those, "%.<k>f": when v = a * 10^k is an
+-- integer below 2^52 and v / 10^k gives a back, a is the double nearest to
+-- that decimal, nearer than half its last place (a's ulp is below 10^-k),
+-- so "%.<k>f" prints exactly it, which reads back as a. Any other number in the shortest of 14 or
+-- 17 digits that reads back as the same number (1/3 as 0.33333333333333331).
+-- The fast case costs a third of the %.14g round trip, per record.
+local POW10, FIXED = {}, {}
+for k = 1, 6 do
+    POW10[k], FIXED[k] = 10 ^ k, "%." .. k .. "f"
+end
+
 local function arg_string(a)
     local t = type(a)
     if t == "string" then
@@ -104,6 +114,12 @@ local function arg_string(a)
     elseif t == "number" then
         if a == math_floor(a) and a > -2^63 and a < 2^63 then
             return str_format("%d", a)
+        end
+        for k = 1, 6 do
+            local v = a * POW10[k]
+            if v == math_floor(v) and v > -2^52 and v < 2^52 and v / POW10[k] == a then
+                return str_format(FIXED[k], a)
+            end
         end
         local s = str_format("%.14g", a)
         if tonumber(s) ~= a then
