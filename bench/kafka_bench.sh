@@ -18,7 +18,8 @@
 # sticky partitioner fills them unevenly). Prints wall-clock records/s and records per CPU-second
 # of the ember process (utime + stime from /proc: the "per core" figure, all
 # of ember's threads counted; the mock, redis-server and kcat run on the
-# same machine and are not), and ember's RSS sampled while it works.
+# same machine and are not), and ember's RSS sampled while it works. The
+# Kafka -> ... pipelines also print their steady state (see measure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_RECORDS:-1000000}
@@ -79,28 +80,41 @@ end
 if m > 0 then io.write(table.concat(out, "\n", 1, m), "\n") end
 EOF
 
-# Runs ember on $work/jobs until the shell condition $1 holds; prints the figures as $2.
+# Runs ember on $work/jobs until the shell condition $1 holds; prints the
+# figures as $2, once ember logged $3. With $4, a command printing how many
+# records are done so far, it also prints the steady state: CPU and time
+# from the moment a fifth of the records were done to the end, so start-up
+# (group join, JIT compilation, the heap growing to its working size: about
+# 50k page faults for 1M records) is left out, as a long-running job has it.
 measure() {
-    local done_cond=$1 label=$2
+    local done_cond=$1 label=$2 progress=${4:-}
     ./ember run --conf checkpoint.dir="$work/cp" \
         $CONF --log-level debug "$work/jobs" 2> "$work/ember.log" &
     local pid=$!; pids+=($pid)
     wait_for "$work/ember.log" "$3" 30
-    local c0 t0 peak=0 rss deadline=$((SECONDS + 600))
+    local c0 t0 peak=0 rss deadline=$((SECONDS + 600)) cm="" tm="" nm=0 d
     c0=$(cpu_ticks $pid); t0=$(date +%s.%N)
     until eval "$done_cond"; do
         (( SECONDS < deadline )) || { echo "timed out; see /tmp/ember-kafka-bench-ember.log" >&2; exit 1; }
         rss=$(rss_kb $pid); (( rss > peak )) && peak=$rss
-        sleep 0.1
+        if [ -n "$progress" ] && [ -z "$cm" ]; then
+            d=$($progress)
+            if (( d * 5 >= N )); then cm=$(cpu_ticks $pid); tm=$(date +%s.%N); nm=$d; fi
+        fi
+        sleep 0.05
     done
     local t1 c1; t1=$(date +%s.%N); c1=$(cpu_ticks $pid)
     rss=$(rss_kb $pid)
     kill -TERM $pid; wait $pid || true
     awk -v n="$N" -v t0="$t0" -v t1="$t1" -v c="$((c1 - c0))" -v hz="$hz" -v peak="$peak" \
-        -v rss="$rss" -v label="$label" 'BEGIN {
+        -v rss="$rss" -v label="$label" -v tm="$tm" -v cm="$(( ${cm:-0} ))" -v c1="$c1" \
+        -v nm="$nm" 'BEGIN {
         wall = t1 - t0; cpu = c / hz
         printf "%s: %d records in %.2f s: %.0f records/s wall clock\n", label, n, wall, n / wall
         printf "  ember CPU %.2f s: %.0f records/s per core\n", cpu, n / cpu
+        if (tm != "" && c1 > cm)
+            printf "  steady state (the last %d records): %.0f records/s wall clock, %.0f records/s per core\n", \
+                n - nm, (n - nm) / (t1 - tm), (n - nm) / ((c1 - cm) / hz)
         printf "  ember RSS: peak %.1f MiB while working, %.1f MiB at the end\n", peak / 1024, rss / 1024 }'
 }
 
@@ -123,7 +137,8 @@ job:kafka { brokers = "$B", topic = "bench", group = "count", start = "earliest"
 
 return job
 EOF
-measure '[ "$(batched)" -ge "$N" ]' "kafka -> foreach_batch (the source alone)" "assigned bench"
+measure '[ "$(batched)" -ge "$N" ]' "kafka -> foreach_batch (the source alone)" "assigned bench" \
+    batched
 rm -f "$work/jobs/count.lua"
 fi
 
@@ -150,15 +165,17 @@ EOF
 if [ -z "$ONLY" ] || [ "$ONLY" = 1 ]; then
 # Run REPEAT times (a new consumer group each, reading the topic again): on
 # a shared 2-core machine one run varies by +-15%, so the median is the figure.
-runs=()
+runs=() steady=()
 for i in $(seq 1 "$REPEAT"); do
     pipeline_job ', format = "json"' '' "json$i"
     measure '[ "$(batched)" -ge "$N" ]' "kafka (format=json) -> filter/map -> to_redis, run $i" \
-        "assigned bench" > "$work/measure.out"
+        "assigned bench" batched > "$work/measure.out"
     cat "$work/measure.out"
-    runs+=("$(sed -n 's/.*: \([0-9]*\) records\/s per core/\1/p' "$work/measure.out")")
+    runs+=("$(sed -n 's/^  ember CPU.*: \([0-9]*\) records\/s per core/\1/p' "$work/measure.out")")
+    steady+=("$(sed -n 's/^  steady state.*, \([0-9]*\) records\/s per core/\1/p' "$work/measure.out")")
 done
-echo "  median of $REPEAT runs: $(printf '%s\n' "${runs[@]}" | sort -n | sed -n "$(( (REPEAT + 1) / 2 ))p") records/s per core"
+median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
+echo "  median of $REPEAT runs: $(median "${runs[@]}") records/s per core, steady state $(median "${steady[@]}")"
 echo "  redis: $(cli --raw EVAL "return #redis.call('KEYS', 'last:*')" 0) devices written"
 rm -f "$work/jobs/bench.lua"
 fi
@@ -192,7 +209,7 @@ cli EVAL "for _, k in ipairs(redis.call('KEYS', 'last:*')) do redis.call('DEL', 
 pipeline_job '' '
    :map(cjson.decode)' cjson
 measure '[ "$(batched)" -ge "$N" ]' "kafka -> map(cjson.decode) -> filter/map -> to_redis" \
-    "assigned bench"
+    "assigned bench" batched
 echo "  redis: $(cli --raw EVAL "return #redis.call('KEYS', 'last:*')" 0) devices written"
 rm -f "$work/jobs/bench.lua"
 fi
