@@ -57,9 +57,9 @@ if not pcall(function() return C.em_json_scan end) then
 end
 local memcmp = ffi.C.memcmp
 
--- core/json.h
-local OBJECT, ARRAY, STRING, STRING_ESC, NUMBER, TRUE, FALSE, NULL = 1, 2, 3, 4, 5, 6, 7, 8
-local SYNTAX, FULL, DEEP = -1, -2, -3
+-- core/json.h (EM_JSON_FALSE, 7, is whatever is neither TRUE nor NULL there)
+local OBJECT, ARRAY, STRING, STRING_ESC, NUMBER, TRUE, NULL = 1, 2, 3, 4, 5, 6, 8
+local FULL, DEEP = -2, -3               -- EM_JSON_SYNTAX: any other negative
 
 local bytes_t = ffi.typeof("const uint8_t *")
 local tape_t = ffi.typeof("em_json_tok[?]")
