@@ -24,26 +24,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/sender.lua" <<'LUA'
-local socket = require "socket"
-local port_file, n = arg[1], tonumber(arg[2])
-local srv = assert(socket.bind("127.0.0.1", 0))
-local _, port = srv:getsockname()
-local f = assert(io.open(port_file .. ".tmp", "w")); f:write(port); f:close()
-os.rename(port_file .. ".tmp", port_file)
-srv:settimeout(30)
-local c = assert(srv:accept())
-local line = string.rep("x", 19) .. "\n"
-local sent = 0
-while sent < n do
-    local k = math.min(1000, n - sent)
-    assert(c:send(line:rep(k)))
-    sent = sent + k
-end
-c:settimeout(120)
-c:receive("*a")
-LUA
-
 # Seconds since midnight (UTC) of a log line's timestamp, or of now.
 stamp() { sed -E 's/^[0-9-]+T([0-9]+):([0-9]+):([0-9.]+)Z.*/\1 \2 \3/' | awk '{ printf "%.3f\n", $1 * 3600 + $2 * 60 + $3 }'; }
 now() { date -u +%H:%M:%S.%N | awk -F: '{ printf "%.3f\n", $1 * 3600 + $2 * 60 + $3 }'; }
@@ -92,7 +72,7 @@ for N in 10 100; do
     dir="$work/n$N"
     mkdir -p "$dir/jobs"
     records=$((N * PER_BATCH))
-    luajit "$work/sender.lua" "$dir/port" "$records" &
+    luajit bench/sender.lua "$dir/port" "$records" 20 &
     pids+=($!)
     deadline=$((SECONDS + 10))
     until [ -s "$dir/port" ]; do (( SECONDS < deadline )) || { echo "sender did not start" >&2; exit 1; }; sleep 0.02; done

@@ -22,29 +22,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Sender: listens on an ephemeral port (written to $1), sends $2 lines of
-# 100 bytes to the first client, then keeps the connection open.
-cat > "$work/sender.lua" <<'LUA'
-local socket = require "socket"
-local port_file, n = arg[1], tonumber(arg[2])
-local srv = assert(socket.bind("127.0.0.1", 0))
-local _, port = srv:getsockname()
-local f = assert(io.open(port_file .. ".tmp", "w")); f:write(port); f:close()
-os.rename(port_file .. ".tmp", port_file)
-srv:settimeout(30)
-local c = assert(srv:accept())
-local per = 1000
-local chunk = (string.rep("x", 99) .. "\n"):rep(per)
-local sent = 0
-while sent < n do
-    local k = math.min(per, n - sent)
-    assert(c:send(k == per and chunk or chunk:sub(1, k * 100)))
-    sent = sent + k
-end
-c:settimeout(120)
-c:receive("*a") -- until ember goes away
-LUA
-
 # Seconds since midnight of a log line's timestamp (…THH:MM:SS.mmmZ).
 stamp() { sed -E 's/^[0-9-]+T([0-9]+):([0-9]+):([0-9.]+)Z.*/\1 \2 \3/' | awk '{ printf "%.3f\n", $1 * 3600 + $2 * 60 + $3 }'; }
 
@@ -53,7 +30,7 @@ run() {
     local label=$1; shift
     local dir="$work/$label"
     mkdir -p "$dir/jobs"
-    luajit "$work/sender.lua" "$dir/port" "$N" &
+    luajit bench/sender.lua "$dir/port" "$N" 100 &
     pids+=($!)
     local deadline=$((SECONDS + 10))
     until [ -s "$dir/port" ]; do (( SECONDS < deadline )) || { echo "sender did not start" >&2; exit 1; }; sleep 0.02; done
