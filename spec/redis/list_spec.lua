@@ -6,6 +6,7 @@ local driver = require "support.driver"
 local redis_server = require "support.redis_server"
 
 local render, seq, sorted = redis_server.render, redis_server.seq, redis_server.sorted
+local prefixed = redis_server.prefixed
 local q = driver.quote
 
 local CONF = { ["streaming.blockInterval"] = "100ms" }
@@ -27,33 +28,6 @@ local SLOW_JOB = DELIVER_JOB:gsub("\n   :to_redis", [[
 
    :foreach_batch(function() os.execute("sleep 0.3") end)
    :to_redis]])
-
--- Writes each batch it gets to a file, then waits for a file that never
--- appears: its batch stays in flight until the driver is killed.
-local STUCK_JOB = [[
-local ember = require "ember"
-local job = ember.job { name = "queue", batch_interval = "200ms" }
-
-job:redis { url = {{url}}, mode = "list", key = {{key}} }
-   :foreach_batch(function(records)
-       if #records == 0 then return end
-       local f = assert(io.open({{inflight}}, "a"))
-       for _, r in ipairs(records) do f:write(r, "\n") end
-       f:close()
-       while not io.open({{never}}) do os.execute("sleep 0.05") end
-   end)
-
-return job
-]]
-
-
-local function prefixed(t, p)
-    local out = {}
-    for i, v in ipairs(t) do
-        out[i] = p .. v
-    end
-    return out
-end
 
 
 describe("the redis list source", function()
@@ -103,9 +77,9 @@ describe("the redis list source", function()
         local items = seq("b", 1, 200)
         srv:cli("LPUSH", "l2:in", unpack(items))
         local inflight = d:path("inflight.txt")
-        d:write_job("queue", render(STUCK_JOB, { url = q(srv.url), key = q("l2:in"),
-                                                 inflight = q(inflight),
-                                                 never = q(d:path("never")) }))
+        d:write_job("queue", render(redis_server.STUCK_JOB, {
+            name = q("queue"), mode = q("list"), url = q(srv.url), key = q("l2:in"),
+            inflight = q(inflight), never = q(d:path("never")) }))
         d:start { conf = CONF }
         local stuck = d:wait_until(function()
             local l = d:file_lines("inflight.txt")

@@ -5,6 +5,7 @@ local driver = require "support.driver"
 local redis_server = require "support.redis_server"
 
 local render, seq, sorted = redis_server.render, redis_server.seq, redis_server.sorted
+local prefixed = redis_server.prefixed
 local q = driver.quote
 
 local CONF = { ["streaming.blockInterval"] = "100ms" }
@@ -27,14 +28,6 @@ local function publishes(channel, items)
         cmds[i] = { "PUBLISH", channel, v }
     end
     return cmds
-end
-
-local function prefixed(t, p)
-    local out = {}
-    for i, v in ipairs(t) do
-        out[i] = p .. v
-    end
-    return out
 end
 
 

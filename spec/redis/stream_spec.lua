@@ -7,6 +7,7 @@ local driver = require "support.driver"
 local redis_server = require "support.redis_server"
 
 local render, seq, sorted = redis_server.render, redis_server.seq, redis_server.sorted
+local prefixed = redis_server.prefixed
 local q = driver.quote
 
 local CONF = { ["streaming.blockInterval"] = "100ms" }
@@ -21,31 +22,6 @@ job:redis { url = {{url}}, mode = "stream", key = {{key}} {{extra}} }
 
 return job
 ]]
-
-local STUCK_JOB = [[
-local ember = require "ember"
-local job = ember.job { name = "events", batch_interval = "200ms" }
-
-job:redis { url = {{url}}, mode = "stream", key = {{key}} }
-   :foreach_batch(function(records)
-       if #records == 0 then return end
-       local f = assert(io.open({{inflight}}, "a"))
-       for _, r in ipairs(records) do f:write(r, "\n") end
-       f:close()
-       while not io.open({{never}}) do os.execute("sleep 0.05") end
-   end)
-
-return job
-]]
-
-
-local function prefixed(t, p)
-    local out = {}
-    for i, v in ipairs(t) do
-        out[i] = p .. v
-    end
-    return out
-end
 
 local function xadds(key, items)
     local cmds = {}
@@ -106,9 +82,9 @@ describe("the redis stream source", function()
        .. "restart, and not again once acknowledged", function()
         local items = seq("b", 1, 200)
         srv:pipe(xadds("s2", items))
-        d:write_job("events", render(STUCK_JOB, { url = q(srv.url), key = q("s2"),
-                                                  inflight = q(d:path("inflight.txt")),
-                                                  never = q(d:path("never")) }))
+        d:write_job("events", render(redis_server.STUCK_JOB, {
+            name = q("events"), mode = q("stream"), url = q(srv.url), key = q("s2"),
+            inflight = q(d:path("inflight.txt")), never = q(d:path("never")) }))
         d:start { conf = CONF }
         local stuck = d:wait_until(function()
             local l = d:file_lines("inflight.txt")

@@ -294,6 +294,26 @@ function _M.render(template, vars)
 end
 
 
+-- A job reading {{key}} in {{mode}} that writes each batch it gets to
+-- {{inflight}}, then waits for the file {{never}}, which never appears: its
+-- batch stays in flight until the driver is killed.
+_M.STUCK_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = {{name}}, batch_interval = "200ms" }
+
+job:redis { url = {{url}}, mode = {{mode}}, key = {{key}} }
+   :foreach_batch(function(records)
+       if #records == 0 then return end
+       local f = assert(io.open({{inflight}}, "a"))
+       for _, r in ipairs(records) do f:write(r, "\n") end
+       f:close()
+       while not io.open({{never}}) do os.execute("sleep 0.05") end
+   end)
+
+return job
+]]
+
+
 -- { prefix .. from, ..., prefix .. to }, zero-padded so the order sorts.
 function _M.seq(prefix, from, to)
     local t = {}
@@ -301,6 +321,16 @@ function _M.seq(prefix, from, to)
         t[#t + 1] = str_format("%s%05d", prefix, i)
     end
     return t
+end
+
+
+-- { p .. t[1], p .. t[2], ... }.
+function _M.prefixed(t, p)
+    local out = {}
+    for i, v in ipairs(t) do
+        out[i] = p .. v
+    end
+    return out
 end
 
 
