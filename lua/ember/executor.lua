@@ -408,13 +408,23 @@ local function make_transform(node, ctx)
 end
 
 
--- An output's collector: the elements it receives during the passes.
-local function make_collector(node)
+-- An output's collector: the elements it receives during the passes. With
+-- a limit, on_full() is called each time it holds that many (a sink's
+-- streamer empties it then).
+local function make_collector(node, limit, on_full)
     local keep_b = node.shape ~= "one"
     local c = {}
-    local ka, vb, n
-    function c.reset()
+    local ka, vb, n = {}, {}, 0
+    limit = limit or math.huge
+    function c.reset()                  -- fresh arrays: an output may keep the last ones
         ka, vb, n = {}, {}, 0
+    end
+    function c.clear()                  -- the same arrays, emptied
+        tbl_clear(ka)
+        if keep_b then
+            tbl_clear(vb)
+        end
+        n = 0
     end
     function c.get()
         return ka, vb, n
@@ -424,11 +434,17 @@ local function make_collector(node)
             n = n + 1
             ka[n] = a
             vb[n] = b
+            if n == limit then
+                on_full()
+            end
         end
     else
         c.push = function(a, b)
             n = n + 1
             ka[n] = a
+            if n == limit then
+                on_full()
+            end
         end
     end
     return c
@@ -446,18 +462,18 @@ _M.SINK_CHUNK = SINK_CHUNK
 
 local function make_streamer(node, ctx, fails)
     local shape, write, finish = node.shape, node.write, node.finish
-    local keep_b = shape ~= "one"
-    local ka, vb, n = {}, {}, 0
     local total, failed, stop, open = 0, nil, false, false
-    local s = {}
+    local c
     local info = { job = ctx.job, shape = shape }
     function info.reject(i, why)
+        local ka, vb = c.get()
         local _, text = pcall(describe, ka[i], vb[i], shape)
         stop = fails:add(node.op .. ": " .. tostring(why), text) or stop
         return stop
     end
 
     local function flush()
+        local ka, vb, n = c.get()
         if n == 0 then
             return
         end
@@ -470,17 +486,14 @@ local function make_streamer(node, ctx, fails)
             end
         end
         total = total + n
-        tbl_clear(ka)
-        if keep_b then
-            tbl_clear(vb)
-        end
-        n = 0
+        c.clear()
     end
+    c = make_collector(node, SINK_CHUNK, flush)
 
+    local s = { push = c.push }
     -- The sink's end of the batch (its delivery reports, confirms), once.
     function s.close()
         if open and finish then
-            open = false
             local ok, done, err = pcall(finish, info)
             if not failed and (not ok or not done) then
                 failed = tostring(ok and err or done)
@@ -488,27 +501,9 @@ local function make_streamer(node, ctx, fails)
         end
         open = false
     end
-
     function s.reset()
-        n, total, failed, stop, open = 0, 0, nil, false, false
-    end
-    if keep_b then
-        s.push = function(a, b)
-            n = n + 1
-            ka[n] = a
-            vb[n] = b
-            if n == SINK_CHUNK then
-                flush()
-            end
-        end
-    else
-        s.push = function(a, b)
-            n = n + 1
-            ka[n] = a
-            if n == SINK_CHUNK then
-                flush()
-            end
-        end
+        c.clear()
+        total, failed, stop, open = 0, nil, false, false
     end
     -- After the pass: writes the rest and ends the batch for the sink.
     -- Returns stop (on_error said so), err.
