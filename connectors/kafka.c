@@ -1292,13 +1292,12 @@ em_kafka_delivery *em_kafka_delivery_new(void)
 }
 
 /* Records the first failure of d. */
-static void delivery_fail(em_kafka_delivery *d, rd_kafka_resp_err_t e, const char *what,
-                          const char *topic_name)
+static void delivery_fail(em_kafka_delivery *d, rd_kafka_resp_err_t e, const char *why)
 {
     pthread_mutex_lock(&d->lock);
     if (!d->err) {
         d->err = e;
-        snprintf(d->why, sizeof d->why, "%s %s: %s", what, topic_name, rd_kafka_err2str(e));
+        snprintf(d->why, sizeof d->why, "%.250s", why);
     }
     pthread_mutex_unlock(&d->lock);
 }
@@ -1314,19 +1313,16 @@ int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_n
     char why[1024];
     producer *p = get_producer(brokers, why, sizeof why);
     if (!p) {
-        pthread_mutex_lock(&d->lock);
-        if (!d->err) {
-            d->err = RD_KAFKA_RESP_ERR__FAIL;
-            snprintf(d->why, sizeof d->why, "%.250s", why);
-        }
-        pthread_mutex_unlock(&d->lock);
+        delivery_fail(d, RD_KAFKA_RESP_ERR__FAIL, why);
         return -1;
     }
     if (n == 0)
         return 0;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, topic_name, NULL);
     if (!rkt) {
-        delivery_fail(d, rd_kafka_last_error(), "topic", topic_name);
+        rd_kafka_resp_err_t e = rd_kafka_last_error();
+        snprintf(why, sizeof why, "topic %s: %s", topic_name, rd_kafka_err2str(e));
+        delivery_fail(d, e, why);
         return -1;
     }
     int rc = 0;
@@ -1343,7 +1339,8 @@ int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_n
             pthread_mutex_lock(&d->lock);
             d->pending--;
             pthread_mutex_unlock(&d->lock);
-            delivery_fail(d, e, "cannot produce to", topic_name);
+            snprintf(why, sizeof why, "cannot produce to %s: %s", topic_name, rd_kafka_err2str(e));
+            delivery_fail(d, e, why);
             rc = -1;
             break; /* the rest would fail the batch anyway */
         }

@@ -203,7 +203,7 @@ function _M.to_rabbitmq(opts)
         if not b then
             b = C.em_rabbitmq_batch_begin(url, exchange, mandatory, timeout_ms, errbuf, ERR_LEN)
             if b == nil then
-                b = nil
+                b = nil                 -- a NULL cdata is truthy: nil, so the next chunk begins again
                 return nil, "to_rabbitmq: " .. ffi_string(errbuf)
             end
         end
