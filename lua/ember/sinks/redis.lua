@@ -9,13 +9,14 @@
 -- a table { name, args... } (strings and numbers), or nil to skip the
 -- record. A record of a keyed stream is the pair { k, v }.
 --
--- A batch goes out pipelined on one pooled connection (at most CHUNK
--- commands per round trip) and every reply is read: the first error reply
--- fails the batch, naming the command and the record; a lost connection
--- fails it too, and the connection is closed instead of pooled. Commands
--- before and after a failed one in the same batch did run (a pipeline is
--- not a transaction), and the driver runs a failed batch again: prefer
--- idempotent commands (SET, HSET, SADD, ZADD) for effectively-once output.
+-- Each chunk the executor hands over (up to 8192 records, while the batch
+-- is computed) goes out pipelined on one pooled connection in one round
+-- trip, and every reply is read: the first error reply fails the batch,
+-- naming the command and the record; a lost connection fails it too, and
+-- the connection is closed instead of pooled. Commands before and after a
+-- failed one did run (a pipeline is not a transaction), and the driver runs
+-- a failed batch again: prefer idempotent commands (SET, HSET, SADD, ZADD)
+-- for effectively-once output.
 
 local redis = require "ember.redis"
 
@@ -31,7 +32,6 @@ local collect = redis.collect
 
 local _M = {}
 
-local CHUNK = 10000
 local OPTIONS = { url = true, command = true }
 
 
@@ -50,7 +50,7 @@ local function command_of(argv, command, record)
 end
 
 
--- Builds the per-batch write function; nil, err on bad options.
+-- Builds the write function (called per chunk); nil, err on bad options.
 function _M.to_redis(opts)
     for k in pairs(opts) do
         if not OPTIONS[k] then
@@ -72,17 +72,17 @@ function _M.to_redis(opts)
 
     local enc = redis.new_encoder()
     local argv, index = {}, {}
-    local state = {}                    -- conn and name while a batch is written
+    local state = {}                    -- conn and name while a chunk is written
 
     local reject                        -- info.reject of the chunk being written
     local base = 0                      -- records of the batch before this chunk
 
-    -- Encodes records[from..] until CHUNK commands; returns the next index
-    -- and the count encoded. index[j] = the record of the j-th command.
-    local function encode(records, from, n)
+    -- Encodes the commands of records[1..n]; returns their count.
+    -- index[j] = the record of the j-th command.
+    local function encode(records, n)
         enc:reset()
-        local m, i = 0, from
-        while i <= n and m < CHUNK do
+        local m = 0
+        for i = 1, n do
             local ok, argc, why = pcall(command_of, argv, command, records[i])
             if not ok or not argc then
                 -- The user's record, not the server: on_error decides.
@@ -100,45 +100,39 @@ function _M.to_redis(opts)
                 m = m + 1
                 index[m] = i
             end
-            i = i + 1
         end
-        return i, m
+        return m
     end
 
+    -- One round trip: the chunk's commands pipelined, every reply read.
     local function send(records, n)
-        local i = 1
-        while i <= n do
-            local m
-            i, m = encode(records, i, n)
-            if m > 0 then
-                if not state.conn then
-                    local c, err = redis.borrow_raw(url)
-                    if not c then
-                        return nil, "to_redis: " .. err
-                    end
-                    state.conn, state.name = c, redis.conn_name(c)
-                end
-                local ptr, len
-                if enc.ref then
-                    ptr, len = enc:ref()
-                else
-                    ptr = enc:get()
-                    len = #ptr
-                end
-                local ok, kind, a, b = redis.pipeline(state.conn, ptr, len, m)
-                if not ok then
-                    if kind == "io" then
-                        state.broken = true
-                        return nil, "to_redis " .. a
-                    end
-                    local rec = index[a]
-                    local argc = collect(argv, command(records[rec]))
-                    return nil, str_format("to_redis %s: %s (record %d of the batch) failed: %s",
-                                           state.name, redis.describe(argv, argc), base + rec, b)
-                end
-            end
+        local m = encode(records, n)
+        if m == 0 then
+            return true
         end
-        return true
+        local c, err = redis.borrow_raw(url)
+        if not c then
+            return nil, "to_redis: " .. err
+        end
+        state.conn, state.name = c, redis.conn_name(c)
+        local ptr, len
+        if enc.ref then
+            ptr, len = enc:ref()
+        else
+            ptr = enc:get()
+            len = #ptr
+        end
+        local ok, kind, a, b = redis.pipeline(c, ptr, len, m)
+        if ok then
+            return true
+        elseif kind == "io" then
+            state.broken = true
+            return nil, "to_redis " .. a
+        end
+        local rec = index[a]
+        local argc = collect(argv, command(records[rec]))
+        return nil, str_format("to_redis %s: %s (record %d of the batch) failed: %s",
+                               state.name, redis.describe(argv, argc), base + rec, b)
     end
 
     return function(records, info)
