@@ -39,6 +39,13 @@ static const em_option keys[] = {
      "every receiver pauses while received-but-unprocessed records hold more than this"},
     {"streaming.stopGracefullyOnShutdown", EM_OPT_BOOL, "true",
      "on SIGTERM/SIGINT, process every received record before exiting"},
+    {"streaming.stopTimeout", EM_OPT_DURATION, "60s",
+     "a graceful stop exits after this even if a batch is still running (its records stay unacked)"},
+    {"streaming.job.memory", EM_OPT_SIZE, "256m",
+     "cap on each job's Lua state (a job's memory option wins), 0 for none"},
+    {"streaming.job.batchTimeout", EM_OPT_DURATION, NULL,
+     "a batch running longer is aborted and its job stopped (default: 10 batch intervals, at "
+     "least 30s; a job's batch_timeout wins), 0 for none"},
     {"streaming.batch.maxRetries", EM_OPT_INT, "3",
      "times a batch whose output failed is run again before it is left unacknowledged"},
     {"streaming.ui.retainedBatches", EM_OPT_INT, "1000",
@@ -154,6 +161,10 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     c->concurrent_jobs = (int)em_props_int(p, "streaming.concurrentJobs", cores > 0 ? cores : 1);
     c->max_rate = em_props_double(p, "streaming.receiver.maxRate", 0);
     c->stop_gracefully = em_props_bool(p, "streaming.stopGracefullyOnShutdown", 1);
+    c->stop_timeout_ms = em_props_ms(p, "streaming.stopTimeout", 60000);
+    c->job_memory = em_props_size(p, "streaming.job.memory", 256 << 20);
+    c->job_batch_timeout_ms = em_props_get(p, "streaming.job.batchTimeout")
+                                  ? em_props_ms(p, "streaming.job.batchTimeout", 0) : -1;
     c->retained_batches = (int)em_props_int(p, "streaming.ui.retainedBatches", 1000);
     c->pool_size = (int)em_props_int(p, "connector.pool.size", 4);
     c->batch_max_retries = (int)em_props_int(p, "streaming.batch.maxRetries", 3);
@@ -228,5 +239,5 @@ void em_config_print_keys(void)
 {
     for (const em_option *o = keys; o->name; o++)
         printf("  %-38s %-8s %-14s %s\n", o->name, type_name(o->type),
-               o->def ? (*o->def ? o->def : "\"\"") : "(cores)", o->help);
+               o->def ? (*o->def ? o->def : "\"\"") : "(see help)", o->help);
 }

@@ -8,10 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "budget.h"
 #include "log.h"
 
 struct em_luahost {
     lua_State *L;
+    em_budget *budget;
     int run_ref;
     em_job_desc desc;
 };
@@ -153,6 +155,33 @@ static int read_interval(lua_State *L, int desc, em_job_desc *d, const char *pat
     return rc;
 }
 
+/* The job's `memory` (bytes or "64m") and `batch_timeout` (seconds or
+ * "30s") options; ember.job has checked their form already. */
+static int read_budgets(lua_State *L, int desc, em_job_desc *d, const char *path, char *err,
+                        size_t errlen)
+{
+    d->memory = d->batch_timeout_ms = -1;
+    lua_getfield(L, desc, "memory");
+    if (lua_type(L, -1) == LUA_TNUMBER)
+        d->memory = (int64_t)lua_tonumber(L, -1);
+    else if (lua_type(L, -1) == LUA_TSTRING && em_parse_size(lua_tostring(L, -1), &d->memory) != 0)
+        d->memory = -2;
+    lua_getfield(L, desc, "batch_timeout");
+    if (lua_type(L, -1) == LUA_TNUMBER)
+        d->batch_timeout_ms = (int64_t)(lua_tonumber(L, -1) * 1000 + 0.5);
+    else if (lua_type(L, -1) == LUA_TSTRING &&
+             em_parse_duration_ms(lua_tostring(L, -1), &d->batch_timeout_ms) != 0)
+        d->batch_timeout_ms = -2;
+    lua_pop(L, 2);
+    if (d->memory < -1 || d->batch_timeout_ms < -1) {
+        snprintf(err, errlen, "%s: job '%s': %s is not a %s", path, d->name,
+                 d->memory < -1 ? "memory" : "batch_timeout",
+                 d->memory < -1 ? "size such as 64m" : "duration such as 30s");
+        return -1;
+    }
+    return 0;
+}
+
 static void free_desc(em_job_desc *d)
 {
     for (size_t i = 0; d->sources && i < d->nsources; i++)
@@ -165,12 +194,17 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
                             size_t errlen)
 {
     em_luahost *h = calloc(1, sizeof *h);
-    if (!h || !(h->L = luaL_newstate())) {
+    if (!h || !(h->L = em_budget_newstate(&h->budget))) {
         snprintf(err, errlen, "%s: cannot create a Lua state", path);
         free(h);
         return NULL;
     }
     lua_State *L = h->L;
+    /* The script runs under the driver's default budgets; the job's own
+     * options apply from its first batch. */
+    em_budget_set_job_file(h->budget, path);
+    em_budget_set_memory(h->budget, em_budget_default_memory());
+    em_budget_set_timeout(h->budget, em_budget_timeout_for(-1, 0));
     luaL_openlibs(L);
     prepend_path(L);
     lua_getglobal(L, "require");
@@ -190,7 +224,18 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     lua_setfield(L, -2, "checkpoint_dir");
     lua_pushstring(L, path);
     lua_setfield(L, -2, "file");
-    if (lua_pcall(L, 2, 2, 0) != 0 || !lua_istable(L, -2)) {
+    em_budget_begin(h->budget);
+    int rc = lua_pcall(L, 2, 2, 0);
+    char where[512];
+    em_budget_breach breach = em_budget_end(h->budget, where, sizeof where);
+    if (breach) {
+        snprintf(err, errlen, "%s: loading the script %s (at %s)", path, breach == EM_BUDGET_TIMEOUT
+                 ? "took longer than the batch timeout" : "reached the memory cap",
+                 where[0] ? where : "an unknown line");
+        em_luahost_free(h);
+        return NULL;
+    }
+    if (rc != 0 || !lua_istable(L, -2)) {
         snprintf(err, errlen, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "unknown error");
         em_luahost_free(h);
         return NULL;
@@ -203,6 +248,7 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     field_string(L, desc, "disabled", d->disabled, sizeof d->disabled);
     field_string(L, desc, "state_version", d->state_version, sizeof d->state_version);
     if (read_interval(L, desc, d, path, err, errlen) != 0 ||
+        read_budgets(L, desc, d, path, err, errlen) != 0 ||
         read_sources(L, desc, d, err, errlen) != 0) {
         em_luahost_free(h);
         return NULL;
@@ -216,7 +262,40 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     }
     h->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
+    em_budget_set_memory(h->budget, d->memory >= 0 ? d->memory : em_budget_default_memory());
+    em_budget_set_timeout(h->budget, em_budget_timeout_for(d->batch_timeout_ms, d->batch_interval_ms));
     return h;
+}
+
+static double mib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
+
+/* A batch that broke a budget: say which, where, and by how much. */
+static void breached(em_luahost *h, const em_batch_view *view, em_budget_breach why,
+                     const char *where, em_batch_result *res)
+{
+    res->ok = 0;
+    res->fatal = 1;
+    const char *at = where[0] ? where : "a line the hook could not see";
+    if (why == EM_BUDGET_TIMEOUT) {
+        snprintf(res->stopped_by, sizeof res->stopped_by, "batch_timeout");
+        snprintf(res->err, sizeof res->err,
+                 "job '%s': batch %lld ran past its batch_timeout of %lld ms at %s (aborted %lld ms "
+                 "after the deadline); the job is stopped until its file changes, and the "
+                 "batch's records are not acknowledged",
+                 h->desc.name, (long long)view->time_ms, (long long)em_budget_timeout(h->budget), at,
+                 (long long)em_budget_overrun_ms(h->budget));
+    } else {
+        size_t wanted = em_budget_refused(h->budget);
+        lua_gc(h->L, LUA_GCCOLLECT, 0);
+        snprintf(res->stopped_by, sizeof res->stopped_by, "memory");
+        snprintf(res->err, sizeof res->err,
+                 "job '%s': batch %lld: its Lua state reached %.1f MiB, over its "
+                 "memory cap of %.1f MiB, crossing it at %s (%.1f MiB still held after a full collection); the "
+                 "job is stopped until its file changes, and the batch's records are not acknowledged",
+                 h->desc.name, (long long)view->time_ms, mib(wanted),
+                 mib((size_t)em_budget_memory(h->budget)), at, mib(em_budget_used(h->budget)));
+    }
+    em_log(EM_LOG_ERROR, h->desc.name, "%s", res->err);
 }
 
 em_job_desc *em_luahost_desc(em_luahost *h) { return &h->desc; }
@@ -227,7 +306,16 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_res
     memset(res, 0, sizeof *res);
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->run_ref);
     lua_pushlightuserdata(L, (void *)view);
-    if (lua_pcall(L, 1, 4, 0) != 0) {
+    em_budget_begin(h->budget);
+    int rc = lua_pcall(L, 1, 4, 0);
+    char where[512];
+    em_budget_breach why = em_budget_end(h->budget, where, sizeof where);
+    if (why) {
+        lua_settop(L, 0);
+        breached(h, view, why, where, res);
+        return;
+    }
+    if (rc != 0) {
         /* The runtime catches user errors; reaching here is a bug or out of memory. */
         snprintf(res->err, sizeof res->err, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
         res->fatal = 1;
@@ -242,12 +330,16 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_res
     lua_settop(L, 0);
 }
 
+size_t em_luahost_memory_used(const em_luahost *h) { return em_budget_used(h->budget); }
+int64_t em_luahost_memory_cap(const em_luahost *h) { return em_budget_memory(h->budget); }
+
 void em_luahost_free(em_luahost *h)
 {
     if (!h)
         return;
     if (h->L)
         lua_close(h->L);
+    em_budget_free(h->budget); /* after lua_close, which frees through it */
     free_desc(&h->desc);
     free(h);
 }

@@ -32,6 +32,8 @@ typedef struct em_job_desc {
     char on_error[16];
     char disabled[512]; /* the script returned ember.disabled(reason): the reason */
     char state_version[64]; /* "" when the job declares none */
+    int64_t memory;           /* the `memory` option in bytes; -1: not set (0: no cap) */
+    int64_t batch_timeout_ms; /* the `batch_timeout` option; -1: not set (0: none) */
     size_t nsources, noutputs;
     em_source_desc *sources;
     em_output_desc *outputs;
@@ -42,6 +44,10 @@ typedef struct em_batch_result {
     int fatal;       /* on_error = fail met an error: stop the job */
     int64_t failed;  /* records (or output runs) that raised */
     char err[1024];  /* first error of the batch, or "" */
+    /* Why a fatal batch stopped the job: "" for on_error = fail, else the
+     * budget it broke ("batch_timeout", "memory"); err then names the job,
+     * its usage or the source line. */
+    char stopped_by[32];
 } em_batch_result;
 
 typedef struct em_luahost em_luahost;
@@ -55,8 +61,13 @@ const char *em_luahost_lua_dir(void);
 em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *err,
                             size_t errlen);
 em_job_desc *em_luahost_desc(em_luahost *h); /* owned by the host */
-/* Runs one batch through every output. A Lua error never escapes. */
+/* Runs one batch through every output. A Lua error never escapes. A batch
+ * past the job's batch_timeout, or a state that reaches its memory cap, is
+ * aborted and comes back fatal (core/budget.h). */
 void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_result *res);
+/* Bytes the job's Lua state holds now, and its cap (0: none). */
+size_t em_luahost_memory_used(const em_luahost *h);
+int64_t em_luahost_memory_cap(const em_luahost *h);
 void em_luahost_free(em_luahost *h); /* accepts NULL */
 
 #endif

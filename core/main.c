@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "batch.h"
+#include "budget.h"
 #include "config.h"
 #include "driver.h"
 #include "job.h"
@@ -147,6 +148,7 @@ static int run(int argc, char **argv)
     em_batch_set_backpressure(cfg.backpressure);
     em_wal_configure((em_wal_fsync)em_wal_parse_fsync(cfg.wal_fsync), cfg.wal_fsync_interval_ms);
     em_receiver_set_memory_max((size_t)cfg.memory_max);
+    em_budget_set_defaults(cfg.job_memory, cfg.job_batch_timeout_ms, cfg.batch_interval_ms);
     if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,
                                             cfg.log_rolling_interval,
                                             cfg.log_rolling_max_retained) != 0) {

@@ -14,6 +14,8 @@ local pairs = pairs
 local ipairs = ipairs
 local tonumber = tonumber
 local setmetatable = setmetatable
+local pcall = pcall
+local math = math
 local getmetatable = getmetatable
 local str_find = string.find
 local str_match = string.match
@@ -26,7 +28,8 @@ Job.__index = Job
 _M.Job = Job
 
 local ON_ERROR = { skip = true, dead_letter = true, fail = true }
-local OPTIONS = { name = true, batch_interval = true, on_error = true, state_version = true }
+local OPTIONS = { name = true, batch_interval = true, on_error = true, state_version = true,
+                  memory = true, batch_timeout = true }
 local SOURCES = { "generator", "socket", "file", "kafka", "rabbitmq", "redis" }
 
 
@@ -43,6 +46,25 @@ local function check_batch_interval(v, level)
     end
     error("bad option 'batch_interval' to 'job' (a duration such as \"500ms\", \"2s\", "
           .. "\"1m\" or a number of seconds expected, got " .. tostring(v) .. ")", level + 1)
+end
+
+
+-- memory: bytes, or "64m", "512k", "1g"; 0 for no cap.
+local function check_memory(v, level)
+    if type(v) == "number" and v >= 0 and v == math.floor(v) then return end
+    if type(v) == "string" and (str_match(v, "^%s*%d+%.?%d*%s*[kKmMgG]?[bB]?%s*$")) then return end
+    error("bad option 'memory' to 'job' (a size such as \"64m\", \"1g\" or a number of bytes, "
+          .. "0 for no cap, expected, got " .. tostring(v) .. ")", level + 1)
+end
+
+
+-- batch_timeout: a duration or seconds; 0 for no deadline.
+local function check_timeout(v, level)
+    if v == 0 or v == "0" then return end
+    local ok = pcall(check_batch_interval, v, 1)
+    if ok then return end
+    error("bad option 'batch_timeout' to 'job' (a duration such as \"30s\" or a number of "
+          .. "seconds, 0 for none, expected, got " .. tostring(v) .. ")", level + 1)
 end
 
 
@@ -81,12 +103,20 @@ function _M.new(opts, level)
     if opts.batch_interval ~= nil then
         check_batch_interval(opts.batch_interval, level)
     end
+    if opts.memory ~= nil then
+        check_memory(opts.memory, level)
+    end
+    if opts.batch_timeout ~= nil then
+        check_timeout(opts.batch_timeout, level)
+    end
 
     return setmetatable({
         name = name,                    -- nil: the runtime uses the file name
         batch_interval = opts.batch_interval,
         on_error = on_error,
         state_version = opts.state_version,
+        memory = opts.memory,           -- nil: streaming.job.memory
+        batch_timeout = opts.batch_timeout, -- nil: streaming.job.batchTimeout
         where = dstream.where(level),
         sources = {},                   -- { type=, options=, where= } in order
         nodes = {},                     -- every DStream, in creation order

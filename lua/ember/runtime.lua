@@ -117,6 +117,8 @@ function _M.load(path, host)
         batch_interval = job.batch_interval,
         on_error = job.on_error,
         state_version = job.state_version,
+        memory = job.memory,
+        batch_timeout = job.batch_timeout,
         sources = sources,
         outputs = outputs,
         run_batch = function(view_ptr)

@@ -1,0 +1,254 @@
+/* budget.c — see budget.h. */
+#include "budget.h"
+
+#include <lauxlib.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Least room a state over its cap still gets (see counting_alloc). */
+#define SLACK (1u << 20)
+
+struct em_budget {
+    lua_State *L;
+    lua_Alloc inner; /* LuaJIT's own allocator, which does the work */
+    void *inner_ud;
+    size_t used, memory, refused;
+    int64_t timeout_ms;
+    int64_t deadline;       /* monotonic ms; 0: none; guarded by lock */
+    int64_t due, overrun;   /* this batch's deadline; how late the last one unwound */
+    atomic_int breach;      /* em_budget_breach */
+    int running;            /* between begin and end (the state's own thread) */
+    char job_file[1024];
+    char where[512];
+    em_budget *prev, *next; /* the watched list, guarded by lock */
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static em_budget *watched;
+static int64_t default_memory;
+static int64_t default_timeout = -1;
+static int64_t default_interval = 1000;
+
+void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
+                            int64_t batch_interval_ms)
+{
+    default_memory = memory_bytes;
+    default_timeout = batch_timeout_ms;
+    default_interval = batch_interval_ms > 0 ? batch_interval_ms : 1000;
+}
+
+int64_t em_budget_default_memory(void) { return default_memory; }
+
+int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms)
+{
+    if (timeout_ms < 0)
+        timeout_ms = default_timeout;
+    if (timeout_ms >= 0)
+        return timeout_ms;
+    if (interval_ms <= 0)
+        interval_ms = default_interval;
+    int64_t t = interval_ms * EM_BUDGET_INTERVALS;
+    return t < EM_BUDGET_MIN_TIMEOUT_MS ? EM_BUDGET_MIN_TIMEOUT_MS : t;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The job's line the state was running: the innermost frame of the job's
+ * own file, else the innermost Lua frame with a line. */
+static void find_where(lua_State *L, em_budget *b)
+{
+    lua_Debug ar;
+    char first[512] = "";
+    for (int level = 0; lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0 || ar.source[0] != '@')
+            continue;
+        if (b->job_file[0] && strcmp(ar.source + 1, b->job_file) == 0) {
+            snprintf(b->where, sizeof b->where, "%s:%d", ar.source + 1, ar.currentline);
+            return;
+        }
+        if (!first[0])
+            snprintf(first, sizeof first, "%s:%d", ar.source + 1, ar.currentline);
+    }
+    snprintf(b->where, sizeof b->where, "%s", first);
+}
+
+/* Raised at every instruction once a budget is breached, until the batch
+ * has unwound to the host: a pcall in the job or the runtime catches one
+ * error, and the next instruction raises the next. */
+static void hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    void *ud;
+    lua_getallocf(L, &ud);
+    em_budget *b = ud;
+    int why = atomic_load(&b->breach);
+    if (!why || !b->running) { /* set for a batch that already ended */
+        lua_sethook(L, NULL, 0, 0);
+        return;
+    }
+    if (!b->where[0])
+        find_where(L, b);
+    lua_pushstring(L, why == EM_BUDGET_TIMEOUT ? "ember: the batch ran past its batch_timeout"
+                                               : "ember: the job's memory cap was reached");
+    lua_error(L);
+}
+
+/* Past the cap, an allocation is still granted within the slack (a
+ * sixteenth of the cap, at least 1 MiB) and the hook is set: it fires at
+ * the next instruction, in the job's own code, so the error names the
+ * job's line and unwinds the batch. Past the slack, the allocation fails
+ * (Lua's "not enough memory"), and the hook still unwinds the batch. */
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    em_budget *b = ud;
+    if (nsize > osize && b->memory && b->used + (nsize - osize) > b->memory) {
+        size_t want = b->used + (nsize - osize);
+        size_t slack = b->memory / 16 > SLACK ? b->memory / 16 : SLACK;
+        if (want > b->refused)
+            b->refused = want;
+        int none = EM_BUDGET_OK;
+        if (atomic_compare_exchange_strong(&b->breach, &none, EM_BUDGET_MEMORY) && b->running)
+            lua_sethook(b->L, hook, LUA_MASKCOUNT, 1);
+        if (want > b->memory + slack)
+            return NULL;
+    }
+    void *p = b->inner(b->inner_ud, ptr, osize, nsize);
+    if (p || nsize == 0)
+        b->used += nsize - osize; /* wraps correctly when shrinking */
+    return p;
+}
+
+/* The watchdog: sleeps until the nearest deadline, then hooks every state
+ * past its own. */
+static void *watch(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&lock);
+    for (;;) {
+        int64_t now = mono_ms(), nearest = 0;
+        for (em_budget *b = watched; b; b = b->next) {
+            if (!b->deadline)
+                continue;
+            if (now >= b->deadline) {
+                int none = EM_BUDGET_OK;
+                if (atomic_compare_exchange_strong(&b->breach, &none, EM_BUDGET_TIMEOUT))
+                    lua_sethook(b->L, hook, LUA_MASKCOUNT, 1);
+                b->deadline = 0;
+            } else if (!nearest || b->deadline < nearest) {
+                nearest = b->deadline;
+            }
+        }
+        if (!nearest) {
+            pthread_cond_wait(&wake, &lock);
+        } else {
+            struct timespec ts = {(time_t)(nearest / 1000), (long)(nearest % 1000) * 1000000};
+            pthread_cond_timedwait(&wake, &lock, &ts);
+        }
+    }
+    return NULL;
+}
+
+static void start_watchdog(void)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&wake, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_t t;
+    if (pthread_create(&t, NULL, watch, NULL) == 0) {
+        pthread_setname_np(t, "budget");
+        pthread_detach(t);
+    }
+}
+
+lua_State *em_budget_newstate(em_budget **out)
+{
+    *out = NULL;
+    em_budget *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        free(b);
+        return NULL;
+    }
+    b->L = L;
+    b->inner = lua_getallocf(L, &b->inner_ud);
+    b->used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    lua_setallocf(L, counting_alloc, b);
+    *out = b;
+    return L;
+}
+
+void em_budget_set_memory(em_budget *b, int64_t bytes) { b->memory = bytes > 0 ? (size_t)bytes : 0; }
+void em_budget_set_timeout(em_budget *b, int64_t ms) { b->timeout_ms = ms > 0 ? ms : 0; }
+int64_t em_budget_memory(const em_budget *b) { return (int64_t)b->memory; }
+int64_t em_budget_timeout(const em_budget *b) { return b->timeout_ms; }
+size_t em_budget_used(const em_budget *b) { return b->used; }
+size_t em_budget_refused(const em_budget *b) { return b->refused; }
+int64_t em_budget_overrun_ms(const em_budget *b) { return b->overrun; }
+
+void em_budget_set_job_file(em_budget *b, const char *path)
+{
+    snprintf(b->job_file, sizeof b->job_file, "%s", path);
+}
+
+void em_budget_begin(em_budget *b)
+{
+    atomic_store(&b->breach, EM_BUDGET_OK);
+    b->where[0] = '\0';
+    b->refused = 0;
+    b->running = 1;
+    if (!b->timeout_ms)
+        return;
+    pthread_once(&once, start_watchdog);
+    pthread_mutex_lock(&lock);
+    b->deadline = b->due = mono_ms() + b->timeout_ms;
+    b->prev = NULL;
+    b->next = watched;
+    if (watched)
+        watched->prev = b;
+    watched = b;
+    pthread_cond_signal(&wake);
+    pthread_mutex_unlock(&lock);
+}
+
+em_budget_breach em_budget_end(em_budget *b, char *where, size_t wherelen)
+{
+    if (b->timeout_ms) {
+        pthread_mutex_lock(&lock);
+        if (b->prev)
+            b->prev->next = b->next;
+        else
+            watched = b->next;
+        if (b->next)
+            b->next->prev = b->prev;
+        b->prev = b->next = NULL;
+        b->deadline = 0;
+        pthread_mutex_unlock(&lock);
+    }
+    /* No watchdog sets the hook after this point. */
+    b->running = 0;
+    em_budget_breach why = (em_budget_breach)atomic_load(&b->breach);
+    if (why)
+        lua_sethook(b->L, NULL, 0, 0);
+    if (why == EM_BUDGET_TIMEOUT)
+        b->overrun = mono_ms() - b->due;
+    if (where)
+        snprintf(where, wherelen, "%s", why ? b->where : "");
+    return why;
+}
+
+void em_budget_free(em_budget *b) { free(b); }

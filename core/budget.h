@@ -1,0 +1,63 @@
+/* budget.h — the memory cap and the batch deadline of one job's Lua state.
+ *
+ * Every job's state counts what it allocates (a wrapper around LuaJIT's own
+ * allocator) and refuses to grow past its cap. Every batch runs against a
+ * deadline watched by one thread; past it, the watchdog sets a count hook on
+ * the state. LuaJIT is built with LUAJIT_ENABLE_CHECKHOOK (the Makefile), so
+ * compiled loops see the hook too. The hook raises an error at every
+ * instruction until the batch has unwound to the host, so no pcall in the
+ * job or the runtime can swallow it. docs/internals.md, "Budgets".
+ */
+#ifndef EMBER_BUDGET_H
+#define EMBER_BUDGET_H
+
+#include <lua.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum em_budget_breach {
+    EM_BUDGET_OK = 0,
+    EM_BUDGET_TIMEOUT, /* the batch ran past its deadline */
+    EM_BUDGET_MEMORY,  /* the state would have grown past its cap */
+} em_budget_breach;
+
+typedef struct em_budget em_budget;
+
+/* Defaults for jobs that set no `memory` / `batch_timeout` option:
+ * streaming.job.memory (bytes, 0: no cap) and streaming.job.batchTimeout
+ * (ms; 0: no deadline; -1: the job's batch interval times
+ * EM_BUDGET_INTERVALS, at least EM_BUDGET_MIN_TIMEOUT_MS). */
+#define EM_BUDGET_INTERVALS 10
+#define EM_BUDGET_MIN_TIMEOUT_MS 30000
+void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
+                            int64_t batch_interval_ms);
+int64_t em_budget_default_memory(void);
+/* The deadline of a job whose option is timeout_ms (-1: not set) and
+ * whose batch interval is interval_ms (0: streaming.batchInterval). 0: none. */
+int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms);
+
+/* A fresh Lua state (luaL_newstate) whose allocations are counted in a new
+ * budget; NULL when out of memory. The cap starts at 0 (none). */
+lua_State *em_budget_newstate(em_budget **out);
+void em_budget_set_memory(em_budget *b, int64_t bytes); /* 0: no cap */
+void em_budget_set_timeout(em_budget *b, int64_t ms);   /* 0: no deadline */
+int64_t em_budget_memory(const em_budget *b);
+int64_t em_budget_timeout(const em_budget *b);
+size_t em_budget_used(const em_budget *b); /* bytes the state holds now */
+/* Where the scripts of lua/ live: frames there are not "the job's line". */
+void em_budget_set_job_file(em_budget *b, const char *path);
+
+/* Around one batch (or one load): arms the deadline and the cap. end
+ * returns what was breached, with the job's source line that was running
+ * (file:line, or "") in where. */
+void em_budget_begin(em_budget *b);
+em_budget_breach em_budget_end(em_budget *b, char *where, size_t wherelen);
+/* The most the state would have held when the cap was hit. */
+size_t em_budget_refused(const em_budget *b);
+/* How long after its deadline the last timed-out batch had unwound (ms). */
+int64_t em_budget_overrun_ms(const em_budget *b);
+
+/* After lua_close of its state. Accepts NULL. */
+void em_budget_free(em_budget *b);
+
+#endif

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds Debian's own luajit2 source package as a static library with
+# LUAJIT_ENABLE_CHECKHOOK, so compiled traces check for hooks at every loop
+# and a batch past its deadline can be stopped even inside `while true do end`
+# (docs/internals.md, "Budgets"). The source comes from Debian through
+# `apt-get source`, matching the installed libluajit2-5.1-dev; nothing of it
+# is kept in the repository. The result is cached in OUT:
+#
+#   OUT/libluajit.a   OUT/include/*.h   OUT/VERSION
+#
+# usage: tools/luajit-checkhook.sh OUT
+set -euo pipefail
+out=$(realpath -m "${1:?usage: $0 OUT}")
+version=$(dpkg-query -W -f='${Version}' libluajit2-5.1-dev 2>/dev/null || true)
+if [ -z "$version" ]; then
+    echo "luajit-checkhook: libluajit2-5.1-dev is not installed (make deps)" >&2
+    exit 1
+fi
+if [ -f "$out/libluajit.a" ] && [ "$(cat "$out/VERSION" 2>/dev/null)" = "$version" ]; then
+    exit 0
+fi
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+src=$(mktemp -d "${TMPDIR:-/tmp}/ember-luajit.XXXXXX")
+trap 'rm -rf "$src"' EXIT
+cd "$src"
+# apt-get source needs a deb-src line; add Debian's own next to the deb one.
+if ! apt-get source --download-only "luajit2=$version" >/dev/null 2>&1; then
+    list=/etc/apt/sources.list.d/ember-deb-src.sources
+    if [ ! -f "$list" ]; then
+        echo "luajit-checkhook: adding a deb-src line for Debian in $list"
+        . /etc/os-release
+        sudo_if_needed tee "$list" >/dev/null <<SRC
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: $VERSION_CODENAME $VERSION_CODENAME-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    fi
+    sudo_if_needed apt-get update -qq
+fi
+apt-get source "luajit2=$version" >/dev/null 2>&1 || apt-get source "luajit2=$version"
+dir=$(find . -maxdepth 1 -type d -name 'luajit2-*' | head -1)
+echo "luajit-checkhook: building $dir with -DLUAJIT_ENABLE_CHECKHOOK"
+make -C "$dir/src" -j"$(nproc)" amalg BUILDMODE=static \
+    XCFLAGS="-DLUAJIT_ENABLE_CHECKHOOK" Q= E=@: >"$src/build.log" 2>&1 \
+    || { tail -30 "$src/build.log" >&2; exit 1; }
+mkdir -p "$out/include"
+cp "$dir/src/libluajit.a" "$out/libluajit.a"
+cp "$dir/src/lua.h" "$dir/src/lualib.h" "$dir/src/lauxlib.h" "$dir/src/luaconf.h" \
+   "$dir/src/lua.hpp" "$dir/src/luajit.h" "$out/include/"
+echo "$version" > "$out/VERSION"
