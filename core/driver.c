@@ -147,6 +147,7 @@ static void tick(int64_t now, void *arg)
         j->next_batch_ms = next_boundary(now, j->version->batch_interval_ms);
     }
     pthread_mutex_unlock(&d->lock);
+    em_scheduler_poke(d->sched);
 }
 
 static int ends_with(const char *s, const char *suffix)
@@ -436,7 +437,20 @@ int em_driver_start(em_driver *d)
     return d->clock ? 0 : -1;
 }
 
-void em_driver_stop(em_driver *d, int graceful)
+/* Names the jobs whose batches still run when streaming.stopTimeout has
+ * passed. */
+static void log_stuck(em_driver *d)
+{
+    const void *owners[64];
+    int n = em_scheduler_running(d->sched, owners, 64);
+    for (int i = 0; i < n; i++) {
+        const em_job *j = owners[i];
+        em_log(EM_LOG_ERROR, j->name, "still running a batch after streaming.stopTimeout (%lld ms): "
+               "exiting anyway; its records stay unacknowledged", (long long)d->cfg->stop_timeout_ms);
+    }
+}
+
+int em_driver_stop(em_driver *d, int graceful)
 {
     em_clock_stop(d->clock);
     d->clock = NULL;
@@ -459,9 +473,15 @@ void em_driver_stop(em_driver *d, int graceful)
         j->state = EM_JOB_RETIRED;
     }
     pthread_mutex_unlock(&d->lock);
-    if (graceful)
+    if (graceful && d->cfg->stop_timeout_ms > 0 &&
+        em_scheduler_wait_idle_for(d->sched, d->cfg->stop_timeout_ms) != 0) {
+        log_stuck(d);
+        return -1;
+    }
+    if (graceful && d->cfg->stop_timeout_ms <= 0)
         em_scheduler_wait_idle(d->sched);
     em_log(EM_LOG_INFO, NULL, "stopped");
+    return 0;
 }
 
 void em_driver_free(em_driver *d)

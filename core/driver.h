@@ -24,7 +24,9 @@ int em_driver_start(em_driver *d);
 void em_driver_reload(em_driver *d);
 /* Stops the receivers; graceful: every record already received goes
  * through every output before it returns. */
-void em_driver_stop(em_driver *d, int graceful);
+/* 0, or -1 when a graceful stop gave up after streaming.stopTimeout with
+ * batches still running (the caller exits without freeing). */
+int em_driver_stop(em_driver *d, int graceful);
 void em_driver_free(em_driver *d); /* accepts NULL */
 
 #endif

@@ -101,7 +101,11 @@ typedef struct stop_args {
 static void *stopper(void *arg)
 {
     stop_args *a = arg;
-    em_driver_stop(a->driver, a->graceful);
+    int stuck = em_driver_stop(a->driver, a->graceful) != 0;
+    if (stuck) { /* streaming.stopTimeout passed: a batch still runs, unacknowledged */
+        em_log_close();
+        _exit(1);
+    }
     if (!a->graceful) /* a batch may still run; its records stay unacknowledged */
         _exit(0);
     em_driver_free(a->driver);

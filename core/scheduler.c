@@ -1,70 +1,146 @@
 /* scheduler.c — see scheduler.h. */
 #include "scheduler.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
+
+#include "clock.h"
+#include "log.h"
+
+/* A worker busy this long counts as stuck when deciding on a spare. */
+#define STUCK_MS 250
+/* How long a spare waits for work before it leaves. */
+#define SPARE_LINGER_MS 5000
+/* Spare workers at most, on top of streaming.concurrentJobs. */
+#define SPARES(n) ((n) * 3 > 8 ? (n) * 3 : 8)
+
+typedef struct slot {
+    em_scheduler *s;
+    int index;
+    int alive, joinable;
+    pthread_t thread;
+    const void *busy;  /* owner of the running task, or NULL */
+    int64_t since_ms;  /* when it took that task (monotonic) */
+} slot;
 
 struct em_scheduler {
     pthread_mutex_t lock;
     pthread_cond_t work, idle;
     em_task *head, *tail;
-    const void **busy; /* owners of running tasks, one slot per worker */
-    int nworkers, running, stop;
-    pthread_t *threads;
+    slot *slots;
+    int nworkers, nslots, live, running, stop;
 };
 
 static int owner_busy(em_scheduler *s, const void *owner)
 {
-    for (int i = 0; i < s->nworkers; i++)
-        if (s->busy[i] == owner)
+    for (int i = 0; i < s->nslots; i++)
+        if (s->slots[i].busy == owner)
             return 1;
     return 0;
 }
 
-/* Unlinks and returns the oldest task whose owner is idle, or NULL. */
-static em_task *take(em_scheduler *s)
+/* The oldest task whose owner is idle (unlinked when take), or NULL. */
+static em_task *runnable(em_scheduler *s, int take)
 {
     for (em_task **p = &s->head, *prev = NULL; *p; prev = *p, p = &(*p)->next) {
         em_task *t = *p;
         if (owner_busy(s, t->owner))
             continue;
-        *p = t->next;
-        if (s->tail == t)
-            s->tail = prev;
-        t->next = NULL;
+        if (take) {
+            *p = t->next;
+            if (s->tail == t)
+                s->tail = prev;
+            t->next = NULL;
+        }
         return t;
     }
     return NULL;
 }
 
+static void *worker(void *arg);
+
+static int start_slot(em_scheduler *s, int i)
+{
+    slot *w = &s->slots[i];
+    if (w->joinable) /* a spare that exited: reap its thread first */
+        pthread_join(w->thread, NULL);
+    w->joinable = 0;
+    w->s = s;
+    w->index = i;
+    w->alive = 1;
+    if (pthread_create(&w->thread, NULL, worker, w) != 0) {
+        w->alive = 0;
+        return -1;
+    }
+    w->joinable = 1;
+    s->live++;
+    char name[16];
+    snprintf(name, sizeof name, i < s->nworkers ? "worker-%d" : "spare-%d", i % 1000);
+    pthread_setname_np(w->thread, name);
+    return 0;
+}
+
+/* When every worker has been busy for STUCK_MS (a runaway batch, an output
+ * blocked on a server) and a task of another job could run, starts a spare
+ * worker, so the budgets of a stuck job are its own problem and healthy
+ * jobs stay on time. Spares leave once they find nothing to do. Lock held. */
+static void maybe_spare(em_scheduler *s)
+{
+    if (s->stop || s->running < s->live || !runnable(s, 0))
+        return;
+    int64_t now = em_clock_mono_ms();
+    for (int i = 0; i < s->nslots; i++)
+        if (s->slots[i].alive && (!s->slots[i].busy || now - s->slots[i].since_ms < STUCK_MS))
+            return;
+    for (int i = s->nworkers; i < s->nslots; i++) {
+        if (!s->slots[i].alive) {
+            if (start_slot(s, i) == 0)
+                em_log(EM_LOG_WARN, NULL, "every worker has been busy for %d ms or more: "
+                       "a spare worker starts (%d running)", STUCK_MS, s->live);
+            return;
+        }
+    }
+}
+
 static void *worker(void *arg)
 {
-    em_scheduler *s = arg;
+    slot *w = arg;
+    em_scheduler *s = w->s;
     pthread_mutex_lock(&s->lock);
-    int slot = -1;
     for (;;) {
-        em_task *t = take(s);
+        em_task *t = runnable(s, 1);
         if (!t) {
             if (s->stop && !s->head)
                 break;
-            pthread_cond_wait(&s->work, &s->lock);
+            if (w->index < s->nworkers) {
+                pthread_cond_wait(&s->work, &s->lock);
+                continue;
+            }
+            /* A spare lingers a while, then leaves. */
+            struct timespec ts;
+            em_clock_deadline(&ts, SPARE_LINGER_MS);
+            if (pthread_cond_timedwait(&s->work, &s->lock, &ts) == ETIMEDOUT && !runnable(s, 0))
+                break;
             continue;
         }
-        for (slot = 0; s->busy[slot]; slot++)
-            ;
-        s->busy[slot] = t->owner;
+        w->busy = t->owner;
+        w->since_ms = em_clock_mono_ms();
         s->running++;
         pthread_mutex_unlock(&s->lock);
         t->run(t);
         pthread_mutex_lock(&s->lock);
-        s->busy[slot] = NULL;
+        w->busy = NULL;
         s->running--;
         /* The owner is idle again: a task of it may be waiting. */
         pthread_cond_broadcast(&s->work);
         if (!s->head && s->running == 0)
             pthread_cond_broadcast(&s->idle);
     }
+    w->alive = 0;
+    s->live--;
     pthread_mutex_unlock(&s->lock);
     return NULL;
 }
@@ -75,17 +151,19 @@ em_scheduler *em_scheduler_create(int workers)
     if (!s)
         return NULL;
     s->nworkers = workers;
-    s->busy = calloc((size_t)workers, sizeof *s->busy);
-    s->threads = calloc((size_t)workers, sizeof *s->threads);
+    s->nslots = workers + SPARES(workers);
+    s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
+    if (!s->slots) {
+        free(s);
+        return NULL;
+    }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->work, NULL);
     pthread_cond_init(&s->idle, NULL);
-    for (int i = 0; i < workers; i++) {
-        pthread_create(&s->threads[i], NULL, worker, s);
-        char name[16];
-        snprintf(name, sizeof name, "worker-%d", i % 1000);
-        pthread_setname_np(s->threads[i], name);
-    }
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < workers; i++)
+        start_slot(s, i);
+    pthread_mutex_unlock(&s->lock);
     return s;
 }
 
@@ -99,6 +177,14 @@ void em_scheduler_submit(em_scheduler *s, em_task *t)
         s->head = t;
     s->tail = t;
     pthread_cond_signal(&s->work);
+    maybe_spare(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void em_scheduler_poke(em_scheduler *s)
+{
+    pthread_mutex_lock(&s->lock);
+    maybe_spare(s);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -121,6 +207,38 @@ void em_scheduler_wait_idle(em_scheduler *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+int em_scheduler_wait_idle_for(em_scheduler *s, int64_t ms)
+{
+    struct timespec ts;
+    em_clock_deadline(&ts, ms);
+    int rc = 0;
+    pthread_mutex_lock(&s->lock);
+    while ((s->head || s->running) && rc != ETIMEDOUT) {
+        struct timespec step;
+        em_clock_deadline(&step, 200);
+        if (step.tv_sec > ts.tv_sec || (step.tv_sec == ts.tv_sec && step.tv_nsec > ts.tv_nsec))
+            step = ts;
+        rc = pthread_cond_timedwait(&s->idle, &s->lock, &step);
+        if (rc == ETIMEDOUT && (step.tv_sec != ts.tv_sec || step.tv_nsec != ts.tv_nsec))
+            rc = 0;
+        maybe_spare(s); /* what is queued behind a stuck batch still runs */
+    }
+    int busy = s->head || s->running;
+    pthread_mutex_unlock(&s->lock);
+    return busy ? -1 : 0;
+}
+
+int em_scheduler_running(em_scheduler *s, const void **owners, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->nslots && n < max; i++)
+        if (s->slots[i].busy)
+            owners[n++] = s->slots[i].busy;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
 void em_scheduler_free(em_scheduler *s)
 {
     if (!s)
@@ -129,12 +247,12 @@ void em_scheduler_free(em_scheduler *s)
     s->stop = 1;
     pthread_cond_broadcast(&s->work);
     pthread_mutex_unlock(&s->lock);
-    for (int i = 0; i < s->nworkers; i++)
-        pthread_join(s->threads[i], NULL);
+    for (int i = 0; i < s->nslots; i++)
+        if (s->slots[i].joinable)
+            pthread_join(s->slots[i].thread, NULL);
     pthread_cond_destroy(&s->work);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
-    free(s->busy);
-    free(s->threads);
+    free(s->slots);
     free(s);
 }

@@ -3,12 +3,15 @@
  * Tasks run in submission order, except that two tasks of the same owner
  * (a job) never run at once: a worker takes the oldest task whose owner is
  * idle. So one job's batches run one at a time and in order, while tasks of
- * different jobs run in parallel.
+ * different jobs run in parallel. When every worker has been stuck on one
+ * batch for a while (a runaway job before its deadline, an output blocked on
+ * a server), a spare worker starts so other jobs stay on time.
  */
 #ifndef EMBER_SCHEDULER_H
 #define EMBER_SCHEDULER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct em_task {
     struct em_task *next;
@@ -24,7 +27,14 @@ void em_scheduler_submit(em_scheduler *s, em_task *t);
 size_t em_scheduler_pending(em_scheduler *s, const void *owner);
 /* Blocks until no task is queued or running. */
 void em_scheduler_wait_idle(em_scheduler *s);
-/* Runs what is queued, then joins the workers. Accepts NULL. */
+/* The same for at most ms: -1 when a task still runs or waits. */
+int em_scheduler_wait_idle_for(em_scheduler *s, int64_t ms);
+/* Owners of the running tasks (at most max); how many. */
+int em_scheduler_running(em_scheduler *s, const void **owners, int max);
+/* Starts a spare worker when every worker is stuck and a task waits (the
+ * clock calls it every tick). */
+void em_scheduler_poke(em_scheduler *s);
+/* Runs what is queued, then joins the workers (spares too). Accepts NULL. */
 void em_scheduler_free(em_scheduler *s);
 
 #endif
