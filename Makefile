@@ -49,7 +49,7 @@ ember: $(OBJS) $(LUAJIT_DEP)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
 
-build/luajit/libluajit.a:
+build/luajit/libluajit.a: tools/luajit-checkhook.sh
 	@echo "  LUAJIT $@ (Debian's luajit2 source, LUAJIT_ENABLE_CHECKHOOK)"
 	$(Q)tools/luajit-checkhook.sh build/luajit
 

@@ -39,6 +39,9 @@ static const em_option keys[] = {
      "every receiver pauses while received-but-unprocessed records hold more than this"},
     {"streaming.stopGracefullyOnShutdown", EM_OPT_BOOL, "true",
      "on SIGTERM/SIGINT, process every received record before exiting"},
+    {"streaming.spareWorkers", EM_OPT_INT, "4",
+     "extra workers started while every worker has been busy on one batch for 250 ms and another "
+     "job's batch waits (a runaway job, an output blocked on a server); 0: never"},
     {"streaming.stopTimeout", EM_OPT_DURATION, "60s",
      "a graceful stop exits after this even if a batch is still running (its records stay unacked)"},
     {"streaming.job.memory", EM_OPT_SIZE, "256m",
@@ -161,6 +164,7 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     c->concurrent_jobs = (int)em_props_int(p, "streaming.concurrentJobs", cores > 0 ? cores : 1);
     c->max_rate = em_props_double(p, "streaming.receiver.maxRate", 0);
     c->stop_gracefully = em_props_bool(p, "streaming.stopGracefullyOnShutdown", 1);
+    c->spare_workers = (int)em_props_int(p, "streaming.spareWorkers", 4);
     c->stop_timeout_ms = em_props_ms(p, "streaming.stopTimeout", 60000);
     c->job_memory = em_props_size(p, "streaming.job.memory", 256 << 20);
     c->job_batch_timeout_ms = em_props_get(p, "streaming.job.batchTimeout")
@@ -200,6 +204,8 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
         bad = "streaming.batchInterval", hint = "at least streaming.blockInterval";
     else if (c->concurrent_jobs < 1 || c->concurrent_jobs > 256)
         bad = "streaming.concurrentJobs", hint = "between 1 and 256";
+    else if (c->spare_workers > 256)
+        bad = "streaming.spareWorkers", hint = "between 0 and 256";
     else if (c->pool_size < 1 || c->pool_size > 1024)
         bad = "connector.pool.size", hint = "between 1 and 1024";
     else if (c->retained_batches < 1)

@@ -18,6 +18,7 @@ typedef struct em_config {
     int concurrent_jobs;
     double max_rate; /* 0: unlimited */
     int stop_gracefully;
+    int spare_workers;            /* streaming.spareWorkers */
     int64_t stop_timeout_ms;      /* streaming.stopTimeout */
     int64_t job_memory;           /* streaming.job.memory, bytes; 0: no cap */
     int64_t job_batch_timeout_ms; /* streaming.job.batchTimeout; -1: unset; 0: none */

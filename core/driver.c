@@ -424,7 +424,7 @@ int em_driver_start(em_driver *d)
     }
     closedir(dp);
     em_clock_set_block_interval_ms(d->cfg->block_interval_ms);
-    d->sched = em_scheduler_create(d->cfg->concurrent_jobs);
+    d->sched = em_scheduler_create(d->cfg->concurrent_jobs, d->cfg->spare_workers);
     if (!d->sched)
         return -1;
     em_driver_reload(d);

@@ -14,8 +14,6 @@
 #define STUCK_MS 250
 /* How long a spare waits for work before it leaves. */
 #define SPARE_LINGER_MS 5000
-/* Spare workers at most, on top of streaming.concurrentJobs. */
-#define SPARES(n) ((n) * 3 > 8 ? (n) * 3 : 8)
 
 typedef struct slot {
     em_scheduler *s;
@@ -145,13 +143,13 @@ static void *worker(void *arg)
     return NULL;
 }
 
-em_scheduler *em_scheduler_create(int workers)
+em_scheduler *em_scheduler_create(int workers, int spares)
 {
     em_scheduler *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->nworkers = workers;
-    s->nslots = workers + SPARES(workers);
+    s->nslots = workers + (spares > 0 ? spares : 0);
     s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
     if (!s->slots) {
         free(s);

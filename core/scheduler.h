@@ -21,7 +21,8 @@ typedef struct em_task {
 
 typedef struct em_scheduler em_scheduler;
 
-em_scheduler *em_scheduler_create(int workers);
+/* workers threads, and up to spares more while they are all stuck. */
+em_scheduler *em_scheduler_create(int workers, int spares);
 void em_scheduler_submit(em_scheduler *s, em_task *t);
 /* Tasks queued or running for this owner. */
 size_t em_scheduler_pending(em_scheduler *s, const void *owner);

@@ -16,7 +16,9 @@ if [ -z "$version" ]; then
     echo "luajit-checkhook: libluajit2-5.1-dev is not installed (make deps)" >&2
     exit 1
 fi
-if [ -f "$out/libluajit.a" ] && [ "$(cat "$out/VERSION" 2>/dev/null)" = "$version" ]; then
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
+stamp="$version checkhook prefix=/usr multilib=lib/$multiarch"
+if [ -f "$out/libluajit.a" ] && [ "$(cat "$out/VERSION" 2>/dev/null)" = "$stamp" ]; then
     exit 0
 fi
 
@@ -44,11 +46,13 @@ fi
 apt-get source "luajit2=$version" >/dev/null 2>&1 || apt-get source "luajit2=$version"
 dir=$(find . -maxdepth 1 -type d -name 'luajit2-*' | head -1)
 echo "luajit-checkhook: building $dir with -DLUAJIT_ENABLE_CHECKHOOK"
-make -C "$dir/src" -j"$(nproc)" amalg BUILDMODE=static \
+# PREFIX and MULTILIB as debian/rules sets them: the same package.path and
+# package.cpath as Debian's luajit, so jobs find lua-cjson, lua-socket, ...
+make -C "$dir/src" -j"$(nproc)" amalg BUILDMODE=static PREFIX=/usr MULTILIB="lib/$multiarch" \
     XCFLAGS="-DLUAJIT_ENABLE_CHECKHOOK" Q= E=@: >"$src/build.log" 2>&1 \
     || { tail -30 "$src/build.log" >&2; exit 1; }
 mkdir -p "$out/include"
 cp "$dir/src/libluajit.a" "$out/libluajit.a"
 cp "$dir/src/lua.h" "$dir/src/lualib.h" "$dir/src/lauxlib.h" "$dir/src/luaconf.h" \
    "$dir/src/lua.hpp" "$dir/src/luajit.h" "$out/include/"
-echo "$version" > "$out/VERSION"
+echo "$stamp" > "$out/VERSION"

@@ -51,8 +51,11 @@ describe("concurrentJobs", function()
         return t
     end
 
+    -- No spare workers (streaming.spareWorkers): a 300 ms batch counts as
+    -- stuck to the scheduler, and a spare would run the other job beside it.
     local function run_until_spans(workers)
-        d:start { conf = driver.conf { ["streaming.concurrentJobs"] = workers } }
+        d:start { conf = driver.conf { ["streaming.concurrentJobs"] = workers,
+                                       ["streaming.spareWorkers"] = 0 } }
         d:wait_for_log("with " .. workers .. " workers", 5)
         d:wait_until(function()
             local a, b = #spans("slow_a"), #spans("slow_b")

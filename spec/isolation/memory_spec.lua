@@ -1,0 +1,71 @@
+-- Isolation: a job that keeps growing (1 MiB strings kept in an upvalue)
+-- meets its `memory` cap; its batch fails with an error naming the job and
+-- its usage, the job is stopped, and the driver and a healthy job go on.
+
+local driver = require "support.driver"
+local iso = require "support.isolation"
+
+local BOMB = [[
+local ember = require "ember"
+local job = ember.job { name = "bomb", batch_interval = "500ms", memory = "48m" }
+local keep = {}
+job:generator { kind = "sequence", rate = 20 }
+   :map(function(x)
+       keep[#keep + 1] = string.rep(x, 1024 * 1024 / #x + 1)
+       return x
+   end)
+   :foreach_batch(function(records) end)
+return job
+]]
+
+local function rss_kb(pid)
+    for line in io.lines("/proc/" .. pid .. "/status") do
+        local kb = line:match("^VmRSS:%s+(%d+)")
+        if kb then return tonumber(kb) end
+    end
+end
+
+describe("a memory bomb", function()
+    local d
+
+    before_each(function()
+        d = driver.new()
+        iso.write_healthy(d)
+    end)
+
+    after_each(function()
+        d:stop()
+    end)
+
+    it("stops at its cap with an error naming the job and its usage; the others go on", function()
+        d:write_job("bomb.lua", BOMB)
+        d:start { conf = iso.conf() }
+        d:wait_for_log("running 2 jobs", 30)
+        local mark = d:log_mark()
+        local line = d:wait_for_log("%[bomb%] job 'bomb': batch %d+: its Lua state reached", 60)
+        local reached, cap = line:match("reached ([%d.]+) MiB, over its memory cap of ([%d.]+) MiB")
+        assert.equal(48, tonumber(cap), line)
+        assert.is_true(tonumber(reached) > 48 and tonumber(reached) < 52, line)
+        d:wait_for_log("%[bomb%] job stopped", 10)
+        local delays = iso.wait_healthy_batches(d, 10, mark, 60)
+        assert.is_true(iso.p95(delays) < iso.INTERVAL_MS, "healthy p95 " .. iso.p95(delays) .. " ms")
+        assert.is_true(iso.assert_contiguous(d) > 0)
+        -- the driver holds the capped state and no more
+        local rss = rss_kb(d.pid)
+        assert.is_true(rss < 200 * 1024, "ember RSS " .. rss .. " kB")
+        print(string.format("memory bomb: stopped at %s MiB of a %s MiB cap; ember RSS %d kB; healthy "
+                            .. "p95 %d ms", reached, cap, rss, iso.p95(delays)))
+    end)
+
+    it("refuses a memory option that is not a size", function()
+        d:write_job("bad.lua", [[
+local ember = require "ember"
+local job = ember.job { name = "bad", memory = "lots" }
+job:generator { kind = "sequence" }:foreach_batch(function() end)
+return job
+]])
+        local code, _, err = d:exec({ "check", d.jobs_dir .. "/bad.lua" }, 30)
+        assert.equal(1, code)
+        assert.truthy(err:find("bad.lua:2: bad option 'memory' to 'job'", 1, true), err)
+    end)
+end)
