@@ -390,9 +390,10 @@ void em_driver_reload(em_driver *d)
     }
     /* New and changed files. */
     for (size_t k = 0; k < nfiles; k++) {
-        char *script = em_read_file(files[k]);
-        if (!script) {
-            em_log(EM_LOG_ERROR, NULL, "%s: %s", files[k], strerror(errno));
+        char why[1400];
+        char *script = em_read_file(files[k], EM_JOB_FILE_MAX, why, sizeof why);
+        if (!script) { /* that file alone: the others load as usual */
+            em_log(EM_LOG_ERROR, NULL, "%s", why);
             continue;
         }
         em_job *j = find_job_by_path(d, files[k]);

@@ -2,34 +2,73 @@
 #include "job.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "log.h"
 #include "wal.h"
 
-char *em_read_file(const char *path)
+static const char *kind_of(mode_t m)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISDIR(m)) return "a folder";
+    if (S_ISSOCK(m)) return "a socket";
+    return "not a regular file";
+}
+
+/* Opens without blocking (a FIFO with no writer would hang the reload)
+ * and follows symlinks, then reads only a regular file, and at most max
+ * bytes of it: a symlink to /dev/zero or a huge file is an error, not a
+ * driver that grows without bound. */
+char *em_read_file(const char *path, size_t max, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    size_t n;
-    while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += n;
-        if (cap - len - 1 == 0) {
-            char *b = realloc(buf, cap *= 2);
-            if (!b)
-                free(buf);
-            buf = b;
-        }
     }
-    fclose(f);
-    if (buf)
-        buf[len] = '\0';
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not read: %s, not a regular file", path, kind_of(st.st_mode));
+        close(fd);
+        return NULL;
+    }
+    if ((uint64_t)st.st_size > max) {
+        snprintf(err, errlen, "%s: not read: %lld bytes, more than the %zu a job file may have",
+                 path, (long long)st.st_size, max);
+        close(fd);
+        return NULL;
+    }
+    char *buf = malloc(max + 2);
+    size_t len = 0;
+    ssize_t n = 0;
+    while (buf && len <= max && (n = read(fd, buf + len, max + 1 - len)) > 0)
+        len += (size_t)n;
+    int e = errno;
+    close(fd);
+    if (!buf || n < 0) {
+        snprintf(err, errlen, "%s: %s", path, buf ? strerror(e) : "out of memory");
+        free(buf);
+        return NULL;
+    }
+    if (len > max) { /* it grew while being read */
+        snprintf(err, errlen, "%s: not read: more than the %zu bytes a job file may have", path, max);
+        free(buf);
+        return NULL;
+    }
+    buf[len] = '\0';
     return buf;
 }
 

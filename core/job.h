@@ -82,7 +82,11 @@ void em_job_swap(em_job *j);
 void em_job_stop_receivers(em_job *j);
 void em_job_free(em_job *j); /* accepts NULL */
 
-/* Reads a whole file; NULL on error (errno set). */
-char *em_read_file(const char *path);
+/* The most a job file may hold. */
+#define EM_JOB_FILE_MAX ((size_t)4 << 20)
+/* Reads a whole regular file of at most max bytes (symlinks followed);
+ * NULL and err ("path: why") for anything else: a FIFO, a device, a
+ * folder, a larger file. Never blocks on a FIFO. */
+char *em_read_file(const char *path, size_t max, char *err, size_t errlen);
 
 #endif
