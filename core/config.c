@@ -108,17 +108,24 @@ int em_config_load_file(em_config *c, const char *path, char *err, size_t errlen
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
-    char line[4096], what[1200];
+    char *line = NULL, what[1200];
+    size_t cap = 0;
+    ssize_t got;
     int lineno = 0, rc = 0;
-    while (rc == 0 && fgets(line, sizeof line, f)) {
+    while (rc == 0 && (got = getline(&line, &cap, f)) >= 0) {
         lineno++;
+        snprintf(what, sizeof what, "%s:%d", path, lineno);
+        if (memchr(line, '\0', (size_t)got)) { /* a binary file, or a line cut short */
+            snprintf(err, errlen, "%s: a NUL byte; the configuration is text", what);
+            rc = -1;
+            break;
+        }
         char *hash = strchr(line, '#');
         if (hash)
             *hash = '\0';
         char *s = trim(line);
         if (!*s)
             continue;
-        snprintf(what, sizeof what, "%s:%d", path, lineno);
         char *eq = strchr(s, '=');
         if (!eq) {
             snprintf(err, errlen, "%s: expected 'key = value', got '%s'", what, s);
@@ -128,6 +135,7 @@ int em_config_load_file(em_config *c, const char *path, char *err, size_t errlen
         *eq = '\0';
         rc = set_checked(c, trim(s), trim(eq + 1), what, err, errlen);
     }
+    free(line);
     fclose(f);
     return rc;
 }

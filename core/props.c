@@ -83,6 +83,8 @@ int em_parse_duration_ms(const char *s, int64_t *out)
         scale = 3600000;
     else
         return -1;
+    if (v * scale > EM_DURATION_MAX_MS)
+        return -2;
     *out = (int64_t)(v * scale + 0.5);
     return 0;
 }
@@ -104,6 +106,8 @@ int em_parse_size(const char *s, int64_t *out)
     }
     if (*end && end[1] && !(tolower((unsigned char)end[1]) == 'b' && !end[2]))
         return -1;
+    if (v * scale > EM_SIZE_MAX)
+        return -2;
     *out = (int64_t)(v * scale);
     return 0;
 }
@@ -124,6 +128,8 @@ int em_parse_int(const char *s, int64_t *out)
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
+    if (end != s && !*end && errno == ERANGE && v > 0)
+        return -2;
     if (end == s || *end || errno || v < 0)
         return -1;
     *out = v;
@@ -190,7 +196,14 @@ int em_props_validate(em_props *p, const em_option *opts, const char *const *pre
             snprintf(err, errlen, "%s: unknown option '%s'", what, key);
             return -1;
         }
-        if (check_value(o->type, value) != 0) {
+        int rc = check_value(o->type, value);
+        if (rc == -2) {
+            snprintf(err, errlen, "%s: option '%s' = '%s' is too large (at most %s)", what, key,
+                     value, o->type == EM_OPT_DURATION ? "1000000000s, about 31 years"
+                     : o->type == EM_OPT_SIZE ? "4 exabytes" : "9223372036854775807");
+            return -1;
+        }
+        if (rc != 0) {
             snprintf(err, errlen, "%s: option '%s' = '%s' is not %s", what, key, value,
                      type_hint(o->type));
             return -1;

@@ -60,7 +60,11 @@ int64_t em_props_size(const em_props *p, const char *key, int64_t fallback);
  * replaced by "***", for logs and descriptions. */
 void em_mask_secret(const char *s, char *out, size_t len);
 
-/* Parsers shared with the configuration; return 0 or -1. */
+/* Parsers shared with the configuration; return 0, -1 (not a value of the
+ * type) or -2 (too large: durations over EM_DURATION_MAX_MS, sizes over
+ * EM_SIZE_MAX, whole numbers past int64). */
+#define EM_DURATION_MAX_MS 1e12
+#define EM_SIZE_MAX 4611686018427387904.0
 int em_parse_duration_ms(const char *s, int64_t *out);
 int em_parse_bool(const char *s, int *out);
 int em_parse_int(const char *s, int64_t *out);
