@@ -159,6 +159,8 @@ static void apply_rate(em_receiver *r)
  * streak (a full disk would otherwise log on every record). */
 static void wal_result(em_receiver *r, int rc)
 {
+    if (rc == 0 && em_wal_failing(r->wal)) /* only buffered: not over yet */
+        rc = -1;
     if (rc != 0 && !r->wal_failed)
         em_log(EM_LOG_ERROR, r->job, "%s: write-ahead log: %s; records are not protected until it "
                "works again", r->describe, strerror(errno));

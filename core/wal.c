@@ -47,7 +47,40 @@ struct em_wal {
     int64_t last_sync_ms;
     char *buf; /* one record's frame */
     size_t cap;
+    /* A write failed and no data has reached the file since (a full disk):
+     * buffered appends alone do not end it, a flush of new data does. */
+    int failing;
+    int64_t failed_ms; /* the last failure (monotonic) */
+    size_t unflushed;  /* bytes appended since the last flush */
 };
+
+/* An outage is over once data has been written for this long without a
+ * failure: a disk that is nearly full lets some writes through (a batch
+ * deleted a segment) and refuses the next, and that is still one outage. */
+#define RECOVERED_MS 5000
+
+/* Records the outcome of one call for em_wal_failing. */
+static int outcome(em_wal *w, int rc)
+{
+    if (rc != 0) {
+        w->failing = 1;
+        w->failed_ms = em_clock_mono_ms();
+    }
+    return rc;
+}
+
+/* A flush or a seal that succeeded: new data written, long enough after
+ * the last failure, ends the outage. */
+static int flushed(em_wal *w, int rc)
+{
+    if (rc == 0 && w->unflushed > 0 && em_clock_mono_ms() - w->failed_ms >= RECOVERED_MS)
+        w->failing = 0;
+    if (rc == 0)
+        w->unflushed = 0;
+    return outcome(w, rc);
+}
+
+int em_wal_failing(const em_wal *w) { return w->failing; }
 
 void em_wal_source_dir(const char *job_dir, size_t index, const char *connector, char *out,
                        size_t len)
@@ -96,17 +129,17 @@ int em_wal_begin(em_wal *w, em_block *b)
         snprintf(path, sizeof path, "%s/%020llu.wal", w->dir, (unsigned long long)w->next_seq++);
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd < 0 && errno == ENOENT && em_mkdirs(w->dir) != 0) /* made on first use */
-            return -1;
+            return outcome(w, -1);
         if (fd < 0 && errno != EEXIST && errno != ENOENT)
-            return -1;
+            return outcome(w, -1);
     }
     if (fd < 0 || !(w->f = fdopen(fd, "wb"))) {
         if (fd >= 0)
             close(fd);
-        return -1;
+        return outcome(w, -1);
     }
     b->wal_path = strdup(path);
-    return b->wal_path ? 0 : -1;
+    return outcome(w, b->wal_path ? 0 : -1);
 }
 
 static void put32(char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -117,14 +150,14 @@ static int64_t get64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); retu
 int em_wal_append(em_wal *w, const em_block *b, const em_record *r)
 {
     if (!w->f)
-        return -1;
+        return outcome(w, -1);
     size_t klen = r->key_off == EM_NO_KEY ? 0 : r->key_len;
     size_t payload = FIXED + r->value_len + klen + r->meta_len;
     if (HEADER + payload > w->cap) {
         size_t cap = (HEADER + payload) * 2;
         char *buf = realloc(w->buf, cap);
         if (!buf)
-            return -1;
+            return outcome(w, -1);
         w->buf = buf;
         w->cap = cap;
     }
@@ -146,7 +179,10 @@ int em_wal_append(em_wal *w, const em_block *b, const em_record *r)
     memcpy(w->buf, MAGIC, 4);
     put32(w->buf + 4, (uint32_t)payload);
     put32(w->buf + 8, (uint32_t)crc32(0, (const Bytef *)p, (uInt)payload));
-    return fwrite(w->buf, 1, HEADER + payload, w->f) == HEADER + payload ? 0 : -1;
+    if (fwrite(w->buf, 1, HEADER + payload, w->f) != HEADER + payload)
+        return outcome(w, -1);
+    w->unflushed += HEADER + payload;
+    return 0;
 }
 
 int em_wal_flush(em_wal *w)
@@ -154,14 +190,14 @@ int em_wal_flush(em_wal *w)
     if (!w->f)
         return 0;
     if (fflush(w->f) != 0)
-        return -1;
+        return flushed(w, -1);
     int64_t now = em_clock_mono_ms();
     if (policy == EM_WAL_FSYNC_ALWAYS ||
         (policy == EM_WAL_FSYNC_INTERVAL && now - w->last_sync_ms >= interval_ms)) {
         w->last_sync_ms = now;
-        return fdatasync(fileno(w->f));
+        return flushed(w, fdatasync(fileno(w->f)));
     }
-    return 0;
+    return flushed(w, 0);
 }
 
 int em_wal_seal(em_wal *w)
@@ -174,7 +210,7 @@ int em_wal_seal(em_wal *w)
     if (fclose(w->f) != 0)
         rc = -1;
     w->f = NULL;
-    return rc;
+    return flushed(w, rc);
 }
 
 void em_wal_close(em_wal *w)

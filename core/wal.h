@@ -42,6 +42,10 @@ int em_wal_append(em_wal *w, const em_block *b, const em_record *r);
 int em_wal_flush(em_wal *w);
 /* The block is sealed: fsync (batch policy) and close its segment. */
 int em_wal_seal(em_wal *w);
+/* 1 from the first failed write until data has reached the file for 5 s
+ * without a failure: one outage of a full disk is one failure, not one per
+ * record. */
+int em_wal_failing(const em_wal *w);
 void em_wal_close(em_wal *w); /* accepts NULL */
 
 /* Reads every segment of a source's folder into blocks, oldest first. A
