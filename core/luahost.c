@@ -15,6 +15,7 @@ struct em_luahost {
     lua_State *L;
     em_budget *budget;
     int run_ref;
+    int desc_ref; /* the runtime's job description: prepare, apply, ... */
     em_job_desc desc;
 };
 
@@ -190,8 +191,7 @@ static void free_desc(em_job_desc *d)
     free(d->outputs);
 }
 
-em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *err,
-                            size_t errlen)
+em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, size_t errlen)
 {
     em_luahost *h = calloc(1, sizeof *h);
     if (!h || !(h->L = em_budget_newstate(&h->budget))) {
@@ -217,11 +217,15 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     }
     lua_getfield(L, -1, "load");
     lua_pushstring(L, path);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 6);
     lua_pushcfunction(L, host_log);
     lua_setfield(L, -2, "log");
-    lua_pushstring(L, checkpoint_dir);
+    lua_pushstring(L, cfg->checkpoint_dir);
     lua_setfield(L, -2, "checkpoint_dir");
+    lua_pushnumber(L, (lua_Number)cfg->state_max);
+    lua_setfield(L, -2, "state_max");
+    lua_pushinteger(L, cfg->state_snapshot_interval);
+    lua_setfield(L, -2, "snapshot_interval");
     lua_pushstring(L, path);
     lua_setfield(L, -2, "file");
     em_budget_begin(h->budget);
@@ -247,6 +251,9 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     field_string(L, desc, "on_error", d->on_error, sizeof d->on_error);
     field_string(L, desc, "disabled", d->disabled, sizeof d->disabled);
     field_string(L, desc, "state_version", d->state_version, sizeof d->state_version);
+    lua_getfield(L, desc, "stateful");
+    d->stateful = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if (read_interval(L, desc, d, path, err, errlen) != 0 ||
         read_budgets(L, desc, d, path, err, errlen) != 0 ||
         read_sources(L, desc, d, err, errlen) != 0) {
@@ -261,6 +268,8 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
         return NULL;
     }
     h->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, desc);
+    h->desc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
     em_budget_set_memory(h->budget, d->memory >= 0 ? d->memory : em_budget_default_memory());
     em_budget_set_timeout(h->budget, em_budget_timeout_for(d->batch_timeout_ms, d->batch_interval_ms));
@@ -287,7 +296,7 @@ static void breached(em_luahost *h, const em_batch_view *view, em_budget_breach 
     } else {
         size_t wanted = em_budget_refused(h->budget);
         lua_gc(h->L, LUA_GCCOLLECT, 0);
-        snprintf(res->stopped_by, sizeof res->stopped_by, "memory");
+        snprintf(res->stopped_by, sizeof res->stopped_by, "memory cap");
         snprintf(res->err, sizeof res->err,
                  "job '%s': batch %lld: its Lua state reached %.1f MiB, over its "
                  "memory cap of %.1f MiB, crossing it at %s (%.1f MiB still held after a full collection); the "
@@ -300,14 +309,16 @@ static void breached(em_luahost *h, const em_batch_view *view, em_budget_breach 
 
 em_job_desc *em_luahost_desc(em_luahost *h) { return &h->desc; }
 
-void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_result *res)
+void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, uint64_t batch_id,
+                          em_batch_result *res)
 {
     lua_State *L = h->L;
     memset(res, 0, sizeof *res);
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->run_ref);
     lua_pushlightuserdata(L, (void *)view);
+    lua_pushnumber(L, (lua_Number)batch_id);
     em_budget_begin(h->budget);
-    int rc = lua_pcall(L, 1, 4, 0);
+    int rc = lua_pcall(L, 2, 4, 0);
     char where[512];
     em_budget_breach why = em_budget_end(h->budget, where, sizeof where);
     if (why) {
@@ -332,6 +343,116 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_res
 
 size_t em_luahost_memory_used(const em_luahost *h) { return em_budget_used(h->budget); }
 int64_t em_luahost_memory_cap(const em_luahost *h) { return em_budget_memory(h->budget); }
+
+/* Pushes desc[name] when it is a function; 0 (nothing pushed) otherwise. */
+static int push_state_fn(em_luahost *h, const char *name)
+{
+    lua_State *L = h->L;
+    if (!h->desc.stateful)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->desc_ref);
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    if (lua_isfunction(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Calls a state function pushed with nargs arguments that returns ok, err:
+ * 0, or -1 and err. */
+static int call_ok_err(em_luahost *h, const char *name, int nargs, int nres, char *err,
+                       size_t errlen)
+{
+    lua_State *L = h->L;
+    if (lua_pcall(L, nargs, nres, 0) != 0) {
+        snprintf(err, errlen, "job '%s': %s: %s", h->desc.name, name,
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_settop(L, 0);
+        return -1;
+    }
+    if (!lua_toboolean(L, -nres)) {
+        snprintf(err, errlen, "%s", lua_isstring(L, -nres + 1) ? lua_tostring(L, -nres + 1)
+                                                               : "failed");
+        lua_settop(L, 0);
+        return -1;
+    }
+    return 0;
+}
+
+int em_luahost_prepare(em_luahost *h, uint64_t batch_id, uint64_t *bytes, char *err,
+                       size_t errlen)
+{
+    *bytes = 0;
+    if (!push_state_fn(h, "prepare"))
+        return 0;
+    lua_pushnumber(h->L, (lua_Number)batch_id);
+    if (call_ok_err(h, "prepare", 1, 3, err, errlen) != 0)
+        return -1;
+    *bytes = (uint64_t)lua_tonumber(h->L, -1);
+    lua_settop(h->L, 0);
+    return 0;
+}
+
+void em_luahost_apply(em_luahost *h, uint64_t batch_id)
+{
+    if (!push_state_fn(h, "apply"))
+        return;
+    lua_pushnumber(h->L, (lua_Number)batch_id);
+    if (lua_pcall(h->L, 1, 0, 0) != 0)
+        em_log(EM_LOG_ERROR, h->desc.name, "state apply: %s", lua_tostring(h->L, -1));
+    lua_settop(h->L, 0);
+}
+
+void em_luahost_abort(em_luahost *h)
+{
+    if (!push_state_fn(h, "abort"))
+        return;
+    if (lua_pcall(h->L, 0, 0, 0) != 0)
+        em_log(EM_LOG_ERROR, h->desc.name, "state abort: %s", lua_tostring(h->L, -1));
+    lua_settop(h->L, 0);
+}
+
+static int restore_like(em_luahost *h, const char *fn, uint64_t committed_id,
+                        const char *old_state_version, char *err, size_t errlen)
+{
+    if (!push_state_fn(h, fn))
+        return 0;
+    lua_pushnumber(h->L, (lua_Number)committed_id);
+    lua_pushstring(h->L, old_state_version);
+    if (call_ok_err(h, fn, 2, 2, err, errlen) != 0)
+        return -1;
+    lua_settop(h->L, 0);
+    return 0;
+}
+
+int em_luahost_restore(em_luahost *h, uint64_t committed_id, const char *old_state_version,
+                       char *err, size_t errlen)
+{
+    return restore_like(h, "restore", committed_id, old_state_version, err, errlen);
+}
+
+int em_luahost_check_migrate(em_luahost *h, uint64_t committed_id,
+                             const char *old_state_version, char *err, size_t errlen)
+{
+    return restore_like(h, "check_migrate", committed_id, old_state_version, err, errlen);
+}
+
+uint64_t em_luahost_state_bytes(em_luahost *h)
+{
+    if (!push_state_fn(h, "state_bytes"))
+        return 0;
+    uint64_t total = 0;
+    if (lua_pcall(h->L, 0, 1, 0) == 0 && lua_istable(h->L, -1)) {
+        lua_pushnil(h->L);
+        while (lua_next(h->L, -2)) {
+            total += (uint64_t)lua_tonumber(h->L, -1);
+            lua_pop(h->L, 1);
+        }
+    }
+    lua_settop(h->L, 0);
+    return total;
+}
 
 void em_luahost_free(em_luahost *h)
 {

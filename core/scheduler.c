@@ -40,13 +40,37 @@ static int owner_busy(em_scheduler *s, const void *owner)
     return 0;
 }
 
-/* The oldest task whose owner is idle (unlinked when take), or NULL. */
-static em_task *runnable(em_scheduler *s, int take)
+/* 1 when a task before t in the queue has the same owner: t must wait
+ * for it, to keep the owner's order. */
+static int owner_queued_before(const em_scheduler *s, const em_task *t)
 {
+    for (const em_task *q = s->head; q != t; q = q->next)
+        if (q->owner == t->owner)
+            return 1;
+    return 0;
+}
+
+/* The oldest task whose owner is idle and whose time has come (unlinked
+ * when take), or NULL; *wake_ms (when not NULL) is set to the earliest
+ * time a waiting task becomes ready (0: none waits for time). */
+static em_task *runnable(em_scheduler *s, int take, int64_t *wake_ms)
+{
+    int64_t now = 0;
+    if (wake_ms)
+        *wake_ms = 0;
     for (em_task **p = &s->head, *prev = NULL; *p; prev = *p, p = &(*p)->next) {
         em_task *t = *p;
-        if (owner_busy(s, t->owner))
+        if (owner_busy(s, t->owner) || owner_queued_before(s, t))
             continue;
+        if (t->not_before_ms) {
+            if (!now)
+                now = em_clock_now_ms();
+            if (t->not_before_ms > now) {
+                if (wake_ms && (!*wake_ms || t->not_before_ms < *wake_ms))
+                    *wake_ms = t->not_before_ms;
+                continue;
+            }
+        }
         if (take) {
             *p = t->next;
             if (s->tail == t)
@@ -87,7 +111,7 @@ static int start_slot(em_scheduler *s, int i)
  * jobs stay on time. Spares leave once they find nothing to do. Lock held. */
 static void maybe_spare(em_scheduler *s)
 {
-    if (s->stop || s->running < s->live || !runnable(s, 0))
+    if (s->stop || s->running < s->live || !runnable(s, 0, NULL))
         return;
     int64_t now = em_clock_mono_ms();
     for (int i = 0; i < s->nslots; i++)
@@ -109,19 +133,26 @@ static void *worker(void *arg)
     em_scheduler *s = w->s;
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        em_task *t = runnable(s, 1);
+        int64_t wake_ms;
+        em_task *t = runnable(s, 1, &wake_ms);
         if (!t) {
             if (s->stop && !s->head)
                 break;
-            if (w->index < s->nworkers) {
-                pthread_cond_wait(&s->work, &s->lock);
-                continue;
+            int spare = w->index >= s->nworkers;
+            if (spare) { /* a spare lingers a while, then leaves */
+                int64_t leave = em_clock_now_ms() + SPARE_LINGER_MS;
+                if (!wake_ms || leave < wake_ms)
+                    wake_ms = leave;
             }
-            /* A spare lingers a while, then leaves. */
-            struct timespec ts;
-            em_clock_deadline(&ts, SPARE_LINGER_MS);
-            if (pthread_cond_timedwait(&s->work, &s->lock, &ts) == ETIMEDOUT && !runnable(s, 0))
-                break;
+            if (wake_ms) { /* a retry's time: the clock is CLOCK_REALTIME, as the cond's */
+                struct timespec ts = {.tv_sec = wake_ms / 1000,
+                                      .tv_nsec = (long)(wake_ms % 1000) * 1000000L};
+                if (pthread_cond_timedwait(&s->work, &s->lock, &ts) == ETIMEDOUT && spare &&
+                    !runnable(s, 0, NULL) && em_clock_now_ms() >= wake_ms)
+                    break;
+            } else {
+                pthread_cond_wait(&s->work, &s->lock);
+            }
             continue;
         }
         w->busy = t->owner;
@@ -176,6 +207,17 @@ void em_scheduler_submit(em_scheduler *s, em_task *t)
     s->tail = t;
     pthread_cond_signal(&s->work);
     maybe_spare(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void em_scheduler_retry(em_scheduler *s, em_task *t)
+{
+    pthread_mutex_lock(&s->lock);
+    t->next = s->head; /* at the head: the oldest of its owner again */
+    s->head = t;
+    if (!s->tail)
+        s->tail = t;
+    pthread_cond_broadcast(&s->work);
     pthread_mutex_unlock(&s->lock);
 }
 
