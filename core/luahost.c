@@ -17,6 +17,7 @@ struct em_luahost {
     int run_ref;
     int desc_ref; /* the runtime's job description: prepare, apply, ... */
     em_job_desc desc;
+    char stopped_by[32]; /* set by host.stopped_by during a batch */
 };
 
 static char lua_dir[1024] = EMBER_LUA_DIR;
@@ -31,6 +32,15 @@ static int host_log(lua_State *L)
     const char *job = luaL_optstring(L, 2, NULL);
     const char *msg = luaL_checkstring(L, 3);
     em_log(level < 0 ? EM_LOG_INFO : (em_log_level)level, job, "%s", msg);
+    return 0;
+}
+
+/* host.stopped_by(reason) for the Lua side: why the batch it returns as
+ * fatal stops the job, when that is not on_error = fail. */
+static int host_stopped_by(lua_State *L)
+{
+    em_luahost *h = lua_touserdata(L, lua_upvalueindex(1));
+    snprintf(h->stopped_by, sizeof h->stopped_by, "%s", luaL_checkstring(L, 1));
     return 0;
 }
 
@@ -217,7 +227,10 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     }
     lua_getfield(L, -1, "load");
     lua_pushstring(L, path);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
+    lua_pushlightuserdata(L, h);
+    lua_pushcclosure(L, host_stopped_by, 1);
+    lua_setfield(L, -2, "stopped_by");
     lua_pushcfunction(L, host_log);
     lua_setfield(L, -2, "log");
     lua_pushstring(L, cfg->checkpoint_dir);
@@ -317,6 +330,7 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, uint64_t bat
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->run_ref);
     lua_pushlightuserdata(L, (void *)view);
     lua_pushnumber(L, (lua_Number)batch_id);
+    h->stopped_by[0] = '\0';
     em_budget_begin(h->budget);
     int rc = lua_pcall(L, 2, 4, 0);
     char where[512];
@@ -338,6 +352,8 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, uint64_t bat
     if (lua_isstring(L, -2))
         snprintf(res->err, sizeof res->err, "%s", lua_tostring(L, -2));
     res->fatal = lua_toboolean(L, -1);
+    if (res->fatal)
+        snprintf(res->stopped_by, sizeof res->stopped_by, "%s", h->stopped_by);
     lua_settop(L, 0);
 }
 

@@ -218,7 +218,7 @@ return job
         local ok, failed, msg, fatal = H.run(desc, 1000, { "a" })
         assert.is_false(ok)
         assert.equal(1, failed)
-        assert.matches("^cannot write dead letter /proc/no/such/dir/e/dead_letter.jsonl", msg)
+        assert.matches("^cannot write dead letters to /proc/no/such/dir/e/dead_letter.jsonl: ", msg)
         assert.is_true(fatal)
     end)
 end)
