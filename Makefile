@@ -23,15 +23,19 @@ endif
 
 CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
              $(LUAJIT_CFLAGS) $(shell pkg-config --cflags $(PKGS)) -DEMBER_LUA_DIR='"$(CURDIR)/lua"'
-LDFLAGS   += -pthread -rdynamic
+# SAN: sanitizer flags for the build/asan and build/tsan binaries.
+CFLAGS    += $(SAN)
+LDFLAGS   += -pthread -rdynamic $(SAN)
 LDLIBS    += $(LUAJIT_LIBS) $(shell pkg-config --libs $(PKGS)) -lm
 
 SRCS      := $(wildcard core/*.c) $(wildcard connectors/*.c)
-OBJS      := $(SRCS:%.c=build/%.o)
+# Where objects go: build/, or build/asan and build/tsan for the sanitizer builds.
+OBJDIR    ?= build
+OBJS      := $(SRCS:%.c=$(OBJDIR)/%.o)
 
 # Debian packages: to build, to run the specs, and the servers they start.
 DEB_BUILD := gcc make pkg-config dpkg-dev xz-utils zlib1g-dev libluajit2-5.1-dev librdkafka-dev librabbitmq-dev libhiredis-dev
-DEB_TEST  := luajit2 lua-busted lua-cjson lua-posix lua-socket procps \
+DEB_TEST  := clang libclang-rt-dev luajit2 lua-busted lua-cjson lua-posix lua-socket procps \
              redis-server rabbitmq-server kcat amqp-tools
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST)
 
@@ -41,7 +45,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps run test bench clean distclean
+.PHONY: all deps run test bench clean distclean test-sanitize test-tsan fuzz fuzz-smoke
 
 all: ember tools/kafka-mock build/libember-json.so
 
@@ -64,7 +68,7 @@ build/libember-json.so: core/json.c core/json.h
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) -fPIC -shared -o $@ core/json.c
 
-build/%.o: %.c | $(LUAJIT_DEP)
+$(OBJDIR)/%.o: %.c | $(LUAJIT_DEP)
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
@@ -86,7 +90,89 @@ run: deps
 
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory fuzz-smoke
 	$(Q)spec/run
+
+# The C core under AddressSanitizer + UndefinedBehaviorSanitizer, then
+# under ThreadSanitizer, each running the unit, end-to-end and isolation
+# specs (EMBER_BIN points the specs at the instrumented binary). Any report
+# fails the run: halt_on_error, and UBSan aborts.
+SAN_SPECS ?= spec/unit spec/e2e spec/isolation
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+TSAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=thread
+
+build/asan/ember: FORCE
+	$(Q)$(MAKE) --no-print-directory OBJDIR=build/asan SAN="$(ASAN_FLAGS)" build/asan/ember.bin
+	$(Q)cp build/asan/ember.bin build/asan/ember
+
+build/tsan/ember: FORCE
+	$(Q)$(MAKE) --no-print-directory OBJDIR=build/tsan SAN="$(TSAN_FLAGS)" build/tsan/ember.bin
+	$(Q)cp build/tsan/ember.bin build/tsan/ember
+
+$(OBJDIR)/ember.bin: $(OBJS) $(LUAJIT_DEP)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
+
+test-sanitize: deps
+	$(Q)$(MAKE) --no-print-directory all build/asan/ember
+	$(Q)ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=1 \
+	    LSAN_OPTIONS=suppressions=$(CURDIR)/tools/sanitize/lsan.supp \
+	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    EMBER_BIN=$(CURDIR)/build/asan/ember spec/run $(SAN_SPECS)
+	$(Q)$(MAKE) --no-print-directory test-tsan
+
+test-tsan: deps
+	$(Q)$(MAKE) --no-print-directory all build/tsan/ember
+	$(Q)TSAN_OPTIONS=halt_on_error=1:suppressions=$(CURDIR)/tools/sanitize/tsan.supp \
+	    EMBER_BIN=$(CURDIR)/build/tsan/ember spec/run $(SAN_SPECS)
+
+# libFuzzer targets (Debian's clang): fuzz/<name>.c against the C core built
+# with -fsanitize=fuzzer-no-link,address,undefined in build/fuzz; corpora in
+# fuzz/corpus/<name> (seeds kept in the repo; new finds land in
+# build/fuzz/corpus). `make fuzz` runs each for FUZZ_SECONDS (600);
+# `make fuzz-smoke` (part of `make test`) for FUZZ_SMOKE_SECONDS (10).
+FUZZ_TARGETS := json config wal checkpoint linebuf
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_SAN  := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
+FUZZ_LIB_SRCS := $(filter-out core/main.c,$(SRCS))
+FUZZ_OBJS := $(FUZZ_LIB_SRCS:%.c=build/fuzz/%.o)
+FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz-%)
+
+build/fuzz/%.o: %.c | $(LUAJIT_DEP)
+	@mkdir -p $(dir $@)
+	@echo "  CC    $< (fuzz)"
+	$(Q)clang -O1 -g -std=c11 -D_GNU_SOURCE -pthread $(FUZZ_SAN) $(LUAJIT_CFLAGS) \
+	    $(shell pkg-config --cflags $(PKGS)) -DEMBER_LUA_DIR='"$(CURDIR)/lua"' -c -o $@ $<
+
+build/fuzz/fuzz-%: fuzz/%.c fuzz/files.h $(FUZZ_OBJS)
+	@echo "  LD    $@"
+	$(Q)clang -O1 -g -std=c11 -D_GNU_SOURCE -pthread -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all $(LUAJIT_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(LDLIBS)
+
+# Runs every target for $(1) seconds; any crash fails (its input is left in
+# build/fuzz/crashes/).
+define run_fuzz
+	@mkdir -p build/fuzz/crashes
+	$(Q)for t in $(FUZZ_TARGETS); do \
+	    mkdir -p build/fuzz/corpus/$$t; \
+	    echo "fuzz $$t: $(1) s"; \
+	    build/fuzz/fuzz-$$t -max_total_time=$(1) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+	        -artifact_prefix=build/fuzz/crashes/$$t- -print_final_stats=1 \
+	        build/fuzz/corpus/$$t fuzz/corpus/$$t 2>build/fuzz/$$t.log \
+	        || { tail -40 build/fuzz/$$t.log; exit 1; }; \
+	    grep -E "stat::number_of_executed_units|stat::new_units_added" build/fuzz/$$t.log \
+	        | sed "s/^/  /"; \
+	done
+endef
+
+fuzz: deps $(FUZZ_BINS)
+	$(call run_fuzz,$(FUZZ_SECONDS))
+
+fuzz-smoke: $(FUZZ_BINS)
+	$(call run_fuzz,$(FUZZ_SMOKE_SECONDS))
+
+FORCE:
 
 bench: deps
 	$(Q)$(MAKE) --no-print-directory ember
