@@ -68,34 +68,35 @@ static void find_lua_dir(void)
 static int check(const char *path)
 {
     char err[2048];
-    int disabled;
+    int disabled, rc = 0;
     em_config cfg; /* the defaults: check reads no ember.conf */
     em_config_init(&cfg);
     if (em_config_finish(&cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        em_config_free(&cfg);
         return 1;
     }
     em_version *v = em_version_load(path, &cfg, &disabled, err, sizeof err);
     if (!v && disabled) {
         printf("%s: disabled: %s\n", path, err);
-        return 0;
-    }
-    if (!v) {
+    } else if (!v) {
         fprintf(stderr, "%s\n", err);
-        return 1;
+        rc = 1;
+    } else {
+        em_job_desc *d = v->desc;
+        printf("%s: job '%s', batch interval %lld ms, on_error %s\n", path, d->name,
+               (long long)v->batch_interval_ms, d->on_error);
+        printf("sources:\n");
+        for (size_t i = 0; i < v->nreceivers; i++)
+            printf("  %zu. %s  (%s)\n", i + 1, em_receiver_describe(v->receivers[i]),
+                   d->sources[i].where);
+        printf("outputs:\n");
+        for (size_t i = 0; i < d->noutputs; i++)
+            printf("  %zu. %s  (%s)\n", i + 1, d->outputs[i].kind, d->outputs[i].where);
+        em_version_unref(v);
     }
-    em_job_desc *d = v->desc;
-    printf("%s: job '%s', batch interval %lld ms, on_error %s\n", path, d->name,
-           (long long)v->batch_interval_ms, d->on_error);
-    printf("sources:\n");
-    for (size_t i = 0; i < v->nreceivers; i++)
-        printf("  %zu. %s  (%s)\n", i + 1, em_receiver_describe(v->receivers[i]),
-               d->sources[i].where);
-    printf("outputs:\n");
-    for (size_t i = 0; i < d->noutputs; i++)
-        printf("  %zu. %s  (%s)\n", i + 1, d->outputs[i].kind, d->outputs[i].where);
-    em_version_unref(v);
-    return 0;
+    em_config_free(&cfg);
+    return rc;
 }
 
 typedef struct stop_args {
