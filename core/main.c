@@ -12,6 +12,7 @@
 
 #include "budget.h"
 #include "config.h"
+#include "deadletters.h"
 #include "driver.h"
 #include "job.h"
 #include "log.h"
@@ -29,12 +30,15 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: ember run [--config FILE] [--conf key=value]... [--log-level LEVEL] [JOBS_DIR]\n"
             "       ember check JOB.lua\n"
+            "       ember dead-letters [--config FILE] [--conf key=value]... JOB [--json | --replay-to FILE]\n"
             "       ember version\n"
             "       ember --help\n"
             "\n"
             "run     runs every job script in JOBS_DIR (default: jobs/). SIGHUP reloads changed\n"
             "        scripts; SIGTERM or SIGINT stops after every received record is processed.\n"
             "check   loads a job script, validates its graph and prints its sources and outputs.\n"
+            "dead-letters  lists a job's dead letters (--json: as written), or appends their\n"
+            "        records to FILE, a line each, and moves the dead-letter files aside.\n"
             "\n"
             "--config FILE  key = value lines (default: ./ember.conf when it exists)\n"
             "--conf k=v     one configuration key, overriding the file\n"
@@ -234,6 +238,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "run") == 0)
         return run(argc - 2, argv + 2);
+    if (strcmp(argv[1], "dead-letters") == 0)
+        return em_dead_letters_main(argc - 2, argv + 2);
     fprintf(stderr, "ember: unknown command '%s' (see ember --help)\n", argv[1]);
     return 2;
 }

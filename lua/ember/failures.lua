@@ -134,6 +134,7 @@ local function clean_utf8(s)
     end
     return tbl_concat(out)
 end
+_M.clean_utf8 = clean_utf8
 
 
 local ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',

@@ -63,10 +63,27 @@ describe("dead letters", function()
         d:stop()
     end)
 
-    local function start()
+    local AGAIN = [[
+local ember = require "ember"
+local job = ember.job { name = "again", batch_interval = "500ms" }
+job:file { path = {{dir}}, start = "beginning", poll_interval = "50ms" }
+   :foreach_batch(function(records)
+       local f = assert(io.open({{out}}, "ab"))
+       for _, r in ipairs(records) do f:write(r, "\n") end
+       f:close()
+   end)
+return job
+]]
+
+    local function start(with_again)
         d:write_job("dl.lua", driver.render(JOB, { dir = driver.quote(d:path("in")) }))
+        if with_again then
+            driver.mkdir(d:path("replay"))
+            d:write_job("again.lua", driver.render(AGAIN, { dir = driver.quote(d:path("replay")),
+                                                            out = driver.quote(d:path("again.out")) }))
+        end
         d:start { conf = iso.conf() }
-        d:wait_for_log("running 2 jobs", 30)
+        d:wait_for_log("running " .. (with_again and 3 or 2) .. " jobs", 30)
     end
 
     local function feed(name, lines)
@@ -75,8 +92,9 @@ describe("dead letters", function()
         f:close()
     end
 
-    it("are valid JSON lines for records that are not UTF-8 or hold control characters", function()
-        start()
+    it("are valid JSON lines for records that are not UTF-8 or hold control characters, listed "
+       .. "and replayed by ember dead-letters", function()
+        start(true)
         local records = { "plain", "caf\195\169", "bad \255\254 bytes", "ctl \1\2\27 \127 end",
                           "quote \" back \\ slash /" }
         feed("a.txt", records)
@@ -99,6 +117,32 @@ describe("dead letters", function()
             assert.truthy(dl.error:find("refused ", 1, true), dl.error)
         end
         assert.truthy(got[3].error:find("bad \\xFF\\xFE bytes", 1, true), got[3].error)
+
+        -- `ember dead-letters dl` lists them; --replay-to feeds them to a job
+        local cli = driver.new()
+        local code, out, err = cli:exec({ "dead-letters", "--conf", "checkpoint.dir=" .. d.checkpoint_dir,
+                                          "dl" }, 30)
+        assert.equal(0, code, err)
+        local listed = driver.lines(out)
+        assert.equal(#records, #listed)
+        assert.truthy(listed[3]:find("(base64) bad \\xFF\\xFE bytes", 1, true), listed[3])
+        assert.truthy(err:find(#records .. " dead letters in 1 files", 1, true), err)
+        code, out, err = cli:exec({ "dead-letters", "--conf", "checkpoint.dir=" .. d.checkpoint_dir,
+                                    "dl", "--replay-to", d:path("replay/dl.txt") }, 30)
+        assert.equal(0, code, err)
+        assert.truthy(err:find(#records .. " records replayed to", 1, true), err)
+        local again
+        d:wait_until(function()
+            again = d:file_lines("again.out")
+            return #again == #records, #again .. " replayed records"
+        end, 30, 0.1, "the replayed records in the job that reads them")
+        assert.same(records, again)
+        -- moved aside: a second replay finds none
+        code, _, err = cli:exec({ "dead-letters", "--conf", "checkpoint.dir=" .. d.checkpoint_dir,
+                                  "dl", "--replay-to", d:path("replay/dl.txt") }, 30)
+        assert.equal(1, code)
+        assert.truthy(err:find("no dead letters", 1, true), err)
+        cli:stop()
     end)
 
     it("on a full disk, are whole lines or none, and the job stops saying why", function()
