@@ -49,7 +49,8 @@ describe("a slow output", function()
     it("stuck past streaming.stopTimeout does not hold up a graceful stop", function()
         d:write_job("stuck.lua", driver.render(SLOW, { name = driver.quote("stuck"),
             body = "socket.sleep(120)" }))
-        d:start { conf = iso.conf { ["streaming.stopTimeout"] = "3s" } }
+        d:start { conf = iso.conf { ["streaming.stopTimeout"] = "3s",
+                                    ["streaming.receiver.writeAheadLog.enable"] = "true" } }
         d:wait_for_log("running 2 jobs", 30)
         d:wait_for_log("%[healthy%] batch %d+: [1-9]", 30)
         driver.sleep(1) -- the stuck job's first batch is in its sleep by now
@@ -62,5 +63,26 @@ describe("a slow output", function()
         d:wait_for_log("%[stuck%] still running a batch after streaming.stopTimeout %(3000 ms%)", 5,
                        { exit_ok = true })
         assert.same({}, d:log_lines("%[healthy%] still running", {}))
+        -- the stuck batch was never acknowledged: its write-ahead log is still there
+        local p = io.popen("find '" .. d.checkpoint_dir .. "/stuck/wal' -name '*.wal' | wc -l")
+        local segments = tonumber(p:read("*a"))
+        p:close()
+        assert.is_true(segments >= 1, "write-ahead log segments of the stuck job: " .. segments)
+        -- and a fixed job gets those records again at the next start
+        d:write_job("stuck.lua", driver.render(SLOW, { name = driver.quote("stuck"),
+            body = "local f = assert(io.open(" .. driver.quote(d:path("stuck.out"))
+                   .. ", 'a')) for _, r in ipairs(records) do f:write(r, '\\n') end f:close()" }))
+        d:start { conf = iso.conf { ["streaming.receiver.writeAheadLog.enable"] = "true" } }
+        local line = d:wait_for_log("%[stuck%] recovered %d+ records", 30)
+        local n = tonumber(line:match("recovered (%d+) records"))
+        assert.is_true(n >= 1, line)
+        -- recovered records come first, then the new generator's own 1, 2, ...
+        d:wait_until(function()
+            return #d:file_lines("stuck.out") > n, #d:file_lines("stuck.out") .. " records"
+        end, 30, 0.1, "the recovered records, then new ones, in the fixed job")
+        local out = d:file_lines("stuck.out")
+        assert.equal("1", out[1])
+        assert.equal(tostring(n), out[n])
+        assert.equal("1", out[n + 1])
     end)
 end)
