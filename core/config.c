@@ -40,7 +40,7 @@ static const em_option keys[] = {
     {"streaming.stopGracefullyOnShutdown", EM_OPT_BOOL, "true",
      "on SIGTERM/SIGINT, process every received record before exiting"},
     {"streaming.spareWorkers", EM_OPT_INT, "4",
-     "extra workers started while every worker has been busy on one batch for 250 ms and another "
+     "extra workers started while every worker has been busy on one batch for 100 ms and another "
      "job's batch waits (a runaway job, an output blocked on a server); 0: never"},
     {"streaming.stopTimeout", EM_OPT_DURATION, "60s",
      "a graceful stop exits after this even if a batch is still running (its records stay unacked)"},

@@ -11,7 +11,7 @@
 #include "log.h"
 
 /* A worker busy this long counts as stuck when deciding on a spare. */
-#define STUCK_MS 250
+#define STUCK_MS 100
 /* How long a spare waits for work before it leaves. */
 #define SPARE_LINGER_MS 5000
 
