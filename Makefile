@@ -45,7 +45,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps run test bench clean distclean test-sanitize test-tsan fuzz fuzz-smoke
+.PHONY: all deps run test bench clean distclean test-sanitize test-asan test-tsan fuzz fuzz-smoke
 
 all: ember tools/kafka-mock build/libember-json.so
 
@@ -113,13 +113,15 @@ $(OBJDIR)/ember.bin: $(OBJS) $(LUAJIT_DEP)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
 
-test-sanitize: deps
+test-sanitize: test-asan
+	$(Q)$(MAKE) --no-print-directory test-tsan
+
+test-asan: deps
 	$(Q)$(MAKE) --no-print-directory all build/asan/ember
 	$(Q)ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=1 \
 	    LSAN_OPTIONS=suppressions=$(CURDIR)/tools/sanitize/lsan.supp \
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    EMBER_BIN=$(CURDIR)/build/asan/ember spec/run $(SAN_SPECS)
-	$(Q)$(MAKE) --no-print-directory test-tsan
 
 test-tsan: deps
 	$(Q)$(MAKE) --no-print-directory all build/tsan/ember
