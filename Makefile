@@ -121,12 +121,18 @@ test-asan: deps
 	$(Q)ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=1 \
 	    LSAN_OPTIONS=suppressions=$(CURDIR)/tools/sanitize/lsan.supp \
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	    EMBER_BIN=$(CURDIR)/build/asan/ember spec/run $(SAN_SPECS)
+	    EMBER_SANITIZER=address EMBER_BIN=$(CURDIR)/build/asan/ember spec/run $(SAN_SPECS)
+
+# Not under TSan: the specs with a Kafka source. librdkafka starts its threads
+# with C11 thrd_create, which GCC 12's ThreadSanitizer does not intercept,
+# and its first allocation on such a thread crashes inside TSan itself.
+TSAN_SPECS ?= spec/unit spec/isolation \
+    $(filter-out spec/e2e/sensor_pipeline_spec.lua,$(wildcard spec/e2e/*_spec.lua))
 
 test-tsan: deps
 	$(Q)$(MAKE) --no-print-directory all build/tsan/ember
 	$(Q)TSAN_OPTIONS=halt_on_error=1:suppressions=$(CURDIR)/tools/sanitize/tsan.supp \
-	    EMBER_BIN=$(CURDIR)/build/tsan/ember spec/run $(SAN_SPECS)
+	    EMBER_SANITIZER=thread EMBER_BIN=$(CURDIR)/build/tsan/ember spec/run $(TSAN_SPECS)
 
 # libFuzzer targets (Debian's clang): fuzz/<name>.c against the C core built
 # with -fsanitize=fuzzer-no-link,address,undefined in build/fuzz; corpora in

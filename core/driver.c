@@ -259,7 +259,9 @@ static em_version *load_version(em_driver *d, const char *path, int64_t reload_m
 
 static void add_job(em_driver *d, const char *path, char *script, em_version *v)
 {
+    pthread_mutex_lock(&d->lock); /* the clock thread writes job states */
     em_job *other = find_job_by_name(d, v->desc->name);
+    pthread_mutex_unlock(&d->lock);
     if (other) {
         em_log(EM_LOG_ERROR, NULL, "%s: job name '%s' is already used by %s; not started", path,
                v->desc->name, other->path);
@@ -408,7 +410,9 @@ void em_driver_reload(em_driver *d)
             em_log(EM_LOG_ERROR, NULL, "%s", why);
             continue;
         }
+        pthread_mutex_lock(&d->lock); /* the clock thread writes job states */
         em_job *j = find_job_by_path(d, files[k]);
+        pthread_mutex_unlock(&d->lock);
         broken_file *b = find_broken(d, files[k]);
         if ((j && strcmp(j->script, script) == 0) || (!j && b && strcmp(b->script, script) == 0)) {
             free(script); /* unchanged: not touched */
