@@ -131,4 +131,18 @@ describe("a runaway job", function()
         assert.is_true(iso.assert_contiguous(d) > 0)
         print(string.format("two runaways: healthy p95 %d ms over %d batches", iso.p95(delays), #delays))
     end)
+
+    it("refuses a batch_timeout that is not a duration", function()
+        d:write_job("bad.lua", [[
+local ember = require "ember"
+local job = ember.job { name = "bad", batch_timeout = "soon" }
+job:generator { kind = "sequence" }:foreach_batch(function() end)
+return job
+]])
+        local code, _, err = d:exec({ "check", d.jobs_dir .. "/bad.lua" }, 30)
+        assert.equal(1, code)
+        assert.truthy(err:find("bad.lua:2: bad option 'batch_timeout' to 'job' (a duration such as "
+                               .. "\"30s\" or a number of seconds, 0 for none, expected, got soon)",
+                               1, true), err)
+    end)
 end)
