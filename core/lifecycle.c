@@ -181,10 +181,11 @@ static void adapt_rate(em_batch *b, const em_batch_info *info)
     em_log(EM_LOG_DEBUG, j->name, "backpressure: rate %.0f records/s over %zu receivers", rate, n);
 }
 
-static void record(em_batch *b, const em_batch_result *res, int ok)
+/* end: when the last run finished its outputs (Spark's processing time
+ * ends there; the commit after it is the driver's, not the job's). */
+static void record(em_batch *b, const em_batch_result *res, int ok, int64_t end)
 {
     em_job *j = b->job;
-    int64_t end = em_clock_now_ms();
     em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks};
     info.scheduling_delay_ms = b->started_ms - b->time_ms;
     info.processing_ms = end - b->started_ms;
@@ -294,6 +295,7 @@ void em_lifecycle_run(em_task *t)
         em_batch_view view = {b->time_ms, b->nblocks, b->blocks, b->sources};
         em_luahost_run_batch(b->version->host, &view, b->id, &res);
     }
+    int64_t ran_ms = em_clock_now_ms();
     if (!res.ok && !res.fatal) { /* an output could not deliver: the same batch again */
         em_luahost_abort(b->version->host);
         retry_later(b, res.err);
@@ -313,7 +315,7 @@ void em_lifecycle_run(em_task *t)
                "again", (long long)b->time_ms, b->attempts + 1);
     }
     em_batch_release(b, ok);
-    record(b, &res, ok);
+    record(b, &res, ok, ran_ms);
     if (res.fatal) {
         em_log(EM_LOG_ERROR, j->name, "job stopped (on_error = fail): %s", res.err);
         atomic_store(&j->failed, 1);
