@@ -241,8 +241,7 @@ static void retry_later(em_batch *b, const char *why)
         em_log(EM_LOG_WARN, j->name, "batch %lld failed (%s); retry %d of %d in %lld ms",
                (long long)b->time_ms, why, b->attempts, cfg->batch_max_retries,
                (long long)backoff);
-    } else if (!j->blocked) {
-        j->blocked = 1;
+    } else if (!atomic_exchange(&j->blocked, 1)) {
         em_log(EM_LOG_ERROR, j->name, "batch %lld failed %d times (%s); the job is blocked: it "
                "retries every %lld ms at most, its records stay unacknowledged and later "
                "batches wait", (long long)b->time_ms, b->attempts, why, (long long)backoff);
@@ -315,8 +314,7 @@ void em_lifecycle_run(em_task *t)
     }
     if (!ok)
         em_luahost_abort(b->version->host);
-    if (j->blocked && ok) {
-        j->blocked = 0;
+    if (ok && atomic_exchange(&j->blocked, 0)) {
         em_log(EM_LOG_INFO, j->name, "batch %lld went through after %d attempts; the job runs "
                "again", (long long)b->time_ms, b->attempts + 1);
     }
