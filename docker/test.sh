@@ -162,6 +162,17 @@ not_root() { [ "$(x ember id -u)" != 0 ]; }
 check "ember runs as a user other than root" not_root
 loopback_only() { docker port "$ember_id" 4040/tcp | grep -x '127\.0\.0\.1:[0-9]*'; }
 check "the UI port is published on 127.0.0.1 only" loopback_only
+not_ember() { ! docker run --rm --entrypoint /opt/ember/bin/healthcheck ember; }
+check "the health check fails where PID 1 is not ember" not_ember
+# Once ember has the HTTP API, its /healthz answers through the published port.
+if x ember ember --help | grep -q '^ *ui\.host[[:space:]]'; then
+    healthz() {
+        exec 3<>"/dev/tcp/$(docker port "$ember_id" 4040/tcp | sed 's/:/\//')" || return 1
+        printf 'GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+        timeout 10 cat <&3 | head -1 | grep '^HTTP/1\.. 200'
+    }
+    expect "GET /healthz through the published port answers 200" 60 healthz
+fi
 for j in air_quality device_report kafka_example rabbitmq_example redis_example sensor_pipeline; do
     expect "job $j started" 60 log_has "\[$j\] started from /jobs/$j.lua"
 done
