@@ -17,7 +17,7 @@
 # where that works, else `docker-compose`), EMBER_DOCKER_KEEP=1 (leave the
 # setup running), EMBER_DOCKER_ROOT (own dockerd's data root, default
 # /var/lib/ember-docker-test).
-set -uo pipefail
+set -uo pipefail   # (so no `... | grep -q` below: grep would stop reading, and the writer fail)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 1
@@ -145,7 +145,7 @@ ember_id=$(cid ember)
 inspect() { docker inspect -f "$1" "$ember_id"; }
 health() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")")" = healthy ]; }
 logs() { docker logs "$@" "$ember_id" 2>&1; }
-log_has() { logs | grep -q -- "$1"; }
+log_has() { logs | grep -- "$1" >/dev/null; }
 x() { "${C[@]}" exec -T "$@"; }            # a command in a service's container
 rcli() { x redis redis-cli "$@"; }
 is() { [ "$("${@:2}")" = "$1" ]; }          # is VALUE command...: the command prints VALUE
@@ -165,11 +165,14 @@ check "the UI port is published on 127.0.0.1 only" loopback_only
 not_ember() { ! docker run --rm --entrypoint /opt/ember/bin/healthcheck ember; }
 check "the health check fails where PID 1 is not ember" not_ember
 # Once ember has the HTTP API, its /healthz answers through the published port.
-if x ember ember --help | grep -q '^ *ui\.host[[:space:]]'; then
+if x ember ember --help | grep '^ *ui\.host[[:space:]]' >/dev/null; then
     healthz() {
         exec 3<>"/dev/tcp/$(docker port "$ember_id" 4040/tcp | sed 's/:/\//')" || return 1
         printf 'GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-        timeout 10 cat <&3 | head -1 | grep '^HTTP/1\.. 200'
+        local status
+        IFS= read -r -t 10 status <&3
+        echo "$status"
+        [[ $status == "HTTP/1."?" 200"* ]]
     }
     expect "GET /healthz through the published port answers 200" 60 healthz
 fi
@@ -188,7 +191,7 @@ consume() { # routing key, count, file
     bg_pids+=($!)
 }
 bound() { x rabbitmq rabbitmqctl -q list_bindings source_name routing_key |
-          grep -q "^amq\.topic[[:space:]]*$1\$"; }
+          grep "^amq\.topic[[:space:]]*$1\$" >/dev/null; }
 both_bound() { bound 'alerts\.pm25\.#' && bound 'pm25\.#'; }
 consume 'alerts.pm25.#' 2 "$work/rabbit_alerts"
 consume 'pm25.#' 2 "$work/pipeline_alerts"
@@ -212,7 +215,7 @@ has_alerts() { # file, then device:pm25 pairs: exactly these alerts
     local f=$1; shift
     [ "$(grep -c . "$f")" = $# ] || { cat "$f"; return 1; }
     for a in "$@"; do
-        grep "\"device\":\"${a%%:*}\"" "$f" | grep -q "\"pm25\":${a#*:}[,}]" || { cat "$f"; return 1; }
+        grep "\"device\":\"${a%%:*}\"" "$f" | grep "\"pm25\":${a#*:}[,}]" >/dev/null || { cat "$f"; return 1; }
     done
 }
 expect "rabbitmq_example: alerts for q-1 and q-3 only, on amq.topic" 60 \
@@ -254,9 +257,10 @@ expect "the new job writes to Redis" 60 is 1 rcli EXISTS hot:last
 check "ember kept running through the reload" is "true 0" inspect '{{.State.Running}} {{.RestartCount}}'
 
 # --- stop drains ------------------------------------------------------------
-# 3000 entries in one go, then stop at once: whatever ember read is processed
-# and acknowledged before it exits; the rest stays in the stream for later.
-M=3000
+# 60000 entries in one go (12 s of reading at the job's max_rate of 5000/s),
+# then stop at once, while ember reads: whatever it read is processed and
+# acknowledged before it exits; the rest stays in the stream for later.
+M=60000
 rcli EVAL "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', 'readings', '*', 'value',
     string.format('{\"device\":\"s-%d\",\"pm25\":%d}', i % 10, i)) end" 0 "$M" >/dev/null
 t=$(now)
@@ -270,6 +274,7 @@ count=$(rcli GET readings:count)
 lag=$(rcli XINFO GROUPS readings | awk 'p { print; exit } $0 == "lag" { p = 1 }')
 check "stop: processed ($((count - 3))) plus unread (${lag:-?}) is all $M" \
     test "$((count - 3 + ${lag:-0}))" = "$M"
+check "stop: it came while ember was reading the stream (unread > 0)" test "${lag:-0}" -gt 0
 "${C[@]}" start ember >/dev/null 2>&1
 expect "after a start, every entry is counted once: readings:count = $((M + 3))" 120 \
     is $((M + 3)) rcli GET readings:count
