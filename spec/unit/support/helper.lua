@@ -71,6 +71,25 @@ function _M.run(desc, time_ms, ...)
 end
 
 
+-- Runs one batch with a batch id (stateful jobs); returns run_batch's results.
+function _M.run_id(desc, batch_id, time_ms, ...)
+    local v = view.batch(time_ms, ...)
+    return desc.run_batch(v.ptr, batch_id)
+end
+
+
+-- Runs batch batch_id and commits its state as the driver does: run,
+-- prepare, apply. Raises when any step fails; returns prepare's bytes.
+function _M.commit(desc, batch_id, time_ms, ...)
+    local ok, failed, err, fatal = _M.run_id(desc, batch_id, time_ms, ...)
+    assert(ok and failed == 0 and not fatal, "batch " .. batch_id .. ": " .. tostring(err))
+    local pok, perr, bytes = desc.prepare(batch_id)
+    assert(pok, perr)
+    assert(desc.apply(batch_id))
+    return bytes
+end
+
+
 -- Calls fn with io.write going to a buffer; returns what was written.
 function _M.capture(fn)
     local path = os.tmpname()
