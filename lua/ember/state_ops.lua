@@ -293,29 +293,24 @@ local function make_map_with_state(node, ctx, out, store)
     local emit = out or function() end
     local staged, committed, stimes
     local key, timing, now = nil, false, 0
+    local vis                           -- the stored value key has now (staged, else committed)
     -- A record whose fn raised must not change the state: the key's staged
     -- value before the call is put back at the next call (or the end).
     local in_call, undo_key, undo_val, undo_time = false, nil, nil, nil
 
     local st = {}
     function st.get()
-        local v = staged[key]
-        if v == nil then
-            v = committed[key]
-        elseif v == REMOVED then
-            return nil
-        end
+        local v = vis
         if type(v) == "table" then
+            if v == REMOVED then
+                return nil
+            end
             return decode(v[1])
         end
         return v
     end
     function st.exists()
-        local v = staged[key]
-        if v == nil then
-            return committed[key] ~= nil
-        end
-        return v ~= REMOVED
+        return vis ~= nil and vis ~= REMOVED
     end
     function st.set(self, v)
         if timing then
@@ -325,15 +320,19 @@ local function make_map_with_state(node, ctx, out, store)
         local t = type(v)
         if t == "number" or t == "string" or t == "boolean" then
             staged[key] = v
+            vis = v
         elseif v == nil then
             error(node.op .. " at " .. node.where .. ": state:set(nil) on key " .. show_key(key)
                   .. "; use state:remove()", 2)
         else
-            staged[key] = stored(store, op, key, v)
+            v = stored(store, op, key, v)
+            staged[key] = v
+            vis = v
         end
     end
     function st.remove()
         staged[key] = REMOVED
+        vis = REMOVED
     end
     function st.is_timing_out()
         return timing
@@ -383,7 +382,13 @@ local function make_map_with_state(node, ctx, out, store)
             check_key(store, op, a)
         end
         key = a
-        undo_key, undo_val, in_call = a, staged[a], true
+        local sv = staged[a]
+        undo_key, undo_val, in_call = a, sv, true
+        if sv == nil then
+            vis = committed[a]
+        else
+            vis = sv
+        end
         if stimes then
             undo_time = stimes[a]
             stimes[a] = now
@@ -413,7 +418,7 @@ local function make_map_with_state(node, ctx, out, store)
                 expired[#expired + 1] = bt
                 for k in pairs(bucket) do
                     if stimes[k] == nil and times[k] == bt and staged[k] ~= REMOVED then
-                        key, timing = k, true
+                        key, timing, vis = k, true, committed[k]
                         local ok, x, y = pcall(f, k, nil, st)
                         timing = false
                         staged[k] = REMOVED
