@@ -24,7 +24,7 @@
 --   CURRENT                   { dir = "v1", version = 1 } of the live state
 --   v1/<op>/p0/snapshot-<id>  all keys of the operator after batch id
 --   v1/<op>/p0/delta-<id>     the keys batch id changed
---   archive-<time>/...        state set aside (dropped operators, old versions)
+--   archive-<unix time>/...   state set aside (dropped operators, old versions)
 
 local buffer = require "string.buffer"
 local files = require "ember.state_files"
@@ -39,8 +39,6 @@ local pcall = pcall
 local error = error
 local setmetatable = setmetatable
 local getmetatable = getmetatable
-local math_huge = math.huge
-local os_date = os.date
 local os_time = os.time
 local str_format = string.format
 local str_match = string.match
@@ -62,7 +60,8 @@ _M.REMOVED = REMOVED
 local FORMAT = 1
 local FLUSH_AT = 1048576              -- bytes buffered before a write(2)
 local MAX_DEPTH = 64
-local DEFAULT_INTERVAL = 10
+local DEFAULT_INTERVAL = 10           -- state.snapshotInterval
+local DEFAULT_MAX = 1073741824        -- state.max, when the host gives none
 
 
 -- "64m", "512k", "1g", "100b" or a number of bytes -> bytes, or nil.
@@ -198,7 +197,7 @@ function _M.new(job, host)
     if not dir then
         dir = (host.checkpoint_dir or "checkpoint") .. "/" .. job.name .. "/state"
     end
-    local max = _M.parse_size(job.state_max) or _M.parse_size(host.state_max) or math_huge
+    local max = _M.parse_size(job.state_max) or _M.parse_size(host.state_max) or DEFAULT_MAX
     return setmetatable({
         job = job.name,
         version = job.state_version,
@@ -724,13 +723,15 @@ local function load_dir(dir, committed_id, cleanup)
 end
 
 
+-- archive-<unix time> (archive-<unix time>.<n> when that second has one),
+-- as the job folder's checkpoint archives are named.
 local function archive_dir(self)
-    local stamp = os_date("!%Y%m%dT%H%M%SZ")
+    local stamp = str_format("%d", os_time())
     local name = "archive-" .. stamp
     local n = 1
     while files.exists(self.dir .. "/" .. name) do
         n = n + 1
-        name = "archive-" .. stamp .. "-" .. n
+        name = "archive-" .. stamp .. "." .. n
     end
     local ok, err = files.mkdir_p(self.dir .. "/" .. name)
     if not ok then
