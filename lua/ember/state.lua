@@ -341,7 +341,7 @@ local function new_current(self, prev)
     if prev and prev.dir == name then
         name = name .. "-" .. os_time()
     end
-    return { dir = name, version = self.version, previous = prev and prev.dir or nil }
+    return { dir = name, version = self.version }
 end
 
 
@@ -921,9 +921,10 @@ function Store:restore(committed_id, old_version)
         return true
     end
 
-    -- A migration that switched CURRENT and did not get to archive the
-    -- old folder; and folders no CURRENT ever named (a migration that
-    -- died before switching) are dropped.
+    -- Another version folder: the old one of a migration that switched
+    -- CURRENT and died before archiving it, or the new one of a migration
+    -- that died before switching. Either way it is not the live state:
+    -- archived (not dropped).
     local names, is_dir = files.list(self.dir)
     if not names then
         return false, is_dir
@@ -931,17 +932,13 @@ function Store:restore(committed_id, old_version)
     local archive
     for _, name in ipairs(names) do
         if is_dir[name] and name ~= cur.dir and not str_match(name, "^archive%-") then
-            if name == cur.previous then
-                archive = archive or archive_dir(self)
-                if not archive then
-                    return false, "state: cannot make an archive folder in " .. self.dir
-                end
-                local ok, rerr = files.rename(self.dir .. "/" .. name, archive .. "/" .. name)
-                if not ok then
-                    return false, rerr
-                end
-            else
-                files.rm_rf(self.dir .. "/" .. name)
+            archive = archive or archive_dir(self)
+            if not archive then
+                return false, "state: cannot make an archive folder in " .. self.dir
+            end
+            local ok, rerr = files.rename(self.dir .. "/" .. name, archive .. "/" .. name)
+            if not ok then
+                return false, rerr
             end
         end
     end

@@ -383,6 +383,41 @@ src:map(function(s) return s, 1 end)
         assert.matches("delta%-1 is damaged", err)
     end)
 
+    it("writes per commit bytes that follow the changed keys, not the state's size", function()
+        local function delta_bytes(total, changed)
+            local desc = job(MWS_COUNT, nil, "size" .. total)
+            local all = {}
+            for i = 1, total do all[i] = string.format("key-%06d", i) end
+            H.commit(desc, 1, 1000, all)
+            local some = {}
+            for i = 1, changed do some[i] = all[i * 7 % total + 1] end
+            local bytes = H.commit(desc, 2, 2000, some)
+            H.rm_rf(desc.state_dir)
+            return bytes
+        end
+        local small, big = delta_bytes(2000, 100), delta_bytes(20000, 100)
+        assert.equal(small, big)
+        local more = delta_bytes(20000, 1000)
+        assert.is_true(more > 9 * big and more < 11 * big, big .. " vs " .. more)
+    end)
+
+    it("archives a version folder CURRENT does not name and keeps CURRENT's state", function()
+        local desc = job(MWS_COUNT, "{ name = 't', state_version = 1 }")
+        H.commit(desc, 1, 1000, { "a" })
+        -- as if a migration to 2 died after writing v2/ and before switching CURRENT
+        assert(os.execute("cp -r '" .. desc.state_dir .. "/v1' '" .. desc.state_dir .. "/v2'"))
+        local again = job(MWS_COUNT, "{ name = 't', state_version = 1 }")
+        assert.is_true(again.restore(1, 1))
+        local top, archived = ls(desc.state_dir), nil
+        for _, n in ipairs(top) do
+            if n:match("^archive%-") then archived = ls(desc.state_dir .. "/" .. n) end
+        end
+        assert.same({ "v2" }, archived)
+        assert.equal(3, #top)                   -- CURRENT, v1, the archive
+        H.commit(again, 2, 2000, { "a" })
+        assert.same({ { "a", 2 } }, sink.last())
+    end)
+
     it("hands info.batch_id to outputs, the same on a retry", function()
         local desc = job [[src:foreach_batch(function(r, info) sink.log[#sink.log + 1] = info.batch_id end)]]
         assert.is_false(desc.stateful)

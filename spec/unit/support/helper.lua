@@ -65,16 +65,22 @@ end
 
 
 -- Runs one batch of single-source records; returns run_batch's results.
+-- (Not a tail call: v must stay referenced, or the GC may free the view's
+-- cdata while the batch reads it.)
 function _M.run(desc, time_ms, ...)
     local v = view.batch(time_ms, ...)
-    return desc.run_batch(v.ptr)
+    local ok, failed, err, fatal = desc.run_batch(v.ptr)
+    v.keep = v.keep
+    return ok, failed, err, fatal
 end
 
 
 -- Runs one batch with a batch id (stateful jobs); returns run_batch's results.
 function _M.run_id(desc, batch_id, time_ms, ...)
     local v = view.batch(time_ms, ...)
-    return desc.run_batch(v.ptr, batch_id)
+    local ok, failed, err, fatal = desc.run_batch(v.ptr, batch_id)
+    v.keep = v.keep
+    return ok, failed, err, fatal
 end
 
 
