@@ -292,15 +292,18 @@ local function make_map_with_state(node, ctx, out, store)
     local timeout = node.timeout_ms
     local emit = out or function() end
     local staged, committed, stimes
-    local key, timing, now = nil, false, 0
-    local vis                           -- the stored value key has now (staged, else committed)
-    -- A record whose fn raised must not change the state: the key's staged
-    -- value before the call is put back at the next call (or the end).
-    local in_call, undo_key, undo_val, undo_time = false, nil, nil, nil
+    local timing, now = false, 0
+    -- The record in hand: its key, the stored value the key has now
+    -- (staged, else committed) and, so that a record whose fn raised does
+    -- not change the state, the key's staged value before the call, put
+    -- back at the next call (or the end). Fields of a table, not upvalues:
+    -- storing a string in an upvalue costs a GC barrier per record.
+    local c = { key = false, vis = false, undo = false }
+    local in_call, undo_time = false, nil
 
     local st = {}
     function st.get()
-        local v = vis
+        local v = c.vis
         if type(v) == "table" then
             if v == REMOVED then
                 return nil
@@ -310,29 +313,29 @@ local function make_map_with_state(node, ctx, out, store)
         return v
     end
     function st.exists()
-        return vis ~= nil and vis ~= REMOVED
+        return c.vis ~= nil and c.vis ~= REMOVED
     end
     function st.set(self, v)
         if timing then
-            error(node.op .. " at " .. node.where .. ": state:set() on key " .. show_key(key)
+            error(node.op .. " at " .. node.where .. ": state:set() on key " .. show_key(c.key)
                   .. ", which is timing out (it is removed after this call)", 2)
         end
         local t = type(v)
         if t == "number" or t == "string" or t == "boolean" then
-            staged[key] = v
-            vis = v
+            staged[c.key] = v
+            c.vis = v
         elseif v == nil then
-            error(node.op .. " at " .. node.where .. ": state:set(nil) on key " .. show_key(key)
+            error(node.op .. " at " .. node.where .. ": state:set(nil) on key " .. show_key(c.key)
                   .. "; use state:remove()", 2)
         else
-            v = stored(store, op, key, v)
-            staged[key] = v
-            vis = v
+            v = stored(store, op, c.key, v)
+            staged[c.key] = v
+            c.vis = v
         end
     end
     function st.remove()
-        staged[key] = REMOVED
-        vis = REMOVED
+        staged[c.key] = REMOVED
+        c.vis = REMOVED
     end
     function st.is_timing_out()
         return timing
@@ -341,13 +344,13 @@ local function make_map_with_state(node, ctx, out, store)
     -- st:get() and friends: the method call passes st, which they ignore.
 
     local function undo()
-        if undo_val == nil then
-            staged[undo_key] = nil
+        if c.undo == nil then
+            staged[c.key] = nil
         else
-            staged[undo_key] = undo_val
+            staged[c.key] = c.undo
         end
         if stimes then
-            stimes[undo_key] = undo_time
+            stimes[c.key] = undo_time
         end
         in_call = false
     end
@@ -381,13 +384,12 @@ local function make_map_with_state(node, ctx, out, store)
         if ta ~= "string" and ta ~= "number" and ta ~= "boolean" then
             check_key(store, op, a)
         end
-        key = a
         local sv = staged[a]
-        undo_key, undo_val, in_call = a, sv, true
+        c.key, c.undo, in_call = a, sv, true
         if sv == nil then
-            vis = committed[a]
+            c.vis = committed[a]
         else
-            vis = sv
+            c.vis = sv
         end
         if stimes then
             undo_time = stimes[a]
@@ -418,7 +420,7 @@ local function make_map_with_state(node, ctx, out, store)
                 expired[#expired + 1] = bt
                 for k in pairs(bucket) do
                     if stimes[k] == nil and times[k] == bt and staged[k] ~= REMOVED then
-                        key, timing, vis = k, true, committed[k]
+                        c.key, c.vis, timing = k, committed[k], true
                         local ok, x, y = pcall(f, k, nil, st)
                         timing = false
                         staged[k] = REMOVED
