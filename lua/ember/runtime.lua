@@ -102,7 +102,7 @@ function _M.load(path, host)
     end
     if disabled then
         return { name = basename_job(path), disabled = disabled, sources = {}, outputs = {},
-                 run_batch = function() return true, 0, nil, false end }
+                 stateful = false, run_batch = function() return true, 0, nil, false end }
     end
 
     local store = state.new(job, host)

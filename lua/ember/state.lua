@@ -469,14 +469,15 @@ function Store:prepare(batch_id)
     if not batch_id or batch_id < 1 then
         return false, "state: prepare needs a batch id >= 1", 0
     end
-    local ok, err = ensure_root(self)
-    if not ok then
-        return false, err, 0
-    end
     local total = 0
     for _, op in ipairs(self.order) do
         op.prepared = nil
         if has_changes(op) then
+            local ok, err = ensure_root(self)
+            if not ok then
+                self:abort()
+                return false, err, 0
+            end
             local kind = op.ndeltas + 1 >= self.interval and "snapshot" or "delta"
             local bytes, werr = write_op_file(self, op, kind, batch_id)
             if not bytes then
@@ -907,17 +908,12 @@ function Store:restore(committed_id, old_version)
         return false, err
     end
     if not cur then
+        -- Nothing was ever written: empty state; the folder is made by the
+        -- first prepare that has something to write.
         for _, op in ipairs(self.order) do
             install(op, {}, {}, 0)
         end
-        if committed_id == 0 and not files.exists(self.dir) then
-            self.current = nil                  -- made on the first prepare
-            return true
-        end
-        local ok, werr = write_current(self, new_current(self))
-        if not ok then
-            return false, werr
-        end
+        self.current = nil
         return true
     end
 

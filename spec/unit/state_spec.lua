@@ -635,3 +635,64 @@ p:map_with_state { fn = print, name = "x" }]],
         assert.matches("bad option 'state_max'", err)
     end)
 end)
+
+
+-- The calls the driver makes around every batch, in its order
+-- (docs/internals.md): what core/luahost.c relies on.
+describe("the driver's contract", function()
+    it("runs load, restore, run_batch, prepare, checkpoint, apply; abort; and restore after a crash", function()
+        local h = H.host(dir)
+        h.state_dir = dir .. "/cp/t/state"
+        h.state_max = 1048576
+        h.snapshot_interval = 2
+        local desc = job(MWS_COUNT, nil, nil, h)
+        assert.is_true(desc.stateful)
+        assert.equal(h.state_dir, desc.state_dir)
+        assert.equal(1048576, desc.state_max)
+        assert.same({ true }, { desc.check_migrate(0, nil) })
+        assert.same({ true }, { desc.restore(0, nil) })
+
+        -- batch 1 commits
+        local ok, failed, err, fatal = H.run_id(desc, 1, 1000, { "a", "b" })
+        assert.same({ true, 0, nil, false }, { ok, failed, err, fatal })
+        local pok, perr, bytes = desc.prepare(1)
+        assert.is_true(pok)
+        assert.is_nil(perr)
+        assert.is_true(bytes > 0)
+        assert.is_true(desc.apply(1))
+        assert.same({ counts = 24 }, desc.state_bytes())
+
+        -- batch 2 fails once (its checkpoint could not be written), then commits
+        assert.is_true((H.run_id(desc, 2, 2000, { "a" })))
+        assert.is_true((desc.prepare(2)))
+        assert.is_true(desc.abort())
+        assert.is_true((H.run_id(desc, 2, 2000, { "a" })))
+        assert.is_true((desc.prepare(2)))
+        assert.is_true(desc.apply(2))
+        assert.same({ { "a", 2 } }, sink.last())
+        assert.same({ "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+
+        -- batch 3 is prepared, then kill -9 before the checkpoint: the driver
+        -- restores from committed batch 2 and runs batch 3 again
+        assert.is_true((H.run_id(desc, 3, 3000, { "a", "b" })))
+        assert.is_true((desc.prepare(3)))
+        local after = job(MWS_COUNT, nil, nil, h)
+        assert.is_true(after.restore(2, nil))
+        assert.same({ counts = 24 }, after.state_bytes())
+        assert.is_true((H.run_id(after, 3, 3000, { "a", "b" })))
+        assert.same({ { "a", 3 }, { "b", 2 } }, sink.last())
+        assert.is_true((after.prepare(3)))
+        assert.is_true(after.apply(3))
+    end)
+
+    it("leaves a job without state off the disk", function()
+        local desc = job [[src:foreach_batch(sink.collect)]]
+        assert.is_false(desc.stateful)
+        assert.is_true(desc.restore(5, nil))
+        assert.is_true((H.run_id(desc, 6, 1000, { "a" })))
+        assert.same({ true, nil, 0 }, { desc.prepare(6) })
+        assert.is_true(desc.apply(6))
+        assert.is_false(files.exists(desc.state_dir))
+        assert.same({}, desc.state_bytes())
+    end)
+end)
