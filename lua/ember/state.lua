@@ -58,11 +58,15 @@ _M.REMOVED = REMOVED
 
 local MAX_DEPTH = 64
 local DEFAULT_INTERVAL = 10           -- state.snapshotInterval
-local DEFAULT_MAX = 1073741824        -- state.max, when the host gives none
+local DEFAULT_MAX = 268435456         -- state.max, when the host gives none
 
 
--- "64m", "512k", "1g", "100b" or a number of bytes -> bytes, or nil.
+-- "64m", "512k", "1g", "100b" or a number of bytes -> bytes, or nil;
+-- 0 (or "0") -> math.huge: no cap.
 function _M.parse_size(v)
+    if v == 0 or v == "0" then
+        return math.huge
+    end
     if type(v) == "number" then
         return v > 0 and v or nil
     end
@@ -194,7 +198,10 @@ function _M.new(job, host)
     if not dir then
         dir = (host.checkpoint_dir or "checkpoint") .. "/" .. job.name .. "/state"
     end
-    local max = _M.parse_size(job.state_max) or _M.parse_size(host.state_max) or DEFAULT_MAX
+    local max = _M.parse_size(job.state_max)
+    if max == nil then
+        max = _M.parse_size(host.state_max) or DEFAULT_MAX
+    end
     return setmetatable({
         job = job.name,
         version = job.state_version,
