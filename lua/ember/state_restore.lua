@@ -18,6 +18,7 @@ local ipairs = ipairs
 local next = next
 local pcall = pcall
 local os_time = os.time
+local math_huge = math.huge
 local str_format = string.format
 local str_match = string.match
 local tbl_concat = table.concat
@@ -322,8 +323,18 @@ function _M.extend(Store, I)
         if not cur or same_version(cur.version, self.version) or not self.migrate then
             return true
         end
+        -- The running version keeps committing meanwhile: it writes files
+        -- past committed_id and, applying a snapshot, deletes the files
+        -- before it. So the dry run takes the newest state on disk (it
+        -- needs state of the right shape, not of one exact batch), and a
+        -- file that vanished between listing and reading means "list again".
         local loaded
-        loaded, err = load_all(self, cur, committed_id, false)
+        for _ = 1, 4 do
+            loaded, err = load_all(self, cur, math_huge, false)
+            if loaded then
+                break
+            end
+        end
         if not loaded then
             return false, err
         end
