@@ -54,6 +54,7 @@ local Store = {}
 Store.__index = Store
 
 local REMOVED = format.REMOVED
+local new_map = format.new_map
 _M.REMOVED = REMOVED
 
 local MAX_DEPTH = 64
@@ -223,12 +224,12 @@ end
 function Store:add(name, kind, where, timeout)
     local op = {
         name = name, kind = kind, where = where, timeout = timeout,
-        committed = {}, staged = {},
+        committed = new_map(), staged = new_map(),
         nkeys = 0, bytes = 0, sbytes = 0,
         ndeltas = 0,
-        times = timeout and {} or nil,  -- key -> batch time it last got a record
-        stimes = timeout and {} or nil, -- the same, staged
-        buckets = timeout and {} or nil, -- time -> { key = true }
+        times = timeout and new_map() or nil,   -- key -> batch time it last got a record
+        stimes = timeout and new_map() or nil,  -- the same, staged
+        buckets = timeout and new_map() or nil, -- time -> { key = true }
         expired = timeout and {} or nil, -- bucket times the run timed out
         needs_times = false,
         prepared = nil,                 -- { kind, id } of the file prepare wrote
@@ -494,7 +495,7 @@ local function merge(op)
                 times[k] = t
                 local b = buckets[t]
                 if not b then
-                    b = {}
+                    b = new_map()
                     buckets[t] = b
                 end
                 b[k] = true

@@ -24,12 +24,23 @@ local error = error
 local setmetatable = setmetatable
 local str_match = string.match
 local tbl_sort = table.sort
+local tbl_new = require "table.new"
 
 
 local _M = {}
 
 local FORMAT = 1
 local FLUSH_AT = 1048576              -- bytes buffered before a write(2)
+
+-- A key -> value map for state. Never one with no hash part: LuaJIT
+-- records a lookup in a table without one as "always nil" behind a guard
+-- on its size, and a trace recorded while the state was empty (the first
+-- batch of a job) would then leave the trace on every record once it is not.
+function _M.new_map()
+    return tbl_new(0, 4)
+end
+local new_map = _M.new_map
+
 
 -- The staged value of a removed key.
 _M.REMOVED = setmetatable({}, { __tostring = function() return "<removed>" end })
@@ -186,7 +197,7 @@ function _M.load_dir(dir, committed_id, cleanup)
             base = f.id
         end
     end
-    local committed, times, ndeltas = {}, {}, 0
+    local committed, times, ndeltas = new_map(), new_map(), 0
     for _, f in ipairs(list) do
         local path = dir .. "/" .. f.name
         if f.id > committed_id or f.id < base or (f.id == base and f.kind == "delta") then

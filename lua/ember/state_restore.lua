@@ -23,6 +23,7 @@ local str_format = string.format
 local str_match = string.match
 local tbl_concat = table.concat
 local tbl_clear = require "table.clear"
+local new_map = format.new_map
 
 
 local _M = {}
@@ -59,7 +60,7 @@ function _M.extend(Store, I)
         end
         op.nkeys, op.bytes = nkeys, bytes
         if op.timeout then
-            local buckets, kept = {}, {}
+            local buckets, kept = new_map(), new_map()
             local missing = false
             for k in pairs(committed) do
                 local t = times and times[k]
@@ -67,7 +68,7 @@ function _M.extend(Store, I)
                     kept[k] = t
                     local b = buckets[t]
                     if not b then
-                        b = {}
+                        b = new_map()
                         buckets[t] = b
                     end
                     b[k] = true
@@ -146,7 +147,7 @@ function _M.extend(Store, I)
                 return nil, "migrate of job '" .. self.job .. "': the state of '" .. name
                             .. "' must be a table of key -> state, got " .. type(m)
             end
-            local stored = {}
+            local stored = new_map()
             for k, v in pairs(m) do
                 local sok, s = pcall(function()
                     I.check_key(self, op, k)
@@ -217,7 +218,7 @@ function _M.extend(Store, I)
             -- Nothing was ever written: empty state; the folder is made by the
             -- first prepare that has something to write.
             for _, op in ipairs(self.order) do
-                install(op, {}, {}, 0)
+                install(op, new_map(), new_map(), 0)
             end
             self.current = nil
             return true
@@ -272,7 +273,7 @@ function _M.extend(Store, I)
                 if l then
                     install(op, l.committed, l.times, l.ndeltas)
                 else
-                    install(op, {}, {}, 0)
+                    install(op, new_map(), new_map(), 0)
                 end
             end
             return true
@@ -306,7 +307,7 @@ function _M.extend(Store, I)
             files.rename(self.dir .. "/" .. cur.dir, archive .. "/" .. cur.dir)
         end
         for _, op in ipairs(self.order) do
-            install(op, maps[op.name] or {}, {}, 0)
+            install(op, maps[op.name] or new_map(), new_map(), 0)
         end
         return true
     end
