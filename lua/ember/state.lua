@@ -378,7 +378,9 @@ local function write_op_file(self, op, kind, id)
     end
     local staged, committed, stimes, times = op.staged, op.committed, op.stimes, op.times
     local path = dir .. "/" .. kind .. "-" .. str_format("%d", id)
-    return format.write(path, { op = op.name, kind = kind, batch = id, partition = 0 },
+    local header = { op = op.name, kind = kind, batch = id, partition = 0,
+                     keys = kind == "snapshot" and op.nkeys or nil }
+    return format.write(path, header,
                         function(entry)
         if kind == "delta" then
             for k, s in pairs(staged) do

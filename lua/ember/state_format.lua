@@ -3,7 +3,7 @@
 -- changed, snapshot-<batch id> every key after that batch.
 --
 -- A file is a sequence of LuaJIT string.buffer encodings: a header table
--- { format, op, kind, batch, partition }, then per entry the key, a flags
+-- { format, op, kind, batch, partition, keys (about how many entries) }, then per entry the key, a flags
 -- number and the value (and the batch time of the key's last record, for
 -- operators with a timeout), then a trailer table { count } (no key is a
 -- table, so the trailer cannot be mistaken for one). A file without its
@@ -20,6 +20,7 @@ local tostring = tostring
 local tonumber = tonumber
 local ipairs = ipairs
 local pcall = pcall
+local next = next
 local error = error
 local setmetatable = setmetatable
 local str_match = string.match
@@ -108,7 +109,9 @@ end
 
 
 -- Reads one state file into committed (key -> stored) and times.
--- Returns true or nil, err.
+-- Returns committed (a new, presized table when committed was empty and the
+-- file says how many keys it holds: no rehash while a million keys load),
+-- or nil, err.
 local function read_into(path, committed, times)
     local s, err = files.read_file(path)
     if not s then
@@ -119,6 +122,10 @@ local function read_into(path, committed, times)
         local head = buf:decode()
         if type(head) ~= "table" or head.format ~= FORMAT then
             return "not an ember state file of format " .. FORMAT
+        end
+        local hint = tonumber(head.keys)
+        if hint and hint > 4 and next(committed) == nil then
+            committed = tbl_new(0, hint)
         end
         local count = 0
         while true do
@@ -153,7 +160,7 @@ local function read_into(path, committed, times)
     elseif res then
         return nil, "state file " .. path .. " is damaged (" .. res .. ")"
     end
-    return true
+    return committed
 end
 
 
@@ -205,10 +212,11 @@ function _M.load_dir(dir, committed_id, cleanup)
                 files.unlink(path)
             end
         else
-            local ok, rerr = read_into(path, committed, times)
-            if not ok then
+            local c, rerr = read_into(path, committed, times)
+            if not c then
                 return nil, rerr
             end
+            committed = c
             if f.kind == "delta" then
                 ndeltas = ndeltas + 1
             end
