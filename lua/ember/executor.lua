@@ -25,522 +25,59 @@
 --
 -- Streams nobody consumes (no output downstream) are not computed, as in
 -- Spark: their functions never run.
+--
+-- Operators that keep state across batches (update_state_by_key,
+-- map_with_state) are driven like wide operations; their state lives in
+-- the job's store (ember.state), which stages a batch's changes until the
+-- driver commits it.
+--
+-- The operators live by concept: ember.narrow (map, filter, ...),
+-- ember.wide (per-batch reductions), ember.collect (outputs' collectors and
+-- sinks' streamers), ember.records (format = "record").
 
 local ffi = require "ffi"
 local eff = require "ember.ffi"
 local sinks = require "ember.sinks"
 local json = require "ember.json"
 local failures = require "ember.failures"
+local narrow = require "ember.narrow"
+local wide = require "ember.wide"
+local collect = require "ember.collect"
+local records = require "ember.records"
+local state_ops = require "ember.state_ops"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
 local view_ptr_t = eff.view_ptr_t
 local pcall = pcall
 local error = error
-local type = type
 local tostring = tostring
 local tonumber = tonumber
 local ipairs = ipairs
 local decode_bytes = json.decode_bytes
-local materialize = sinks.materialize
-local tbl_clear = require "table.clear"
 local describe = sinks.describe
+local record_table = records.record_table
+local fanout = narrow.fanout
+local make_collector = collect.collector
+local make_streamer = collect.streamer
+local record_caller = collect.record_caller
 
-
-
--- What each connector's meta bytes are, as a field of a record table.
-local META_FIELD = { kafka = "topic", rabbitmq = "exchange", redis = "id", file = "file" }
-
--- A source record as a table (format = "record"). Kafka's meta is the
--- topic, then "\0key=value" per header.
-local function record_table(r, arena, kind)
-    local t = {
-        value = ffi_string(arena + r.value_off, r.value_len),
-        timestamp = tonumber(r.ts_ms),
-        offset = tonumber(r.offset),
-    }
-    if r.key_off ~= 0xFFFFFFFF then
-        t.key = ffi_string(arena + r.key_off, r.key_len)
-    end
-    if r.partition >= 0 then
-        t.partition = r.partition
-    end
-    if r.meta_len > 0 then
-        local meta = ffi_string(arena + r.meta_off, r.meta_len)
-        if kind == "kafka" then
-            local topic, rest = meta:match("^([^%z]*)(.*)$")
-            t.topic = topic
-            for k, v in rest:gmatch("%z([^=%z]*)=([^%z]*)") do
-                local headers = t.headers or {}
-                headers[k] = v
-                t.headers = headers
-            end
-        elseif kind == "redis" and not meta:find("^%d+%-%d+$") then
-            t.channel = meta -- pub/sub: the channel; streams: the entry id
-        else
-            t[META_FIELD[kind] or "meta"] = meta
-        end
-    end
-    return t
-end
 
 local _M = {}
+_M.SINK_CHUNK = collect.SINK_CHUNK
 
 
-local WIDE = { reduce_by_key = true, group_by_key = true, count = true,
-               count_by_value = true, reduce = true, transform = true }
-
-
-local function fanout(fns)
-    local n = #fns
-    if n == 0 then
-        return nil
-    elseif n == 1 then
-        return fns[1]
-    elseif n == 2 then
-        local f1, f2 = fns[1], fns[2]
-        return function(a, b)
-            f1(a, b)
-            f2(a, b)
-        end
-    end
-    return function(a, b)
-        for i = 1, n do
-            fns[i](a, b)
-        end
-    end
-end
-
-
-local function where_of(node)
-    return node.op .. " at " .. node.where
-end
-
-
-local function not_a_pair(node, a)
-    error(where_of(node) .. ": (key, value) pair expected, got the single value "
-          .. describe(a, nil, "one"), 0)
-end
-
-
--- Narrow operations: the function a node's parent pushes into. Each shape
--- gets its own closure so the user function is called with exactly the
--- arguments the element has, without a per-element branch where the shape
--- is known.
-
-local function make_map(node, out)
-    local f, shape = node.fn, node.parents[1].shape
-    if shape == "one" then
-        return function(a, b)
-            local x, y = f(a)
-            if x ~= nil then
-                out(x, y)
-            end
-        end
-    elseif shape == "pair" then
-        return function(a, b)
-            local x, y = f(a, b)
-            if x ~= nil then
-                out(x, y)
-            end
-        end
-    end
-    return function(a, b)
-        local x, y
-        if b == nil then
-            x, y = f(a)
-        else
-            x, y = f(a, b)
-        end
-        if x ~= nil then
-            out(x, y)
-        end
-    end
-end
-
-
-local function make_filter(node, out)
-    local f, shape = node.fn, node.parents[1].shape
-    if shape == "one" then
-        return function(a, b)
-            if f(a) then
-                out(a, nil)
-            end
-        end
-    elseif shape == "pair" then
-        return function(a, b)
-            if f(a, b) then
-                out(a, b)
-            end
-        end
-    end
-    return function(a, b)
-        local keep
-        if b == nil then
-            keep = f(a)
-        else
-            keep = f(a, b)
-        end
-        if keep then
-            out(a, b)
-        end
-    end
-end
-
-
-local function make_flat_map(node, out)
-    local f, shape = node.fn, node.parents[1].shape
-    local function emit(t)
-        if t == nil then
-            return
-        end
-        if type(t) ~= "table" then
-            error(where_of(node) .. ": function must return an array (table), got "
-                  .. type(t), 0)
-        end
-        for i = 1, #t do
-            local x = t[i]
-            out(x, nil)
-        end
-    end
-    if shape == "one" then
-        return function(a, b)
-            emit(f(a))
-        end
-    elseif shape == "pair" then
-        return function(a, b)
-            emit(f(a, b))
-        end
-    end
-    return function(a, b)
-        if b == nil then
-            emit(f(a))
-        else
-            emit(f(a, b))
-        end
-    end
-end
-
-
-local function make_map_values(node, out)
-    local f, shape = node.fn, node.parents[1].shape
-    if shape == "pair" then
-        return function(a, b)
-            out(a, (f(b)))
-        end
-    end
-    return function(a, b)
-        if b == nil then
-            not_a_pair(node, a)
-        end
-        out(a, (f(b)))
-    end
-end
-
-
--- Wide operations: { push = accumulate, reset = new state for a batch,
--- finish = () -> ka, vb, n results to push downstream }.
-
-local function make_by_key(node, combine)
-    -- reduce_by_key and count_by_value: one slot per key, keys in the
-    -- order they first appeared (deterministic output for the same input).
-    local check_pair = node.op == "reduce_by_key" and node.parents[1].shape ~= "pair"
-    local f = node.fn
-    local idx, keys, vals, n
-    local w = {}
-    function w.reset()
-        idx, keys, vals, n = {}, {}, {}, 0
-    end
-    function w.finish()
-        return keys, vals, n
-    end
-    if combine == "count" then
-        w.push = function(a, b)
-            if b ~= nil then
-                error(where_of(node) .. ": single value expected, got the pair "
-                      .. describe(a, b, "pair"), 0)
-            end
-            local p = idx[a]
-            if p == nil then
-                n = n + 1
-                idx[a] = n
-                keys[n] = a
-                vals[n] = 1
-            else
-                vals[p] = vals[p] + 1
-            end
-        end
-    elseif check_pair then
-        w.push = function(a, b)
-            if b == nil then
-                not_a_pair(node, a)
-            end
-            local p = idx[a]
-            if p == nil then
-                n = n + 1
-                idx[a] = n
-                keys[n] = a
-                vals[n] = b
-            else
-                vals[p] = f(vals[p], b)
-            end
-        end
-    else
-        w.push = function(a, b)
-            local p = idx[a]
-            if p == nil then
-                n = n + 1
-                idx[a] = n
-                keys[n] = a
-                vals[n] = b
-            else
-                vals[p] = f(vals[p], b)
-            end
-        end
-    end
-    return w
-end
-
-
-local function make_group_by_key(node)
-    local check_pair = node.parents[1].shape ~= "pair"
-    local idx, keys, groups, n
-    local w = {}
-    function w.reset()
-        idx, keys, groups, n = {}, {}, {}, 0
-    end
-    function w.finish()
-        return keys, groups, n
-    end
-    function w.push(a, b)
-        if check_pair and b == nil then
-            not_a_pair(node, a)
-        end
-        local p = idx[a]
-        if p == nil then
-            n = n + 1
-            idx[a] = n
-            keys[n] = a
-            groups[n] = { b }
-        else
-            local g = groups[p]
-            g[#g + 1] = b
-        end
-    end
-    return w
-end
-
-
-local function make_count()
-    local c
-    local w = {}
-    function w.reset()
-        c = 0
-    end
-    function w.finish()
-        return { c }, {}, 1
-    end
-    function w.push(a, b)
-        c = c + 1
-    end
-    return w
-end
-
-
-local function make_reduce(node)
-    local f, shape = node.fn, node.parents[1].shape
-    local acc, has
-    local w = {}
-    function w.reset()
-        acc, has = nil, false
-    end
-    function w.finish()
-        if has and acc ~= nil then
-            return { acc }, {}, 1
-        end
-        return {}, {}, 0
-    end
-    function w.push(a, b)
-        local x = a
-        if shape == "pair" or (shape == "any" and b ~= nil) then
-            x = { a, b }
-        end
-        if has then
-            acc = f(acc, x)
-        else
-            acc, has = x, true
-        end
-    end
-    return w
-end
-
-
--- transform(fn(records, info)): fn runs in finish, so an error there is
--- reported by the caller as a failure of the whole batch of that stream.
-local function make_transform(node, ctx)
-    local f, shape = node.fn, node.parents[1].shape
-    local ka, vb, n
-    local w = {}
-    function w.reset()
-        ka, vb, n = {}, {}, 0
-    end
-    function w.push(a, b)
-        n = n + 1
-        ka[n] = a
-        vb[n] = b
-    end
-    function w.size()
-        return n
-    end
-    function w.finish()
-        local res = f(materialize(shape, ka, vb, n),
-                      { time = ctx.time, job = ctx.job, count = n })
-        if res == nil then
-            return {}, {}, 0
-        end
-        if type(res) ~= "table" then
-            error(where_of(node) .. ": function must return an array (table), got "
-                  .. type(res), 0)
-        end
-        return res, {}, #res
-    end
-    return w
-end
-
-
--- An output's collector: the elements it receives during the passes. With
--- a limit, on_full() is called each time it holds that many (a sink's
--- streamer empties it then).
-local function make_collector(node, limit, on_full)
-    local keep_b = node.shape ~= "one"
-    local c = {}
-    local ka, vb, n = {}, {}, 0
-    limit = limit or math.huge
-    function c.reset()                  -- fresh arrays: an output may keep the last ones
-        ka, vb, n = {}, {}, 0
-    end
-    function c.clear()                  -- the same arrays, emptied
-        tbl_clear(ka)
-        if keep_b then
-            tbl_clear(vb)
-        end
-        n = 0
-    end
-    function c.get()
-        return ka, vb, n
-    end
-    if keep_b then
-        c.push = function(a, b)
-            n = n + 1
-            ka[n] = a
-            vb[n] = b
-            if n == limit then
-                on_full()
-            end
-        end
-    else
-        c.push = function(a, b)
-            n = n + 1
-            ka[n] = a
-            if n == limit then
-                on_full()
-            end
-        end
-    end
-    return c
-end
-
-
--- A sink's writer: the elements it receives go out in chunks of
--- SINK_CHUNK while the batch is computed, instead of being held until the
--- pass ends, so a batch of a million records never lives in memory as a
--- million tables. A record the sink cannot write (info.reject) follows
--- on_error; a failed delivery stops this sink for the batch, and the batch
--- fails once the pass is over (the driver runs it again).
-local SINK_CHUNK = 8192
-_M.SINK_CHUNK = SINK_CHUNK
-
-local function make_streamer(node, ctx, fails)
-    local shape, write, finish = node.shape, node.write, node.finish
-    local total, failed, stop, open = 0, nil, false, false
-    local c
-    local info = { job = ctx.job, shape = shape }
-    function info.reject(i, why)
-        local ka, vb = c.get()
-        local _, text = pcall(describe, ka[i], vb[i], shape)
-        stop = fails:add(node.op .. ": " .. tostring(why), text) or stop
-        return stop
-    end
-
-    local function flush()
-        local ka, vb, n = c.get()
-        if n == 0 then
-            return
-        end
-        if not failed and not stop then
-            open = true
-            info.time, info.count, info.first = ctx.time, n, total + 1
-            local ok, done, err = pcall(write, materialize(shape, ka, vb, n), info)
-            if not stop and (not ok or not done) then
-                failed = tostring(ok and err or done)
-            end
-        end
-        total = total + n
-        c.clear()
-    end
-    c = make_collector(node, SINK_CHUNK, flush)
-
-    local s = { push = c.push }
-    -- The sink's end of the batch (its delivery reports, confirms), once.
-    function s.close()
-        if open and finish then
-            local ok, done, err = pcall(finish, info)
-            if not failed and (not ok or not done) then
-                failed = tostring(ok and err or done)
-            end
-        end
-        open = false
-    end
-    function s.reset()
-        c.clear()
-        total, failed, stop, open = 0, nil, false, false
-    end
-    -- After the pass: writes the rest and ends the batch for the sink.
-    -- Returns stop (on_error said so), err.
-    function s.finish()
-        flush()
-        s.close()
-        return stop, failed
-    end
-    return s
-end
-
-
--- foreach_record's call of the user function, by shape.
-local function record_caller(node)
-    local f, shape = node.fn, node.shape
-    if shape == "one" then
-        return function(a, b) f(a) end
-    elseif shape == "pair" then
-        return f
-    end
-    return function(a, b)
-        if b == nil then
-            f(a)
-        else
-            f(a, b)
-        end
-    end
-end
-
-
--- Compiles a loaded job. Returns run(view_ptr) -> ok, failed, err, fatal.
--- host: the runtime host (log, checkpoint_dir).
-function _M.compile(job, host)
+-- Compiles a loaded job. Returns run(view_ptr, batch_id) -> ok, failed,
+-- err, fatal. host: the runtime host (log, checkpoint_dir); store: the
+-- job's state store (ember.state), or nil for a job without state.
+function _M.compile(job, host, store)
     local nodes = job.nodes
     local name = job.name
     local fails = failures.new(name, job.on_error, host)
-    local ctx = { job = name, time = 0 }
+    local ctx = { job = name, time = 0, batch_id = nil }
+    if store then
+        store.fails = fails
+    end
 
     -- Which nodes lead to an output. Children come after parents in
     -- creation order, so one backward sweep settles it.
@@ -584,31 +121,16 @@ function _M.compile(job, host)
                 local c = make_collector(node)
                 collectors[node] = c
                 input[node] = c.push
-            elseif WIDE[op] then
-                local w
-                if op == "reduce_by_key" then
-                    w = make_by_key(node)
-                elseif op == "count_by_value" then
-                    w = make_by_key(node, "count")
-                elseif op == "group_by_key" then
-                    w = make_group_by_key(node)
-                elseif op == "count" then
-                    w = make_count()
-                elseif op == "reduce" then
-                    w = make_reduce(node)
-                else
-                    w = make_transform(node, ctx)
-                end
+            elseif state_ops.is_stateful(op) then
+                local w = state_ops.make(node, ctx, out, store)
                 input[node] = w.push
                 wides[#wides + 1] = { node = node, w = w, out = out }
-            elseif op == "map" then
-                input[node] = make_map(node, out)
-            elseif op == "filter" then
-                input[node] = make_filter(node, out)
-            elseif op == "flat_map" then
-                input[node] = make_flat_map(node, out)
-            elseif op == "map_values" then
-                input[node] = make_map_values(node, out)
+            elseif wide.is_wide(op) then
+                local w = wide.make(node, ctx)
+                input[node] = w.push
+                wides[#wides + 1] = { node = node, w = w, out = out }
+            elseif narrow.ops[op] then
+                input[node] = narrow.ops[op](node, out)
             elseif op == "union" then
                 input[node] = out
             else
@@ -778,7 +300,7 @@ function _M.compile(job, host)
                 end
             else
                 local ka, vb, n = collectors[node].get()
-                local info = { time = time, job = name, count = n }
+                local info = { time = time, job = name, count = n, batch_id = ctx.batch_id }
                 local ok, err = pcall(sinks[kind], node, ka, vb, n, info)
                 if not ok and fails:add(err, batch_note(n)) then
                     return false
@@ -788,8 +310,12 @@ function _M.compile(job, host)
         return true
     end
 
-    return function(view_ptr)
+    return function(view_ptr, batch_id)
         local view = ffi_cast(view_ptr_t, view_ptr)
+        ctx.batch_id = batch_id
+        if store then
+            store:begin(batch_id)
+        end
         local ok, res, sink_err = pcall(run, view)
         -- A batch that stopped early leaves no sink waiting on its server.
         for i = 1, #outputs do
@@ -799,6 +325,16 @@ function _M.compile(job, host)
             end
         end
         local failed, first_err, io_err = fails:finish()
+        if store then
+            -- A bad state value or state.max stops the job: running the
+            -- batch again would meet them again.
+            local max_err = store:ran(ok and res and not io_err)
+            local fatal = store.fatal or max_err
+            if fatal then
+                store.phase = "failed"
+                return false, failed, fatal, true
+            end
+        end
         if ok and not res and sink_err then
             return false, failed, sink_err, false
         end
