@@ -686,12 +686,14 @@ describe("the driver's contract", function()
         assert.is_true((desc.prepare(2)))
         assert.is_true(desc.apply(2))
         assert.same({ { "a", 2 } }, sink.last())
-        assert.same({ "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        -- two deltas: the snapshot of batch 2 begins, written by the next commits
+        assert.same({ ".tmp-snapshot-2", "delta-1", "delta-2" }, ls(h.state_dir .. "/v0/counts/p0"))
 
         -- batch 3 is prepared, then kill -9 before the checkpoint: the driver
         -- restores from committed batch 2 and runs batch 3 again
         assert.is_true((H.run_id(desc, 3, 3000, { "a", "b" })))
         assert.is_true((desc.prepare(3)))
+        assert.same({ "delta-1", "delta-2", "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
         local after = job(MWS_COUNT, nil, nil, h)
         assert.is_true(after.restore(2, nil))
         assert.same({ counts = 24 }, after.state_bytes())
@@ -699,6 +701,7 @@ describe("the driver's contract", function()
         assert.same({ { "a", 3 }, { "b", 2 } }, sink.last())
         assert.is_true((after.prepare(3)))
         assert.is_true(after.apply(3))
+        assert.same({ "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
     end)
 
     it("leaves a job without state off the disk", function()
