@@ -45,7 +45,8 @@ else
 Q := @
 endif
 
-.PHONY: all deps run test bench clean distclean test-sanitize test-asan test-tsan fuzz fuzz-smoke
+.PHONY: all deps run test bench clean distclean docker-base docker-test test-sanitize test-asan \
+        test-tsan fuzz fuzz-smoke
 
 all: ember tools/kafka-mock build/libember-json.so
 
@@ -183,7 +184,7 @@ fuzz-smoke: $(FUZZ_BINS)
 FORCE:
 
 bench: deps
-	$(Q)$(MAKE) --no-print-directory ember
+	$(Q)$(MAKE) --no-print-directory ember build/libember-json.so
 	$(Q)bench/run
 
 # Keeps build/luajit (Debian's source built once); `make distclean` drops it too.
@@ -193,5 +194,13 @@ clean:
 
 distclean: clean
 	rm -rf build
+
+# Docker (docker/README.md): the Debian base image of the offline compose
+# setup; the test of that setup. Each installs docker.io, docker-compose and
+# debootstrap from Debian where their commands are missing.
+docker-base:
+	$(Q)docker/make-base.sh
+docker-test:
+	$(Q)docker/test.sh
 
 -include $(OBJS:.o=.d)

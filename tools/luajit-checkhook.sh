@@ -31,11 +31,17 @@ cd "$src"
 if ! apt-get source --download-only "luajit2=$version" >/dev/null 2>&1; then
     list=/etc/apt/sources.list.d/ember-deb-src.sources
     if [ ! -f "$list" ]; then
-        echo "luajit-checkhook: adding a deb-src line for Debian in $list"
+        # the mirror the deb lines already use (a local one, in an offline image)
+        mirror=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources \
+                     2>/dev/null | grep -v security | head -1 || true)
+        [ -n "$mirror" ] || mirror=$(sed -n 's/^deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]*\)\{0,1\}\([^[:space:]]*\).*/\2/p' \
+                     /etc/apt/sources.list 2>/dev/null | grep -v security | head -1 || true)
+        [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+        echo "luajit-checkhook: adding a deb-src line for $mirror in $list"
         . /etc/os-release
         sudo_if_needed tee "$list" >/dev/null <<SRC
 Types: deb-src
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: $VERSION_CODENAME $VERSION_CODENAME-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
