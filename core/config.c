@@ -44,7 +44,7 @@ static const em_option keys[] = {
      "job's batch waits (a runaway job, an output blocked on a server); 0: never"},
     {"streaming.stopTimeout", EM_OPT_DURATION, "60s",
      "a graceful stop exits after this even if a batch is still running (its records stay unacked)"},
-    {"streaming.job.memory", EM_OPT_SIZE, "256m",
+    {"streaming.job.memory", EM_OPT_SIZE, "1g",
      "cap on each job's Lua state (a job's memory option wins), 0 for none"},
     {"streaming.job.batchTimeout", EM_OPT_DURATION, NULL,
      "a batch running longer is aborted and its job stopped (default: 10 batch intervals, at "
@@ -180,7 +180,7 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     c->stop_gracefully = em_props_bool(p, "streaming.stopGracefullyOnShutdown", 1);
     c->spare_workers = (int)em_props_int(p, "streaming.spareWorkers", 4);
     c->stop_timeout_ms = em_props_ms(p, "streaming.stopTimeout", 60000);
-    c->job_memory = em_props_size(p, "streaming.job.memory", 256 << 20);
+    c->job_memory = em_props_size(p, "streaming.job.memory", (int64_t)1 << 30);
     c->job_batch_timeout_ms = em_props_get(p, "streaming.job.batchTimeout")
                                   ? em_props_ms(p, "streaming.job.batchTimeout", 0) : -1;
     c->retained_batches = (int)em_props_int(p, "streaming.ui.retainedBatches", 1000);
