@@ -13,7 +13,9 @@
 --   g:stop()                                   -- in teardown
 --
 -- Each member's job appends "<value>\t<batch time ms>" per record to its
--- own file. A round produces n records, makes one membership change
+-- own file; once the round makes it slow (a file <out>.slow: group.SLOW,
+-- for the job templates) it then sleeps 300 ms, an output that takes time,
+-- so a kill right after a write lands before the batch is acknowledged. A round produces n records, makes one membership change
 -- (kill -9 of the victim, a graceful stop of it, or a new member joining)
 -- while they are being read, produces a probe of `probe` more right after
 -- it, and waits until every record of the round is at some member. It
@@ -116,8 +118,11 @@ function Group:round(kind, opts)
         end
         return c
     end
-    self.opts.produce(values(prefix, 1, n))
     local victim, t_change, joined = opts.victim, nil, nil
+    if kind == "kill" then
+        driver.write_file(victim.out .. ".slow", "")
+    end
+    self.opts.produce(values(prefix, 1, n))
     if kind ~= "spread" then
         -- change the membership while the round is being read
         local subject = victim
@@ -126,11 +131,20 @@ function Group:round(kind, opts)
                 subject = d
             end
         end
-        local want = opts.after or math.floor(n / 10)
+        local want = opts.after or (kind == "kill" and 1 or math.floor(n / 10))
         subject:wait_until(function()
             local c = of_round(subject)
             return c >= want, c .. " records of the round read"
         end, 60, 0.02, "member " .. subject.index .. " to read " .. want .. " records first")
+        if kind == "kill" then
+            -- right after the victim's output wrote a batch: its job now
+            -- sleeps 300 ms before the batch is done, so the kill lands
+            -- between the output and the commit (or ack)
+            local before = #subject:file_lines("out")
+            subject:wait_until(function()
+                return #subject:file_lines("out") > before
+            end, 30, 0.005, "member " .. subject.index .. " to write another batch")
+        end
     end
     local change_wall = wall_ms()
     t_change = driver.now()
@@ -175,6 +189,26 @@ function Group:round(kind, opts)
     if kind == "stop" then
         luassert.equal(0, victim:wait_exit(30))
     end
+    -- What the victim processed but never acknowledged comes again later
+    -- (Redis: after claim_idle): wait until the broker holds nothing
+    -- unacknowledged, then count again.
+    if self.opts.settle then
+        self.opts.settle()
+        got = self:read_all()
+    end
+    local settled = driver.now() - t_change
+    -- the records of the victim's last batch (the one it was in when it died)
+    local victim_last, last_time = 0, -1
+    for _, r in ipairs(got) do
+        if r.member == victim and r.time > last_time then
+            last_time = r.time
+        end
+    end
+    for _, r in ipairs(got) do
+        if r.member == victim and r.time == last_time then
+            victim_last = victim_last + 1
+        end
+    end
     local mine, per_member, victim_recent = {}, {}, 0
     for _, r in ipairs(got) do
         if want[r.value] then
@@ -189,10 +223,13 @@ function Group:round(kind, opts)
     return {
         kind = kind, lost = #missing, invented = #invented, duplicated = dups,
         seconds = seconds, per_member = per_member, victim_recent = victim_recent,
+        victim_last = victim_last, settled = settled,
         joined = joined, records = #expected,
         text = str_format("%s: %d records, %d lost, %d duplicated, every record read %.1f s "
-                          .. "after the change; per member %s", kind, #expected, #missing, dups,
-                          seconds, _M.show(per_member)),
+                          .. "after the change; per member %s%s", kind, #expected, #missing, dups,
+                          seconds, _M.show(per_member),
+                          victim and str_format("; the victim's last batch held %d", victim_last)
+                          or "") .. str_format("; settled after %.1f s", settled),
     }
 end
 
@@ -224,5 +261,11 @@ function _M.report(label, r)
 end
 
 _M.values = values
+
+-- Lua for a job's foreach_batch, after it wrote a non-empty batch.
+_M.SLOW_HEAD = [[local ffi = require "ffi"
+pcall(ffi.cdef, "int usleep(unsigned int usec);")
+]]
+_M.SLOW = 'do local s = io.open({{out}} .. ".slow") if s then s:close() ffi.C.usleep(300000) end end'
 
 return _M
