@@ -20,6 +20,14 @@
  * take records out of a sealed block — but never committed: the new owner,
  * or this consumer after its seek, reads them again. Duplicates, no loss.
  *
+ * Rebalances cost at most the batches in flight (on_revoke): no new batch
+ * is cut from a revoked partition, the batches already running are waited
+ * for (em_receiver_wait_done) and commit while the generation is valid,
+ * what was processed but refused a commit is committed in the callback,
+ * and only what still runs after the wait is left for the new owner. Each
+ * partition's life is begin_partition() / end_partition(); a partition's
+ * state, when there is some, is restored in the first.
+ *
  * Record meta: the topic, then NUL `name=value` per header (a null value is
  * empty), then NUL `#epoch`. Lua's format = "record" reads the topic and
  * the headers from it (lua/ember/executor.lua) and skips the tag, which has
