@@ -10,7 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "batch.h"
 #include "config.h"
 #include "driver.h"
 #include "identity.h"
@@ -70,7 +69,13 @@ static int check(const char *path)
 {
     char err[2048];
     int disabled;
-    em_version *v = em_version_load(path, "./checkpoint", 1000, 0, 0, &disabled, err, sizeof err);
+    em_config cfg; /* the defaults: check reads no ember.conf */
+    em_config_init(&cfg);
+    if (em_config_finish(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    em_version *v = em_version_load(path, &cfg, &disabled, err, sizeof err);
     if (!v && disabled) {
         printf("%s: disabled: %s\n", path, err);
         return 0;
@@ -146,8 +151,6 @@ static int run(int argc, char **argv)
     em_identity_set(cfg.ember_id);
     em_log_set_id(cfg.ember_id);
     em_pool_set_default_size(cfg.pool_size);
-    em_batch_set_max_retries(cfg.batch_max_retries);
-    em_batch_set_backpressure(cfg.backpressure);
     em_wal_configure((em_wal_fsync)em_wal_parse_fsync(cfg.wal_fsync), cfg.wal_fsync_interval_ms);
     em_receiver_set_memory_max((size_t)cfg.memory_max);
     if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,
