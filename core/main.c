@@ -151,8 +151,6 @@ static int run(int argc, char **argv)
     em_identity_set(cfg.ember_id);
     em_log_set_id(cfg.ember_id);
     em_pool_set_default_size(cfg.pool_size);
-    em_wal_configure((em_wal_fsync)em_wal_parse_fsync(cfg.wal_fsync), cfg.wal_fsync_interval_ms);
-    em_receiver_set_memory_max((size_t)cfg.memory_max);
     if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,
                                             cfg.log_rolling_interval,
                                             cfg.log_rolling_max_retained) != 0) {
