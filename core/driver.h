@@ -28,5 +28,8 @@ void em_driver_reload(em_driver *d);
  * batches still running (the caller exits without freeing). */
 int em_driver_stop(em_driver *d, int graceful);
 void em_driver_free(em_driver *d); /* accepts NULL */
+/* ember.id: this driver's name among the drivers sharing its groups (for
+ * the HTTP API and status output). */
+const char *em_driver_id(const em_driver *d);
 
 #endif
