@@ -335,7 +335,8 @@ long em_wal_recover(const char *dir, const char *qdir, const char *job, em_block
             names[n++] = strdup(e->d_name);
         }
     closedir(dp);
-    qsort(names, n, sizeof *names, cmp_name); /* zero-padded: name order is age order */
+    if (n > 1) /* zero-padded: name order is age order (qsort takes no NULL, even for 0) */
+        qsort(names, n, sizeof *names, cmp_name);
     em_block **blocks = calloc(n ? n : 1, sizeof *blocks);
     long got = 0;
     for (size_t i = 0; i < n; i++) {
