@@ -189,7 +189,8 @@ static void run(em_task *t)
 {
     em_batch *b = (em_batch *)t;
     em_job *j = b->job;
-    em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks};
+    em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks,
+                          .interval_ms = b->version->batch_interval_ms};
     if (atomic_load(&j->failed)) { /* the job stopped on an error: leave these unacked */
         em_batch_drop(b);
         return;
@@ -210,6 +211,7 @@ static void run(em_task *t)
                (long long)b->time_ms, res.err, attempt, max_retries, (long long)backoff);
         em_clock_sleep_ms(backoff);
         em_luahost_run_batch(b->version->host, &view, &res);
+        info.retries = (uint32_t)attempt;
     }
     if (!res.ok && !res.fatal)
         em_log(EM_LOG_ERROR, j->name, "batch %lld failed after %d retries: %s; its records are "
@@ -233,6 +235,7 @@ static void run(em_task *t)
     info.pool_waits = pools.waits;
     info.pool_wait_ms = pools.wait_ms;
     em_history_add(j->history, &info);
+    em_history_set_error(j->history, end, res.err);
     if (b->first_of_reload)
         em_log(EM_LOG_INFO, j->name, "first batch of the new version done %lld ms after the reload",
                (long long)(end - b->version->reload_ms));

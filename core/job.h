@@ -35,6 +35,8 @@ typedef enum em_job_state {
     EM_JOB_REMOVING, /* file removed: cut a last batch, then retire */
     EM_JOB_RETIRED,  /* no more batches; freed once its last one finished */
     EM_JOB_FAILED,   /* on_error = fail met an error; waits for a changed file */
+    EM_JOB_STOPPING, /* stopped through the API: cut a last batch, then STOPPED */
+    EM_JOB_STOPPED,  /* stopped through the API; kept until started again */
 } em_job_state;
 
 typedef struct em_job {
@@ -51,6 +53,7 @@ typedef struct em_job {
     em_checkpoint cp;        /* workers only (one batch of a job at a time) */
     em_pid pid;              /* workers only */
     int held;                /* receivers held: too many batches waiting (clock only) */
+    int paused;              /* paused through the API: receivers held (driver lock) */
     /* Blocks recovered from the write-ahead log, cut into batches before
      * new input (clock only). */
     em_block **recovered;
