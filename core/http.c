@@ -31,6 +31,7 @@
 #define MAX_CONNECTIONS 64
 #define IDLE_TIMEOUT_S 10
 #define CONTROL_WAIT_MS 10000
+#define PORT_RETRIES 16
 
 struct em_http {
     struct MHD_Daemon *mhd;
@@ -361,6 +362,7 @@ static int listen_on(const char *host, int port, int *bound, char *err, size_t e
     freeaddrinfo(ai);
     if (fd < 0) {
         snprintf(err, errlen, "ui.host:ui.port = %s:%d: %s", host, port, strerror(e));
+        errno = e;
         return -1;
     }
     struct sockaddr_storage ss;
@@ -383,7 +385,13 @@ em_http *em_http_start(const char *host, int port, em_driver *d, em_control *ctl
     h->driver = d;
     h->control = ctl;
     pthread_mutex_init(&h->lock, NULL);
+    /* As Spark's UI: a port in use (another driver on the host) moves on
+     * to the next one, up to PORT_RETRIES times; the log names the port. */
     h->fd = listen_on(host, port, &h->port, err, errlen);
+    for (int i = 1; h->fd < 0 && errno == EADDRINUSE && port && i <= PORT_RETRIES; i++) {
+        em_log(EM_LOG_INFO, NULL, "HTTP: port %d is in use; trying %d", port + i - 1, port + i);
+        h->fd = listen_on(host, port + i, &h->port, err, errlen);
+    }
     if (h->fd < 0) {
         em_http_stop(h);
         return NULL;
