@@ -94,8 +94,15 @@ static void hold_receivers(em_driver *d, em_job *j)
         em_receiver_hold(j->version->receivers[i], hold);
     if (j->paused) /* the pause was logged by the command */
         return;
+    /* A catch-up pauses and resumes once a batch: info once a minute, the
+     * rest at debug (the API and /metrics show the state all along). */
+    int64_t now = em_clock_mono_ms();
+    em_log_level level = !j->held_logged_ms || now - j->held_logged_ms >= 60000 ? EM_LOG_INFO
+                                                                                 : EM_LOG_DEBUG;
+    if (level == EM_LOG_INFO && !hold)
+        j->held_logged_ms = now;
     if (too_many || !hold)
-        em_log(hold ? EM_LOG_WARN : EM_LOG_INFO, j->name, hold
+        em_log(level, j->name, hold
                ? "%d batches waiting (streaming.maxWaitingBatches = %d): receivers paused"
                : "%d batches waiting (streaming.maxWaitingBatches = %d): receivers resumed",
                waiting, d->cfg->max_waiting_batches);

@@ -54,6 +54,7 @@ typedef struct em_job {
     em_pid pid;              /* workers only */
     int held;                /* receivers held: too many batches waiting (clock only) */
     int paused;              /* paused through the API: receivers held (driver lock) */
+    int64_t held_logged_ms;  /* last pause/resume logged at info (clock only) */
     /* Blocks recovered from the write-ahead log, cut into batches before
      * new input (clock only). */
     em_block **recovered;

@@ -16,6 +16,6 @@ job:socket { host = "localhost", port = 9999 }
   end)
   :map(function(w) return w, 1 end)
   :reduce_by_key(function(a, b) return a + b end)
-  :print()
+  :print(10, { empty = false }) -- no empty headers while nothing is typed or nc is not up
 
 return job
