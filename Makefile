@@ -16,7 +16,7 @@ OBJS      := $(SRCS:%.c=build/%.o)
 DEB_BUILD := gcc make pkg-config zlib1g-dev libluajit2-5.1-dev librdkafka-dev librabbitmq-dev libhiredis-dev \
              libmicrohttpd-dev
 DEB_TEST  := luajit2 lua-busted lua-cjson lua-posix lua-socket procps \
-             redis-server rabbitmq-server kcat amqp-tools prometheus chromium
+             redis-server rabbitmq-server kcat amqp-tools prometheus chromium curl
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST)
 
 ifeq ($(V),1)
