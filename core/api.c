@@ -174,12 +174,12 @@ static void json_job(em_buf *o, const em_snap_job *j)
     em_buf_printf(o, "],\"numReceivedRecords\":%llu,\"numProcessedRecords\":%llu,"
                   "\"numFailedRecords\":%llu,\"numTotalCompletedBatches\":%llu,"
                   "\"numFailedBatches\":%llu,\"waitingBatches\":%zu,\"lateBatchesInARow\":%u,"
-                  "\"paused\":%s,\"held\":%s,\"reloadPending\":%s,\"rate\":",
+                  "\"paused\":%s,\"held\":%s,\"blocked\":%s,\"reloadPending\":%s,\"rate\":",
                   (unsigned long long)received(j), (unsigned long long)t->records,
                   (unsigned long long)t->failed, (unsigned long long)t->batches,
                   (unsigned long long)t->failed_batches, j->waiting, t->late_in_a_row,
                   j->paused ? "true" : "false", j->held ? "true" : "false",
-                  j->reload_pending ? "true" : "false");
+                  j->blocked ? "true" : "false", j->reload_pending ? "true" : "false");
     json_rate(o, j->rate);
     em_buf_printf(o, ",\"lateRecords\":null,\"stateSize\":null,\"lastError\":");
     if (t->last_error_ms)
@@ -398,6 +398,9 @@ int em_api_health(const em_snapshot *s, const em_health_limits *lim, int ready, 
                            "source %d (%s) failing for %lld s: %s", r->id, r->kind,
                            (long long)((now_ms - since) / 1000), r->st.last_error);
             }
+            if (j->blocked)
+                reason(&reasons, &n, "job_blocked", j->name, "a batch keeps failing "
+                       "(streaming.batch.maxRetries exceeded): %s", j->sum.last_error);
             if ((int)j->waiting > s->max_waiting_batches)
                 reason(&reasons, &n, "waiting_batches", j->name,
                        "%zu batches waiting (streaming.maxWaitingBatches = %d)", j->waiting,

@@ -145,7 +145,7 @@ void em_metrics_write(const em_snapshot *s, em_buf *o)
     }
     per_job(o, s, "ember_job_up", "gauge", "1 while the job runs (or is paused), 0 when it stopped or failed.", v_up);
     per_job(o, s, "ember_job_batches_total", "counter", "Batches completed.", v_batches);
-    per_job(o, s, "ember_job_failed_batches_total", "counter", "Batches whose outputs failed after every retry.", v_failed_batches);
+    per_job(o, s, "ember_job_failed_batches_total", "counter", "Batches that did not complete (on_error = \"fail\" stopped the job).", v_failed_batches);
     per_job(o, s, "ember_job_records_total", "counter", "Records in completed batches.", v_records);
     per_job(o, s, "ember_job_failed_records_total", "counter", "Records (or output runs) that raised.", v_failed);
     per_job(o, s, "ember_job_waiting_batches", "gauge", "Batches queued or running.", v_waiting);

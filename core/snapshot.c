@@ -137,6 +137,7 @@ static int fill_job(em_snap_job *o, em_job *j, em_scheduler *sched)
     o->held = j->held;
     o->paused = j->paused;
     o->reload_pending = j->next != NULL;
+    o->blocked = j->blocked;
     o->nrecovered = j->nrecovered - j->recovered_pos;
     o->receivers = calloc(v->nreceivers ? v->nreceivers : 1, sizeof *o->receivers);
     o->outputs = calloc(v->desc->noutputs ? v->desc->noutputs : 1, sizeof *o->outputs);

@@ -46,6 +46,7 @@ typedef struct em_snap_job {
     char state_version[64];
     size_t waiting;         /* batches queued or running */
     int held, paused, reload_pending;
+    int blocked;            /* a batch failed streaming.batch.maxRetries times and keeps retrying */
     size_t nrecovered;      /* recovered blocks still to be cut */
     double rate;            /* sum of the receivers' rates in force; 0: unlimited */
     em_snap_receiver *receivers;
