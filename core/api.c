@@ -347,7 +347,15 @@ void em_api_statistics(const em_snapshot *s, em_buf *out)
                   (unsigned long long)batches, retained, waiting, (unsigned long long)processed,
                   (unsigned long long)got);
     json_averages(out, &all);
-    em_buf_printf(out, ",\"memoryUsed\":%zu,\"memoryMax\":%zu}", s->memory_used, s->memory_max);
+    em_buf_printf(out, ",\"memoryUsed\":%zu,\"memoryMax\":%zu,\"state\":\"%s\",\"lastError\":",
+                  s->memory_used, s->memory_max, s->state);
+    if (s->last_error_ms)
+        em_buf_json_str(out, s->last_error);
+    else
+        em_buf_add(out, "null", 4);
+    em_buf_printf(out, ",\"lastErrorTime\":");
+    em_buf_json_time(out, s->last_error_ms);
+    em_buf_add(out, "}", 1);
 }
 
 static void reason(em_buf *o, int *n, const char *check, const char *job, const char *fmt, ...)
@@ -380,7 +388,10 @@ int em_api_health(const em_snapshot *s, const em_health_limits *lim, int ready, 
         reason(&reasons, &n, "starting", NULL, "the driver has not published its state yet");
     } else {
         int64_t stale = 20 * s->block_interval_ms > 5000 ? 20 * s->block_interval_ms : 5000;
-        if (now_ms - s->taken_ms > stale)
+        int stopping = strcmp(s->state, "stopping") == 0;
+        if (stopping && ready) /* alive while it drains, but not taking work */
+            reason(&reasons, &n, "stopping", NULL, "the driver is stopping");
+        if (!stopping && now_ms - s->taken_ms > stale)
             reason(&reasons, &n, "clock", NULL, "the driver's clock last ticked %lld ms ago",
                    (long long)(now_ms - s->taken_ms));
         for (size_t i = 0; i < s->njobs; i++) {
@@ -480,4 +491,29 @@ void em_api_status_text(const em_snapshot *s, em_buf *o)
                           (unsigned long long)r->st.records, lim, why ? why : "-",
                           r->st.last_error_ms ? r->st.last_error : "-");
         }
+}
+
+void em_api_pools(const em_snapshot *s, em_buf *out)
+{
+    em_buf_add(out, "[", 1);
+    for (size_t i = 0; i < s->npools; i++) {
+        const em_pool_stats *p = &s->pools[i];
+        em_buf_printf(out, "%s{\"kind\":", i ? "," : "");
+        em_buf_json_str(out, p->kind);
+        em_buf_printf(out, ",\"endpoint\":");
+        em_buf_json_str(out, p->endpoint);
+        em_buf_printf(out, ",\"open\":%d,\"idle\":%d,\"max\":%d,\"borrows\":%llu,"
+                      "\"waits\":%llu,\"connectFailures\":%llu,\"broken\":%llu,"
+                      "\"lastError\":", p->open, p->idle, p->max,
+                      (unsigned long long)p->borrows, (unsigned long long)p->waits,
+                      (unsigned long long)p->connect_failures, (unsigned long long)p->broken);
+        if (p->last_error_ms)
+            em_buf_json_str(out, p->last_error);
+        else
+            em_buf_add(out, "null", 4);
+        em_buf_printf(out, ",\"lastErrorTime\":");
+        em_buf_json_time(out, p->last_error_ms);
+        em_buf_add(out, "}", 1);
+    }
+    em_buf_add(out, "]", 1);
 }

@@ -25,6 +25,8 @@ int em_api_job(const em_snapshot *s, const char *name, em_buf *out);
 int em_api_batches(const em_snapshot *s, const char *name, int64_t time_ms, em_buf *out);
 void em_api_receivers(const em_snapshot *s, em_buf *out);
 void em_api_statistics(const em_snapshot *s, em_buf *out);
+/* The sink connection pools, with their connections and last error. */
+void em_api_pools(const em_snapshot *s, em_buf *out);
 /* /healthz (ready = 0) and /readyz (ready = 1): returns 1 when OK; out holds
  * {"status": ..., "reasons": [...]} either way. s may be NULL (starting). */
 int em_api_health(const em_snapshot *s, const em_health_limits *lim, int ready, int64_t now_ms,

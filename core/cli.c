@@ -18,6 +18,18 @@
 
 #define CLI_TIMEOUT_MS 15000
 
+static int is_ember(pid_t pid);
+static pid_t read_pidfile(const char *path, int *port);
+
+/* The port to reach: the one the running driver of this checkpoint.dir
+ * wrote in its PID file, else ui.port. */
+static int api_port(const em_config *c)
+{
+    int port;
+    pid_t pid = read_pidfile(c->pid_file, &port);
+    return port && is_ember(pid) ? port : c->ui_port;
+}
+
 /* A wildcard listening address is reached on loopback. */
 static const char *connect_host(const char *host)
 {
@@ -31,7 +43,7 @@ static const char *connect_host(const char *host)
 static int dial(const em_config *c, char *err, size_t errlen)
 {
     char port[16];
-    snprintf(port, sizeof port, "%d", c->ui_port);
+    snprintf(port, sizeof port, "%d", api_port(c));
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai;
     const char *host = connect_host(c->ui_host);
     int rc = getaddrinfo(host, port, &hints, &ai);
@@ -50,7 +62,7 @@ static int dial(const em_config *c, char *err, size_t errlen)
     }
     freeaddrinfo(ai);
     if (fd < 0)
-        snprintf(err, errlen, "http://%s:%d: %s", host, c->ui_port, strerror(e));
+        snprintf(err, errlen, "http://%s:%d: %s", host, api_port(c), strerror(e));
     return fd;
 }
 
@@ -126,17 +138,24 @@ int em_cli_status(const em_config *c, int watch)
     }
 }
 
-static pid_t read_pid(const char *path)
+static pid_t read_pidfile(const char *path, int *port)
 {
     FILE *f = fopen(path, "r");
-    long pid = 0;
+    long pid = 0, p = 0;
+    if (port)
+        *port = 0;
     if (!f)
         return 0;
-    if (fscanf(f, "%ld", &pid) != 1)
+    int n = fscanf(f, "%ld %ld", &pid, &p);
+    if (n < 1)
         pid = 0;
+    if (n == 2 && port && p > 0 && p < 65536)
+        *port = (int)p;
     fclose(f);
     return (pid_t)pid;
 }
+
+static pid_t read_pid(const char *path) { return read_pidfile(path, NULL); }
 
 /* Whether pid is a live process named ember. */
 static int is_ember(pid_t pid)
@@ -202,11 +221,11 @@ int em_cli_stop(const em_config *c, const char *job)
     int rc = post(c, path, &reached);
     if (!reached)
         fprintf(stderr, "ember stop %s: the HTTP API does not answer at %s:%d\n", job,
-                connect_host(c->ui_host), c->ui_port);
+                connect_host(c->ui_host), api_port(c));
     return rc;
 }
 
-int em_pidfile_write(const char *path, char *err, size_t errlen)
+int em_pidfile_write(const char *path, int port, char *err, size_t errlen)
 {
     pid_t other = read_pid(path);
     if (other && other != getpid() && is_ember(other)) {
@@ -224,7 +243,8 @@ int em_pidfile_write(const char *path, char *err, size_t errlen)
     char tmp[1200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0 || rename(tmp, path)) {
+    if (!f || fprintf(f, "%ld\n%d\n", (long)getpid(), port) < 0 || fclose(f) != 0 ||
+        rename(tmp, path)) {
         snprintf(err, errlen, "run.pidFile %s: %s", path, strerror(errno));
         return -1;
     }

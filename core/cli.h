@@ -17,9 +17,11 @@ int em_cli_reload(const em_config *c);
 /* `ember stop [JOB]`: one job through the API, or the driver (SIGTERM). */
 int em_cli_stop(const em_config *c, const char *job);
 
-/* The PID file `ember run` writes: 0, or -1 and err when another live
- * ember holds it. */
-int em_pidfile_write(const char *path, char *err, size_t errlen);
+/* The PID file `ember run` writes: its pid, and on a second line the port
+ * its HTTP server took (0 until known), so the commands above find a driver
+ * whose ui.port moved on from a port in use. 0, or -1 and err when another
+ * live ember holds it. */
+int em_pidfile_write(const char *path, int port, char *err, size_t errlen);
 void em_pidfile_remove(const char *path);
 
 #endif

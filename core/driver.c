@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,26 @@ struct em_driver {
     em_clock *clock;
     em_snapshot_slot *snap; /* what the HTTP API reads */
     int64_t published_ms, start_ms;
+    int stopping;
+    char last_error[512]; /* under lock, for the API */
+    int64_t last_error_ms;
 };
+
+/* Logs a driver-level error and keeps it for the API. */
+static void driver_error(em_driver *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void driver_error(em_driver *d, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    em_log(EM_LOG_ERROR, NULL, "%s", msg);
+    pthread_mutex_lock(&d->lock);
+    snprintf(d->last_error, sizeof d->last_error, "%s", msg);
+    d->last_error_ms = em_clock_now_ms();
+    pthread_mutex_unlock(&d->lock);
+}
 
 em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
 {
@@ -149,6 +169,9 @@ static void publish(em_driver *d)
                  d->broken[i].error ? d->broken[i].error : "");
         s->broken[i].disabled = d->broken[i].disabled;
     }
+    s->state = d->stopping ? "stopping" : "running";
+    snprintf(s->last_error, sizeof s->last_error, "%s", d->last_error);
+    s->last_error_ms = d->last_error_ms;
     d->published_ms = s->taken_ms;
     em_snapshot_slot_put(d->snap, s);
 }
@@ -433,7 +456,7 @@ void em_driver_reload(em_driver *d)
     errno = 0;
     char **files = scan(d->jobs_dir, &nfiles);
     if (!files && errno) {
-        em_log(EM_LOG_ERROR, NULL, "cannot read the jobs folder %s: %s", d->jobs_dir,
+        driver_error(d, "cannot read the jobs folder %s: %s", d->jobs_dir,
                strerror(errno));
         return;
     }
@@ -522,6 +545,10 @@ void em_driver_stop(em_driver *d, int graceful)
 {
     em_clock_stop(d->clock);
     d->clock = NULL;
+    pthread_mutex_lock(&d->lock);
+    d->stopping = 1;
+    publish(d); /* the last snapshot: the API says the driver is stopping */
+    pthread_mutex_unlock(&d->lock);
     em_log(EM_LOG_INFO, NULL, "stopping: receivers stop, %s", graceful
            ? "every received record is processed first" : "unprocessed records are not acknowledged");
     int64_t now = em_clock_now_ms();

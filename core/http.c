@@ -246,6 +246,9 @@ static enum MHD_Result get(em_http *h, struct MHD_Connection *c, const char *url
     } else if (strcmp(url, "/api/v1/receivers") == 0) {
         em_api_receivers(s, &b);
         rc = send_buf(c, MHD_HTTP_OK, JSON, &b);
+    } else if (strcmp(url, "/api/v1/pools") == 0) {
+        em_api_pools(s, &b);
+        rc = send_buf(c, MHD_HTTP_OK, JSON, &b);
     } else if (strcmp(url, "/api/v1/statistics") == 0) {
         em_api_statistics(s, &b);
         rc = send_buf(c, MHD_HTTP_OK, JSON, &b);

@@ -366,7 +366,7 @@ static int run(int argc, char **argv)
                  cfg->ui_host);
         goto bad;
     }
-    if (em_pidfile_write(cfg->pid_file, err, sizeof err) != 0)
+    if (em_pidfile_write(cfg->pid_file, 0, err, sizeof err) != 0)
         goto bad;
 
     /* Signals arrive on a signalfd, never in a handler, so every thread
@@ -406,6 +406,8 @@ static int run(int argc, char **argv)
         em_http_configure(rt.http, cfg->ui_token, &lim);
         em_log(EM_LOG_INFO, NULL, "HTTP API and web UI on http://%s:%d/%s", cfg->ui_host,
                em_http_port(rt.http), cfg->ui_token[0] ? " (control calls need ui.token)" : "");
+        if (em_pidfile_write(cfg->pid_file, em_http_port(rt.http), err, sizeof err) != 0)
+            em_log(EM_LOG_WARN, NULL, "%s", err);
     }
     int64_t next_summary = em_clock_mono_ms() + cfg->log_batch_summary_ms, next_supervise = 0;
     for (;;) {

@@ -110,6 +110,22 @@ static void per_receiver(em_buf *o, const em_snapshot *s, const char *name, cons
         }
 }
 
+static void pool_family(em_buf *o, const em_snapshot *s, const char *name, const char *type,
+                        const char *help, int which)
+{
+    family(o, name, type, help);
+    for (size_t i = 0; i < s->npools; i++) {
+        const em_pool_stats *p = &s->pools[i];
+        double v = which == 0 ? p->open : which == 1 ? p->idle : which == 2 ? (double)p->borrows
+                 : which == 3 ? (double)p->waits : (double)p->connect_failures;
+        em_buf_printf(o, "%s{kind=", name);
+        label(o, p->kind);
+        em_buf_printf(o, ",endpoint=");
+        label(o, p->endpoint);
+        em_buf_printf(o, "} %.17g\n", v);
+    }
+}
+
 static double resident_bytes(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -155,6 +171,11 @@ void em_metrics_write(const em_snapshot *s, em_buf *o)
     histogram(o, s, "ember_batch_processing_seconds", "Time from a worker starting a batch to every output finishing.", 0);
     histogram(o, s, "ember_batch_total_delay_seconds", "Time from a batch's time to every output finishing.", 1);
 
+    pool_family(o, s, "ember_pool_connections", "gauge", "Open connections of a sink pool.", 0);
+    pool_family(o, s, "ember_pool_idle_connections", "gauge", "Idle connections of a sink pool.", 1);
+    pool_family(o, s, "ember_pool_borrows_total", "counter", "Connections borrowed from a sink pool.", 2);
+    pool_family(o, s, "ember_pool_waits_total", "counter", "Borrows that waited for a free connection.", 3);
+    pool_family(o, s, "ember_pool_connect_failures_total", "counter", "Connections a sink pool failed to open.", 4);
     per_receiver(o, s, "ember_receiver_records_total", "counter", "Records a receiver took in.", r_records);
     per_receiver(o, s, "ember_receiver_bytes_total", "counter", "Bytes (values, keys, metadata) a receiver took in.", r_bytes);
     per_receiver(o, s, "ember_receiver_active", "gauge", "1 while the receiver's thread reads.", r_active);

@@ -49,6 +49,7 @@ void em_snapshot_unref(em_snapshot *s)
     }
     free(s->jobs);
     free(s->broken);
+    free(s->pools);
     free(s);
 }
 
@@ -182,5 +183,12 @@ em_snapshot *em_snapshot_build(em_job *const *jobs, size_t njobs, em_scheduler *
         }
     }
     s->nbroken = nbroken;
+    size_t npools = em_pool_list(NULL, 0);
+    s->pools = calloc(npools ? npools : 1, sizeof *s->pools);
+    if (s->pools) {
+        size_t n = em_pool_list(s->pools, npools);
+        s->npools = n < npools ? n : npools;
+    }
+    s->state = "running";
     return s;
 }

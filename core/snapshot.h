@@ -16,6 +16,7 @@
 
 #include "history.h"
 #include "job.h"
+#include "pool.h"
 #include "receiver.h"
 #include "scheduler.h"
 
@@ -74,6 +75,11 @@ typedef struct em_snapshot {
     size_t njobs;
     em_snap_broken *broken;
     size_t nbroken;
+    em_pool_stats *pools;   /* sink connection pools, shared by every job */
+    size_t npools;
+    const char *state;      /* the driver: running, stopping */
+    char last_error[512];   /* the driver's last error (the jobs folder unreadable, ...) */
+    int64_t last_error_ms;
 } em_snapshot;
 
 em_snapshot *em_snapshot_new(size_t njobs, size_t nbroken);
