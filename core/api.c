@@ -137,7 +137,17 @@ static void json_receiver(em_buf *o, const em_snapshot *s, const em_snap_job *j,
         em_buf_json_str(o, why);
     else
         em_buf_add(o, "null", 4);
-    em_buf_printf(o, ",\"acknowledges\":%s,\"lag\":null}", r->acknowledges ? "true" : "false");
+    em_buf_printf(o, ",\"acknowledges\":%s,\"lag\":", r->acknowledges ? "true" : "false");
+    if (r->st.lag >= 0)
+        em_buf_printf(o, "%lld", (long long)r->st.lag);
+    else
+        em_buf_add(o, "null", 4);
+    em_buf_printf(o, ",\"lagDetail\":");
+    if (r->st.lag_detail[0]) /* JSON the connector wrote */
+        em_buf_add(o, r->st.lag_detail, strlen(r->st.lag_detail));
+    else
+        em_buf_add(o, "null", 4);
+    em_buf_add(o, "}", 1);
 }
 
 static void json_job(em_buf *o, const em_snap_job *j)

@@ -94,6 +94,7 @@ static double r_paused(const em_snap_receiver *r)
     return r->st.held || r->st.throttled || r->st.over_memory;
 }
 static double r_limit(const em_snap_receiver *r) { return r->st.rate; }
+static double r_lag(const em_snap_receiver *r) { return (double)r->st.lag; }
 
 static void per_receiver(em_buf *o, const em_snapshot *s, const char *name, const char *type,
                          const char *help, rx_value fn)
@@ -102,6 +103,8 @@ static void per_receiver(em_buf *o, const em_snapshot *s, const char *name, cons
     for (size_t i = 0; i < s->njobs; i++)
         for (size_t k = 0; k < s->jobs[i].nreceivers; k++) {
             const em_snap_receiver *r = &s->jobs[i].receivers[k];
+            if (fn == r_lag && r->st.lag < 0) /* the broker does not tell */
+                continue;
             em_buf_printf(o, "%s{job=", name);
             label(o, s->jobs[i].name);
             em_buf_printf(o, ",source=\"%d\",kind=", r->id);
@@ -181,6 +184,7 @@ void em_metrics_write(const em_snapshot *s, em_buf *o)
     per_receiver(o, s, "ember_receiver_active", "gauge", "1 while the receiver's thread reads.", r_active);
     per_receiver(o, s, "ember_receiver_paused", "gauge", "1 while the receiver does not read (rate, waiting batches, memory.max, a paused job).", r_paused);
     per_receiver(o, s, "ember_receiver_failing", "gauge", "1 while the receiver's source keeps failing (connection lost).", r_failing);
+    per_receiver(o, s, "ember_receiver_lag_records", "gauge", "Records the broker holds beyond what was acknowledged (Kafka: high watermark minus committed offset, summed over partitions).", r_lag);
     per_receiver(o, s, "ember_receiver_rate_limit_records_per_second", "gauge", "The rate in force (0: unlimited).", r_limit);
 }
 

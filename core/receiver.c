@@ -47,6 +47,8 @@ struct em_receiver {
     atomic_llong failing_since_ms;
     int64_t last_error_ms;
     char last_error[256];
+    int64_t lag;          /* under lock; -1: unknown */
+    char *lag_detail;
 };
 
 static const em_option core_options[] = {
@@ -118,6 +120,7 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     r->max_rate = em_props_double(&r->props, "max_rate", default_max_rate);
     r->batch_interval_ms = batch_interval_ms;
     r->applied_rate = -1;
+    r->lag = -1;
     pthread_mutex_init(&r->lock, NULL);
     char *sig = r->signature;
     if (sig) { /* the connector name is part of the identity */
@@ -201,6 +204,16 @@ static void failed(em_receiver *r)
 
 void em_receiver_recovered(em_receiver *r) { atomic_store(&r->failing_since_ms, 0); }
 
+void em_receiver_set_lag(em_receiver *r, int64_t total, const char *json)
+{
+    char *copy = json && strlen(json) < 1024 ? strdup(json) : NULL; /* longer: no detail */
+    pthread_mutex_lock(&r->lock);
+    free(r->lag_detail);
+    r->lag_detail = copy;
+    r->lag = total;
+    pthread_mutex_unlock(&r->lock);
+}
+
 void em_receiver_get_stats(em_receiver *r, em_receiver_stats *out)
 {
     pthread_mutex_lock(&r->lock);
@@ -210,6 +223,8 @@ void em_receiver_get_stats(em_receiver *r, em_receiver_stats *out)
     out->max_rate = r->max_rate;
     out->last_error_ms = r->last_error_ms;
     snprintf(out->last_error, sizeof out->last_error, "%s", r->last_error);
+    out->lag = r->lag;
+    snprintf(out->lag_detail, sizeof out->lag_detail, "%s", r->lag_detail ? r->lag_detail : "");
     pthread_mutex_unlock(&r->lock);
     out->active = r->started && !atomic_load(&r->stopping) && !atomic_load(&r->exhausted);
     out->held = atomic_load(&r->held);
@@ -325,6 +340,7 @@ void em_receiver_unref(em_receiver *r)
         em_block_unref(r->sealed[i]);
     free(r->sealed);
     em_wal_close(r->wal);
+    free(r->lag_detail);
     em_props_clear(&r->props);
     pthread_mutex_destroy(&r->lock);
     free(r->signature);

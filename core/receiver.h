@@ -85,7 +85,14 @@ typedef struct em_receiver_stats {
     int64_t failing_since_ms; /* first fault of the current streak; 0: not failing */
     int64_t last_error_ms;    /* 0: never failed */
     char last_error[256];
+    int64_t lag;              /* records the broker holds beyond what was acknowledged; -1: unknown */
+    char lag_detail[1024];    /* JSON the connector wrote (per partition, ...); "" when none */
 } em_receiver_stats;
+
+/* For connectors, from their thread: the lag the broker tells (Kafka:
+ * high watermark minus committed offset, per partition), total records and
+ * a JSON value with the detail; total -1 when it cannot be told. */
+void em_receiver_set_lag(em_receiver *r, int64_t total, const char *json);
 
 void em_receiver_get_stats(em_receiver *r, em_receiver_stats *out);
 /* For connectors: the fault is over (reconnected) before any record came. */
