@@ -25,7 +25,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps run test bench clean
+.PHONY: all deps run test bench clean docker-base docker-test
 
 all: ember tools/kafka-mock build/libember-json.so
 
@@ -72,10 +72,18 @@ test: deps
 	$(Q)spec/run
 
 bench: deps
-	$(Q)$(MAKE) --no-print-directory ember
+	$(Q)$(MAKE) --no-print-directory ember build/libember-json.so
 	$(Q)bench/run
 
 clean:
 	rm -rf build ember tools/kafka-mock
+
+# Docker (docker/README.md): the Debian base image of the offline compose
+# setup; the test of that setup. Each installs docker.io, docker-compose and
+# debootstrap from Debian where their commands are missing.
+docker-base:
+	$(Q)docker/make-base.sh
+docker-test:
+	$(Q)docker/test.sh
 
 -include $(OBJS:.o=.d)

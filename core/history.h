@@ -24,6 +24,8 @@ typedef struct em_batch_info {
     uint64_t pool_borrows;       /* pooled connections its outputs borrowed */
     uint64_t pool_waits;         /* borrows that waited for a free connection */
     int64_t pool_wait_ms;        /* time those waits took */
+    int64_t commit_ms;           /* the commit: state files, checkpoint, apply */
+    uint64_t state_written;      /* bytes of state the commit wrote */
     int64_t interval_ms;         /* the batch interval of the version that ran it */
     uint32_t retries;            /* runs after the first (an output failed) */
     int ok;

@@ -139,6 +139,7 @@ em_job *em_job_create(const char *path, char *script, em_version *v, const em_ru
     j->rt = rt;
     j->history = em_history_create((size_t)rt->cfg->retained_batches);
     atomic_init(&j->failed, 0);
+    atomic_init(&j->blocked, 0);
     snprintf(j->dir, sizeof j->dir, "%.960s/%.127s", rt->cfg->checkpoint_dir, j->name);
     return j;
 }
