@@ -688,3 +688,5 @@ int em_driver_control(em_driver *d, em_driver_command cmd, const char *name, cha
     pthread_mutex_unlock(&d->lock);
     return rc;
 }
+
+const char *em_driver_id(const em_driver *d) { return d->cfg->ember_id; }

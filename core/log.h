@@ -1,4 +1,4 @@
-/* log.h — one line per event on stderr (or a rolling file): time, level, job.
+/* log.h — one line per event on stderr (or a rolling file): time, driver id, level, job.
  *
  * Safe from any thread; a line is written with one write(2) so lines from
  * receivers, workers and the clock never interleave.
@@ -15,6 +15,9 @@ void em_log(em_log_level level, const char *job, const char *fmt, ...)
  * last error when its connector's poll() fails. */
 const char *em_log_thread_last(void);
 void em_log_set_level(em_log_level level);
+/* Names the driver on every line, after the time (ember.id); set once at
+ * start, before other threads log. NULL or "" leaves it out. */
+void em_log_set_id(const char *id);
 /* "debug", "info", "warn", "error" → level; -1 if unknown. */
 int em_log_parse_level(const char *name);
 /* Log to files under path instead of stderr. strategy "off" keeps one file;

@@ -20,6 +20,7 @@
 #include "snapshot.h"
 #include "config.h"
 #include "driver.h"
+#include "identity.h"
 #include "job.h"
 #include "log.h"
 #include "pool.h"
@@ -350,6 +351,8 @@ static int run(int argc, char **argv)
         goto bad;
     em_config *cfg = &rt.cfg;
     em_log_set_level((em_log_level)em_log_parse_level(cfg->log_level));
+    em_identity_set(cfg->ember_id);
+    em_log_set_id(cfg->ember_id);
     em_pool_set_default_size(cfg->pool_size);
     em_wal_configure((em_wal_fsync)em_wal_parse_fsync(cfg->wal_fsync), cfg->wal_fsync_interval_ms);
     em_receiver_set_memory_max((size_t)cfg->memory_max);
@@ -379,6 +382,12 @@ static int run(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* One driver per checkpoint.dir: its dead letters, write-ahead logs and
+     * checkpoints are this process's alone. */
+    if (em_identity_lock(cfg->checkpoint_dir, err, sizeof err) != 0)
+        goto bad_pid;
+    em_log(EM_LOG_INFO, NULL, "driver %s (pid %ld) holds checkpoint.dir %s", cfg->ember_id,
+           (long)getpid(), cfg->checkpoint_dir);
     int sfd = signalfd(-1, &set, SFD_CLOEXEC);
     rt.control = em_control_create();
     rt.summary = em_summary_create();

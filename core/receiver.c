@@ -38,6 +38,8 @@ struct em_receiver {
     int64_t batch_interval_ms;
     em_wal *wal;
     int wal_failed; /* logged once per failure streak */
+    uint64_t taken, done; /* blocks handed to batches, and reported done; under lock */
+    pthread_cond_t done_cond; /* signalled when done grows */
 
     em_ratelimit rl; /* receiver thread only */
 
@@ -122,6 +124,11 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     r->applied_rate = -1;
     r->lag = -1;
     pthread_mutex_init(&r->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->done_cond, &ca);
+    pthread_condattr_destroy(&ca);
     char *sig = r->signature;
     if (sig) { /* the connector name is part of the identity */
         r->signature = malloc(strlen(c->name) + strlen(sig) + 2);
@@ -343,6 +350,7 @@ void em_receiver_unref(em_receiver *r)
     free(r->lag_detail);
     em_props_clear(&r->props);
     pthread_mutex_destroy(&r->lock);
+    pthread_cond_destroy(&r->done_cond);
     free(r->signature);
     free(r->describe);
     free(r->job);
@@ -424,6 +432,7 @@ size_t em_receiver_take(em_receiver *r, em_block ***out)
         r->sealed = NULL;
         r->nsealed = r->capsealed = 0;
     }
+    r->taken += n;
     pthread_mutex_unlock(&r->lock);
     return n;
 }
@@ -442,10 +451,36 @@ int em_receiver_resume_from(em_receiver *r, const char *positions)
     return 1;
 }
 
+/* The connector hears first, so what it releases (a Kafka commit) is done
+ * before em_receiver_wait_done() returns. */
 void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok)
 {
     if (r->conn->batch_done)
         r->conn->batch_done(r->self, blocks, n, ok);
+    pthread_mutex_lock(&r->lock);
+    r->done += n;
+    pthread_cond_broadcast(&r->done_cond);
+    pthread_mutex_unlock(&r->lock);
+}
+
+int em_receiver_wait_done(em_receiver *r, int64_t timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->lock);
+    uint64_t want = r->taken;
+    int rc = 0;
+    while (r->done < want && rc == 0)
+        rc = pthread_cond_timedwait(&r->done_cond, &r->lock, &until);
+    int all = r->done >= want;
+    pthread_mutex_unlock(&r->lock);
+    return all ? 0 : -1;
 }
 
 void em_receiver_set_rate(em_receiver *r, double per_sec)

@@ -41,8 +41,17 @@ void em_receiver_seal(em_receiver *r, int64_t now_ms);
 /* Takes every sealed block (the caller owns the references); returns the
  * count and fills *out with a malloc'd array, or 0 and NULL. */
 size_t em_receiver_take(em_receiver *r, em_block ***out);
-/* Hands the connector the news that blocks of this receiver were processed. */
+/* Hands the connector the news that blocks of this receiver were processed.
+ * Every block em_receiver_take() handed out is reported here exactly once
+ * (its batch succeeded, failed for good, or was dropped). */
 void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok);
+/* Waits until every block taken from this receiver so far has been
+ * reported through em_receiver_batch_done() — the batches in flight are
+ * done, and the connector's batch_done for them has returned — or until
+ * timeout_ms passes. 0 when they are all done, -1 on timeout. For a
+ * connector about to give up its input (Kafka: inside a revoke, while its
+ * commits still count); from the receiver thread, never from a worker. */
+int em_receiver_wait_done(em_receiver *r, int64_t timeout_ms);
 
 /* The connector's positions() for these blocks, or nothing. */
 void em_receiver_positions(em_receiver *r, em_block *const *blocks, size_t n, FILE *out);
