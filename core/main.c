@@ -246,8 +246,6 @@ static void reload_config(void)
     snprintf(c->log_level, sizeof c->log_level, "%s", fresh.log_level);
     em_log_set_level((em_log_level)em_log_parse_level(c->log_level));
     c->batch_max_retries = fresh.batch_max_retries; /* lifecycle.c reads it per batch */
-    c->memory_max = fresh.memory_max;
-    em_receiver_set_memory_max((size_t)c->memory_max);
     c->log_batch_summary_ms = fresh.log_batch_summary_ms;
     c->health_receiver_failing_ms = fresh.health_receiver_failing_ms;
     c->health_late_batches = fresh.health_late_batches;
@@ -354,8 +352,6 @@ static int run(int argc, char **argv)
     em_identity_set(cfg->ember_id);
     em_log_set_id(cfg->ember_id);
     em_pool_set_default_size(cfg->pool_size);
-    em_wal_configure((em_wal_fsync)em_wal_parse_fsync(cfg->wal_fsync), cfg->wal_fsync_interval_ms);
-    em_receiver_set_memory_max((size_t)cfg->memory_max);
     if (cfg->log_file[0] && em_log_open_file(cfg->log_file, cfg->log_rolling_strategy,
                                              cfg->log_rolling_interval,
                                              cfg->log_rolling_max_retained) != 0) {

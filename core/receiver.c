@@ -36,6 +36,9 @@ struct em_receiver {
     double max_rate, bp_rate, applied_rate;
     atomic_int held;
     int64_t batch_interval_ms;
+    size_t memory_max;      /* memory.max (0: no cap) */
+    em_wal_fsync wal_fsync; /* streaming.receiver.writeAheadLog.fsync ... */
+    int64_t wal_fsync_interval_ms;
     em_wal *wal;
     int wal_failed; /* logged once per failure streak */
     uint64_t taken, done; /* blocks handed to batches, and reported done; under lock */
@@ -93,7 +96,7 @@ static char *make_describe(const em_connector *c, const em_props *p)
 }
 
 em_receiver *em_receiver_create(const em_connector *c, em_props *props, const char *job,
-                                double default_max_rate, int64_t batch_interval_ms, char *err,
+                                const em_config *cfg, int64_t batch_interval_ms, char *err,
                                 size_t errlen)
 {
     char what[128];
@@ -119,8 +122,11 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     r->signature = em_props_signature(&r->props);
     r->describe = make_describe(c, &r->props);
     r->job = strdup(job);
-    r->max_rate = em_props_double(&r->props, "max_rate", default_max_rate);
+    r->max_rate = em_props_double(&r->props, "max_rate", cfg->max_rate);
     r->batch_interval_ms = batch_interval_ms;
+    r->memory_max = (size_t)cfg->memory_max;
+    r->wal_fsync = (em_wal_fsync)em_wal_parse_fsync(cfg->wal_fsync);
+    r->wal_fsync_interval_ms = cfg->wal_fsync_interval_ms;
     r->applied_rate = -1;
     r->lag = -1;
     pthread_mutex_init(&r->lock, NULL);
@@ -149,9 +155,6 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     return r;
 }
 
-static size_t memory_max;
-
-void em_receiver_set_memory_max(size_t bytes) { memory_max = bytes; }
 
 static double effective_rate(double max_rate, double bp_rate)
 {
@@ -249,6 +252,7 @@ static void *run(void *arg)
         apply_rate(r);
         uint32_t allow = em_ratelimit_available(&r->rl, POLL_MAX);
         size_t used = em_block_total_bytes();
+        size_t memory_max = r->memory_max;
         int full = memory_max && used > memory_max;
         if (!full && memory_max && allow > 0)
             allow = within_memory(r, allow, memory_max - used);
@@ -565,7 +569,7 @@ int em_receiver_enable_wal(em_receiver *r, const char *dir, char *err, size_t er
 {
     if (em_receiver_acknowledges(r))
         return 0;
-    r->wal = em_wal_open(dir, err, errlen);
+    r->wal = em_wal_open(dir, r->wal_fsync, r->wal_fsync_interval_ms, err, errlen);
     return r->wal ? 0 : -1;
 }
 const char *em_receiver_connector(const em_receiver *r) { return r->conn->name; }

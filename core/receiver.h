@@ -13,15 +13,18 @@
 #include <stdio.h>
 
 #include "block.h"
+#include "config.h"
 #include "connector.h"
 #include "props.h"
 
 typedef struct em_receiver em_receiver;
 
 /* Validates props against the connector (plus the core's max_rate) and
- * builds the receiver; does not start it. NULL and err on a bad setting. */
+ * builds the receiver; does not start it. cfg gives the defaults and caps
+ * (streaming.receiver.maxRate, memory.max, the WAL's fsync policy). NULL
+ * and err on a bad setting. */
 em_receiver *em_receiver_create(const em_connector *c, em_props *props, const char *job,
-                                double default_max_rate, int64_t batch_interval_ms, char *err,
+                                const em_config *cfg, int64_t batch_interval_ms, char *err,
                                 size_t errlen);
 int em_receiver_start(em_receiver *r);
 /* Stops reading and joins the thread; the records it had are sealed into
@@ -73,9 +76,6 @@ int64_t em_receiver_batch_interval_ms(const em_receiver *r);
 size_t em_receiver_discard(em_receiver *r, int32_t partition);
 /* Holds the receiver (no reading) while on, e.g. too many batches wait. */
 void em_receiver_hold(em_receiver *r, int on);
-/* Every receiver stops reading while live blocks hold more than this many
- * bytes (memory.max; 0: no cap). */
-void em_receiver_set_memory_max(size_t bytes);
 
 /* Writes every block to a write-ahead log under dir before it can join a
  * batch, unless the source acknowledges by itself. Call before start. */
