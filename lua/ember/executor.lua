@@ -55,10 +55,59 @@ local fanout = narrow.fanout
 local make_collector = collect.collector
 local make_streamer = collect.streamer
 local record_caller = collect.record_caller
+local make_guard = collect.guard
+local make_chunked = collect.chunked
 
 
 local _M = {}
 _M.SINK_CHUNK = collect.SINK_CHUNK
+
+
+-- The outputs of ember's own that stream: each gives the handlers
+-- collect.chunked calls (chunk, finish, abort).
+local CHUNKED = {
+    save_as_text_files = function(node)
+        local w = sinks.text_files(node)
+        return { chunk = w.chunk, finish = w.finish, abort = w.abort }
+    end,
+    -- print(n) keeps the first n elements and counts the rest.
+    print = function(node)
+        local limit, shape = node.n, node.shape
+        local pa, pb, kept = {}, {}, 0
+        local h = {}
+        function h.chunk(ka, vb, n)
+            for i = 1, n do
+                if kept >= limit then
+                    break
+                end
+                kept = kept + 1
+                pa[kept], pb[kept] = ka[i], vb[i]
+            end
+        end
+        function h.finish(info, total)
+            local ok, err = pcall(sinks.print, node, pa, pb, total, info)
+            pa, pb, kept = {}, {}, 0
+            if not ok then
+                error(err, 0)
+            end
+        end
+        function h.abort()
+            pa, pb, kept = {}, {}, 0
+        end
+        h.shape = shape
+        return h
+    end,
+    -- foreach_record: the user function per element, on_error per element.
+    foreach_record = function(node, fails)
+        local call, shape = record_caller(node), node.shape
+        local guard = make_guard(fails)
+        return {
+            chunk = function(ka, vb, n) return guard(call, ka, vb, n, shape) end,
+            finish = function() end,
+            abort = function() end,
+        }
+    end,
+}
 
 
 -- Compiles a loaded job. Returns run(view_ptr) -> ok, failed, err, fatal.
@@ -88,6 +137,7 @@ function _M.compile(job, host)
     local wides = {}            -- { node, w, out } in creation order
     local collectors = {}       -- output node -> collector
     local streamers = {}        -- sink output node -> streamer
+    local chunked = {}          -- streaming output of ember's own -> its writer
 
     for i = #nodes, 1, -1 do
         local node = nodes[i]
@@ -106,6 +156,10 @@ function _M.compile(job, host)
             elseif node.is_output and node.write then
                 local w = make_streamer(node, ctx, fails)
                 streamers[node] = w
+                input[node] = w.push
+            elseif node.is_output and CHUNKED[op] then
+                local w = make_chunked(node, ctx, CHUNKED[op](node, fails))
+                chunked[node] = w
                 input[node] = w.push
             elseif node.is_output then
                 local c = make_collector(node)
@@ -171,30 +225,8 @@ function _M.compile(job, host)
         source_kind[i], source_format[i] = src.type, src.format
     end
 
-    local function push_loop(push, ka, vb, from, n)
-        for i = from, n do
-            cur = i
-            push(ka[i], vb[i])
-        end
-    end
-
-    -- Runs push over ka/vb[from..n] under the policy; true means stop.
-    local function guarded_push(push, ka, vb, n, shape)
-        local from = 1
-        while from <= n do
-            local ok, err = pcall(push_loop, push, ka, vb, from, n)
-            if ok then
-                return false
-            end
-            local i = cur
-            local _, text = pcall(describe, ka[i], vb[i], shape)  -- __tostring may raise
-            if fails:add(err, text) then
-                return true
-            end
-            from = i + 1
-        end
-        return false
-    end
+    -- Pushes a wide operation's results under the policy; true means stop.
+    local guarded_push = make_guard(fails)
 
     local function batch_note(n)
         return "<batch of " .. n .. " record" .. (n == 1 and "" or "s") .. ">"
@@ -210,7 +242,7 @@ function _M.compile(job, host)
         end
         for i = 1, #outputs do
             local o = outputs[i]
-            local c = collectors[o] or streamers[o]
+            local c = collectors[o] or streamers[o] or chunked[o]
             c.reset()
         end
 
@@ -279,9 +311,10 @@ function _M.compile(job, host)
                 if err then
                     return false, node.op .. " (" .. node.where .. "): " .. err
                 end
-            elseif kind == "foreach_record" then
-                local ka, vb, n = collectors[node].get()
-                if guarded_push(record_caller(node), ka, vb, n, node.shape) then
+            elseif chunked[node] then
+                -- Written chunk by chunk during the pass; this ends it.
+                local stop, err, n = chunked[node].finish()
+                if stop or (err and fails:add(err, batch_note(n))) then
                     return false
                 end
             else
@@ -301,7 +334,7 @@ function _M.compile(job, host)
         local ok, res, sink_err = pcall(run, view)
         -- A batch that stopped early leaves no sink waiting on its server.
         for i = 1, #outputs do
-            local w = streamers[outputs[i]]
+            local w = streamers[outputs[i]] or chunked[outputs[i]]
             if w then
                 w.close()
             end

@@ -67,7 +67,10 @@ end
 -- Runs one batch of single-source records; returns run_batch's results.
 function _M.run(desc, time_ms, ...)
     local v = view.batch(time_ms, ...)
-    return desc.run_batch(v.ptr)
+    -- not a tail call: v anchors the view's memory while the batch runs
+    local ok, failed, err, fatal = desc.run_batch(v.ptr)
+    _M.anchor = v
+    return ok, failed, err, fatal
 end
 
 
