@@ -5,11 +5,11 @@
 --   AQ_SOURCE  file (AQ_DIR, the folder of readings) or socket (AQ_PORT)
 --   AQ_OUTPUT  discard: each batch's count, one line "count N" on stdout
 --              file: save_as_text_files(AQ_OUT .. "/aq", "jsonl")
---   AQ_FORMAT  value (string.match on the line, the default) or json
+--   AQ_FORMAT  value (string.find on the line, the default) or json
 --              (format = "json" and string building on the table)
 local ember = require "ember"
 
-local tonumber, match, sub = tonumber, string.match, string.sub
+local tonumber, find, sub = tonumber, string.find, string.sub
 local getenv = os.getenv
 local io_write, io_flush = io.write, io.flush
 
@@ -41,7 +41,12 @@ if format == "json" then
     end)
 else
     leveled = readings:map(function(line)
-        local p = tonumber(match(line, '"pm25":(%-?[%d.]+)'))
+        -- a hand-written scan: plain find and sub compile (string.match
+        -- with a pattern does not, in LuaJIT)
+        local at = find(line, '"pm25":', 1, true)
+        if not at then return nil end
+        local stop = find(line, ",", at + 7, true)
+        local p = tonumber(sub(line, at + 7, (stop or #line) - 1))
         if not p or p < 0 then return nil end        -- dropped
         return sub(line, 1, -2) .. ',"level":"' .. level(p) .. '"}'
     end)
