@@ -88,6 +88,41 @@ static void hold_receivers(em_driver *d, em_job *j)
                waiting, d->cfg->max_waiting_batches);
 }
 
+/* The read-ahead bound (docs/internals.md, "Read-ahead"): a job's
+ * receivers hold at most what its workers process in READ_AHEAD_BATCHES
+ * batch intervals, measured on its last batches (records / processing
+ * time), so a source read faster than the job processes it keeps its
+ * backlog at the source. While nothing is measured yet the bound is
+ * READ_AHEAD_MIN records; a batch cut under the bound measures the rate
+ * again, so the bound follows the job up as well as down. */
+#define READ_AHEAD_BATCHES 2
+#define READ_AHEAD_MIN 65536
+#define READ_AHEAD_HISTORY 4
+
+static void bound_read_ahead(em_job *j)
+{
+    em_batch_info recent[READ_AHEAD_HISTORY];
+    size_t n = em_history_recent(j->history, recent, READ_AHEAD_HISTORY);
+    uint64_t records = 0;
+    int64_t ms = 0;
+    for (size_t i = 0; i < n; i++)
+        if (recent[i].records > 0) {
+            records += recent[i].records;
+            ms += recent[i].processing_ms > 0 ? recent[i].processing_ms : 1;
+        }
+    double bound = READ_AHEAD_MIN;
+    if (records > 0) {
+        double rate = (double)records * 1000.0 / (double)ms;
+        bound = rate * (double)j->version->batch_interval_ms / 1000.0 * READ_AHEAD_BATCHES;
+    }
+    size_t nr = j->version->nreceivers;
+    double each = nr ? bound / (double)nr : bound;
+    if (each < READ_AHEAD_MIN)
+        each = READ_AHEAD_MIN;
+    for (size_t i = 0; i < nr; i++)
+        em_receiver_set_read_ahead(j->version->receivers[i], (uint64_t)each);
+}
+
 static void submit(em_driver *d, em_batch *b)
 {
     if (b)
@@ -130,6 +165,7 @@ static void tick(int64_t now, void *arg)
             continue;
         em_job_seal(j, now);
         hold_receivers(d, j);
+        bound_read_ahead(j);
         if (now < j->next_batch_ms)
             continue;
         if (j->nrecovered) {

@@ -200,10 +200,17 @@ function _M.compile(job, host)
 
     -- format = "record": each element is a table with the record's value,
     -- key, timestamp, position and the source's own metadata.
-    local function record_loop(push, recs, arena, from, n, kind)
-        for i = from, n - 1 do
-            cur = i
-            push(record_table(recs[i], arena, kind), nil)
+    -- A block's records come in runs (core/block.h): each run's shared
+    -- fields are read once for its records.
+    local function record_loop(push, recs, arena, from, n, kind, runs, nruns)
+        for k = 0, nruns - 1 do
+            local run = runs[k]
+            local last = k + 1 < nruns and runs[k + 1].first or n
+            local first = run.first
+            for i = (from > first and from or first), last - 1 do
+                cur = i
+                push(record_table(recs[i], run, arena, kind), nil)
+            end
         end
     end
     -- format = "json": each element is the value decoded, straight from
@@ -262,7 +269,8 @@ function _M.compile(job, host)
                 local from = 0
                 local loop = LOOPS[source_format[s]]
                 while true do
-                    local ok, err = pcall(loop, push, recs, arena, from, n, source_kind[s])
+                    local ok, err = pcall(loop, push, recs, arena, from, n, source_kind[s],
+                                          blk.runs, blk.nruns)
                     if ok then
                         break
                     end
