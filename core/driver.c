@@ -47,12 +47,26 @@ em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
 
 static int64_t next_boundary(int64_t now, int64_t interval) { return (now / interval + 1) * interval; }
 
+/* The read-ahead bound (docs/internals.md, "Read-ahead"): a job's
+ * receivers hold at most what its workers process in READ_AHEAD_BATCHES
+ * batch intervals, measured on its last batches (records / processing
+ * time), so a source read faster than the job processes it keeps its
+ * backlog at the source. While nothing is measured yet the bound is
+ * READ_AHEAD_MIN records; a batch cut under the bound measures the rate
+ * again, so the bound follows the job up as well as down. */
+#define READ_AHEAD_BATCHES 2
+#define READ_AHEAD_MIN 65536
+#define READ_AHEAD_HISTORY 4
+
 /* Starts a version's receivers; with backpressure, at the initial rate
- * until the estimator has one. */
+ * until the estimator has one; held to the read-ahead floor until the
+ * first tick measures the job. */
 static void start_version(em_driver *d, em_version *v)
 {
     for (size_t i = 0; d->cfg->backpressure && d->cfg->initial_rate > 0 && i < v->nreceivers; i++)
         em_receiver_set_rate(v->receivers[i], d->cfg->initial_rate);
+    for (size_t i = 0; i < v->nreceivers; i++)
+        em_receiver_set_read_ahead(v->receivers[i], READ_AHEAD_MIN);
     em_version_start(v);
 }
 
@@ -87,17 +101,6 @@ static void hold_receivers(em_driver *d, em_job *j)
                : "%d batches waiting (streaming.maxWaitingBatches = %d): receivers resumed",
                waiting, d->cfg->max_waiting_batches);
 }
-
-/* The read-ahead bound (docs/internals.md, "Read-ahead"): a job's
- * receivers hold at most what its workers process in READ_AHEAD_BATCHES
- * batch intervals, measured on its last batches (records / processing
- * time), so a source read faster than the job processes it keeps its
- * backlog at the source. While nothing is measured yet the bound is
- * READ_AHEAD_MIN records; a batch cut under the bound measures the rate
- * again, so the bound follows the job up as well as down. */
-#define READ_AHEAD_BATCHES 2
-#define READ_AHEAD_MIN 65536
-#define READ_AHEAD_HISTORY 4
 
 static void bound_read_ahead(em_job *j)
 {
