@@ -125,6 +125,15 @@ typedef struct kafka_src {
     int headers;        /* format = "record": records carry their headers */
     size_t queued_bytes; /* queued.max.messages.kbytes, counted under memory.max */
 
+    /* Positions of the job's checkpoint (resume_from), each applied at the
+     * first assignment of its partition; receiver thread only after start. */
+    struct resume_pos {
+        char *topic;
+        int32_t partition;
+        int64_t offset;
+    } *resume;
+    size_t nresume;
+
     /* logging an outage once: the error code logged, cleared when data flows */
     atomic_int outage;
     atomic_int last_consumer_err;
@@ -380,6 +389,25 @@ static void list_text(const rd_kafka_topic_partition_list_t *l, char *out, size_
         strcpy(out + len - 4, "...");
 }
 
+/* A partition the job's checkpoint has a position for starts there, the
+ * first time it is assigned: its records up to that offset are in the
+ * committed state already, whatever the group's committed offset says
+ * (the checkpoint is written before the commit to Kafka). */
+static void apply_resume(kafka_src *k, rd_kafka_topic_partition_t *el)
+{
+    for (size_t i = 0; i < k->nresume; i++) {
+        struct resume_pos *rp = &k->resume[i];
+        if (rp->topic && rp->partition == el->partition && strcmp(rp->topic, el->topic) == 0) {
+            el->offset = rp->offset;
+            em_log(EM_LOG_INFO, k->job, "%s: %s[%" PRId32 "] resumes at offset %" PRId64
+                   " from the job's checkpoint", k->name, el->topic, el->partition, rp->offset);
+            free(rp->topic);
+            rp->topic = NULL;
+            return;
+        }
+    }
+}
+
 static void on_assign(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
                       int coop)
 {
@@ -397,6 +425,7 @@ static void on_assign(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_lis
         p->tokens = k->rate > 2 ? k->rate / 2 : 1; /* half a second to start with */
         p->rate_paused = p->rewinding = 0;
         p->kpaused = -1; /* unknown after an earlier assignment: sync_pauses sets it */
+        apply_resume(k, &parts->elems[i]);
     }
     pthread_mutex_unlock(&k->lock);
     k->last_rkt = NULL;
@@ -1072,6 +1101,67 @@ static void rewind_blocks(kafka_src *k, em_block *const *blocks, size_t n)
     pthread_mutex_unlock(&k->commit_lock);
 }
 
+/* Per partition, the offset after the highest record these blocks hold,
+ * whatever its epoch: what the batch's state has taken in. Worker thread. */
+static void kafka_positions(void *self, em_block *const *blocks, size_t n, FILE *out)
+{
+    kafka_src *k = self;
+    pthread_mutex_lock(&k->commit_lock); /* the touched scratch */
+    pthread_mutex_lock(&k->lock);
+    topic *cache = NULL;
+    k->ntouched = 0;
+    for (size_t b = 0; b < n; b++)
+        for (uint32_t i = 0, run = 0; i < blocks[b]->count; i++) {
+            em_push one, *rec = &one;
+            em_block_read(blocks[b], i, &run, rec);
+            uint32_t epoch;
+            part *p = record_part(k, rec, &epoch, &cache);
+            if (!p)
+                continue;
+            if (!p->touched) {
+                p->touched = 1;
+                p->upto = -1;
+                k->touched[k->ntouched++] = p;
+            }
+            if (rec->offset + 1 > p->upto)
+                p->upto = rec->offset + 1;
+        }
+    for (size_t i = 0; i < k->ntouched; i++) {
+        part *p = k->touched[i];
+        p->touched = 0;
+        fprintf(out, "%s %" PRId32 " %" PRId64 "\n", p->topic->name, p->partition, p->upto);
+    }
+    pthread_mutex_unlock(&k->lock);
+    pthread_mutex_unlock(&k->commit_lock);
+}
+
+/* Lines "<topic> <partition> <offset>", as kafka_positions wrote them. */
+static void kafka_resume_from(void *self, const char *positions)
+{
+    kafka_src *k = self;
+    for (const char *p = positions; p && *p;) {
+        size_t l = strcspn(p, "\n");
+        char topic_name[512];
+        int32_t partition;
+        int64_t offset;
+        char line[600];
+        snprintf(line, sizeof line, "%.*s", (int)(l < sizeof line ? l : sizeof line - 1), p);
+        struct resume_pos *r = realloc(k->resume, (k->nresume + 1) * sizeof *r);
+        if (sscanf(line, "%511s %" SCNd32 " %" SCNd64, topic_name, &partition, &offset) == 3 && r) {
+            k->resume = r;
+            r[k->nresume].topic = strdup(topic_name);
+            r[k->nresume].partition = partition;
+            r[k->nresume].offset = offset;
+            k->nresume++;
+        } else if (r) {
+            k->resume = r;
+            em_log(EM_LOG_WARN, k->job, "%s: checkpoint position '%s' is not "
+                   "'<topic> <partition> <offset>'; ignored", k->name, line);
+        }
+        p += l + (p[l] == '\n');
+    }
+}
+
 /* Runs on a worker thread. */
 static void kafka_batch_done(void *self, em_block *const *blocks, size_t n, int ok)
 {
@@ -1141,6 +1231,9 @@ static void kafka_free(void *self)
     free(k->topics);
     free(k->touched);
     free(k->meta);
+    for (size_t i = 0; i < k->nresume; i++)
+        free(k->resume[i].topic);
+    free(k->resume);
     pthread_mutex_destroy(&k->lock);
     pthread_mutex_destroy(&k->commit_lock);
     free(k->job);
@@ -1165,6 +1258,8 @@ const em_connector em_kafka_connector = {
     .create = kafka_create,
     .poll = kafka_poll,
     .batch_done = kafka_batch_done,
+    .positions = kafka_positions,
+    .resume_from = kafka_resume_from,
     .pause = kafka_pause,
     .resume = kafka_resume,
     .free = kafka_free,

@@ -7,17 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "clock.h"
+#include "lifecycle.h"
 #include "log.h"
-#include "pool.h"
-
-static void run(em_task *t);
-
-static int max_retries = 3;
-static int backpressure;
-
-void em_batch_set_max_retries(int n) { max_retries = n; }
-void em_batch_set_backpressure(int on) { backpressure = on; }
 
 static em_batch *new_batch(em_job *j, int64_t time_ms)
 {
@@ -28,8 +19,9 @@ static em_batch *new_batch(em_job *j, int64_t time_ms)
     b->job = j;
     b->version = em_version_ref(v);
     b->time_ms = time_ms;
+    b->id = j->next_batch_id++;
     b->task.owner = j;
-    b->task.run = run;
+    b->task.run = em_lifecycle_run;
     b->first_of_reload = v->reload_ms && v->batches_cut == 0;
     v->batches_cut++;
     return b;
@@ -107,9 +99,8 @@ em_batch *em_batch_cut(em_job *j, int64_t time_ms)
     return b;
 }
 
-/* Tells each receiver which of its blocks are done, grouped by receiver,
- * and deletes the write-ahead log segments of a batch that succeeded. */
-static void release(em_batch *b, int ok)
+/* Groups the blocks by receiver for batch_done. */
+void em_batch_release(em_batch *b, int ok)
 {
     for (uint32_t i = 0; ok && i < b->nblocks; i++)
         if (b->blocks[i]->wal_path && unlink(b->blocks[i]->wal_path) != 0 && errno != ENOENT)
@@ -133,7 +124,7 @@ static void release(em_batch *b, int ok)
     }
 }
 
-static void free_batch(em_batch *b)
+void em_batch_free(em_batch *b)
 {
     for (uint32_t i = 0; i < b->nblocks; i++)
         em_block_unref(b->blocks[i]);
@@ -145,108 +136,6 @@ static void free_batch(em_batch *b)
 
 void em_batch_drop(em_batch *b)
 {
-    release(b, 0);
-    free_batch(b);
-}
-
-/* Records the completed batch in the job's checkpoint. A new state_version
- * archives the old checkpoint first (its state no longer fits the job). */
-static void checkpoint(em_batch *b)
-{
-    em_job *j = b->job;
-    const char *sv = b->version->desc->state_version;
-    if (j->cp.batches > 0 && strcmp(j->cp.state_version, sv) != 0) {
-        char moved[1400];
-        if (em_checkpoint_archive(j->dir, moved, sizeof moved) == 0)
-            em_log(EM_LOG_INFO, j->name, "state_version '%s' -> '%s': previous checkpoint archived "
-                   "in %s", j->cp.state_version, sv, moved);
-        j->cp.batches = 0;
-    }
-    snprintf(j->cp.state_version, sizeof j->cp.state_version, "%s", sv);
-    j->cp.last_batch_ms = b->time_ms;
-    j->cp.batches++;
-    char err[1400];
-    if (em_checkpoint_write(j->dir, &j->cp, err, sizeof err) != 0)
-        em_log(EM_LOG_ERROR, j->name, "%s", err);
-}
-
-/* Feeds the batch to the job's PID estimator and splits the new rate
- * across the receivers of the version that ran it. */
-static void adapt_rate(em_batch *b, const em_batch_info *info)
-{
-    em_job *j = b->job;
-    double rate = em_pid_compute(&j->pid, b->time_ms + info->total_delay_ms, b->records,
-                                 info->processing_ms, info->scheduling_delay_ms);
-    size_t n = b->version->nreceivers;
-    if (rate <= 0 || n == 0)
-        return;
-    for (size_t i = 0; i < n; i++)
-        em_receiver_set_rate(b->version->receivers[i], rate / (double)n);
-    em_log(EM_LOG_DEBUG, j->name, "backpressure: rate %.0f records/s over %zu receivers", rate, n);
-}
-
-static void run(em_task *t)
-{
-    em_batch *b = (em_batch *)t;
-    em_job *j = b->job;
-    em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks};
-    if (atomic_load(&j->failed)) { /* the job stopped on an error: leave these unacked */
-        em_batch_drop(b);
-        return;
-    }
-    em_pool_usage stale;
-    em_pool_usage_take(&stale); /* start this batch's count from zero */
-    int64_t start = em_clock_now_ms();
-    em_batch_view view = {b->time_ms, b->nblocks, b->blocks, b->sources};
-    em_batch_result res;
-    em_luahost_run_batch(b->version->host, &view, &res);
-    /* An output that could not deliver (a sink's server refused or went
-     * away) fails the batch: try again, with backoff, before giving up and
-     * leaving the records unacknowledged. Later batches of the job wait, so
-     * order holds. */
-    for (int attempt = 1; !res.ok && !res.fatal && attempt <= max_retries; attempt++) {
-        int64_t backoff = 500LL << (attempt - 1);
-        em_log(EM_LOG_WARN, j->name, "batch %lld failed (%s); retry %d of %d in %lld ms",
-               (long long)b->time_ms, res.err, attempt, max_retries, (long long)backoff);
-        em_clock_sleep_ms(backoff);
-        em_luahost_run_batch(b->version->host, &view, &res);
-    }
-    if (!res.ok && !res.fatal)
-        em_log(EM_LOG_ERROR, j->name, "batch %lld failed after %d retries: %s; its records are "
-               "not acknowledged", (long long)b->time_ms, max_retries, res.err);
-    int64_t end = em_clock_now_ms();
-    info.scheduling_delay_ms = start - b->time_ms;
-    info.processing_ms = end - start;
-    info.total_delay_ms = end - b->time_ms;
-    info.failed = res.failed;
-    info.ok = res.ok && !res.fatal;
-    release(b, info.ok);
-    if (info.ok)
-        checkpoint(b);
-    if (info.ok && backpressure)
-        adapt_rate(b, &info);
-    for (size_t i = 0; i < b->version->nreceivers; i++)
-        info.rate += em_receiver_rate(b->version->receivers[i]);
-    em_pool_usage pools;
-    em_pool_usage_take(&pools);
-    info.pool_borrows = pools.borrows;
-    info.pool_waits = pools.waits;
-    info.pool_wait_ms = pools.wait_ms;
-    em_history_add(j->history, &info);
-    if (b->first_of_reload)
-        em_log(EM_LOG_INFO, j->name, "first batch of the new version done %lld ms after the reload",
-               (long long)(end - b->version->reload_ms));
-    em_log(EM_LOG_DEBUG, j->name,
-           "batch %lld: %llu records in %u blocks, scheduling delay %lld ms, processing %lld ms, "
-           "total delay %lld ms, %lld failed, rate %.0f/s, pool %llu borrowed %llu waited %lld ms",
-           (long long)b->time_ms, (unsigned long long)b->records, b->nblocks,
-           (long long)info.scheduling_delay_ms, (long long)info.processing_ms,
-           (long long)info.total_delay_ms, (long long)info.failed, info.rate,
-           (unsigned long long)info.pool_borrows, (unsigned long long)info.pool_waits,
-           (long long)info.pool_wait_ms);
-    if (res.fatal) {
-        em_log(EM_LOG_ERROR, j->name, "job stopped (on_error = fail): %s", res.err);
-        atomic_store(&j->failed, 1);
-    }
-    free_batch(b);
+    em_batch_release(b, 0);
+    em_batch_free(b);
 }

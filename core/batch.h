@@ -1,8 +1,9 @@
 /* batch.h — one batch of one job: the blocks sealed since the last one.
  *
  * A batch holds a reference to each block and to the job version it was cut
- * with; it runs as a scheduler task, then tells each receiver its blocks are
- * done (where acks and offsets are released) and records its metrics.
+ * with, and an id: monotonic per job, kept by the checkpoint, the same on a
+ * retry and for the first batch after a crash. It runs as a scheduler task
+ * through the stages of lifecycle.h.
  */
 #ifndef EMBER_BATCH_H
 #define EMBER_BATCH_H
@@ -21,7 +22,10 @@ typedef struct em_batch {
     int32_t *sources;
     uint32_t nblocks;
     uint64_t records;
+    uint64_t id;
     int first_of_reload; /* the first batch of a version a reload brought */
+    int attempts;        /* runs that failed so far */
+    int64_t started_ms;  /* the first run's start: processing time counts retries */
 } em_batch;
 
 /* Takes every sealed block of the job's current version into a new batch.
@@ -34,9 +38,11 @@ em_batch *em_batch_cut_recovered(em_job *j, int64_t time_ms, uint64_t max_record
 /* Releases a batch that will not run: its blocks are reported as failed so
  * ackable sources redeliver them. */
 void em_batch_drop(em_batch *b);
-/* How often a batch whose output failed is run again (streaming.batch.maxRetries). */
-void em_batch_set_max_retries(int n);
-/* Backpressure: after each batch the job's PID estimator sets its receivers' rate. */
-void em_batch_set_backpressure(int on);
+/* The release stage: tells each receiver which of its blocks are done
+ * (acks, offsets; ok = 0: redeliver) and, when ok, deletes their
+ * write-ahead log segments. */
+void em_batch_release(em_batch *b, int ok);
+/* Drops the references a batch holds and frees it. */
+void em_batch_free(em_batch *b);
 
 #endif

@@ -40,7 +40,13 @@ static const em_option keys[] = {
     {"streaming.stopGracefullyOnShutdown", EM_OPT_BOOL, "true",
      "on SIGTERM/SIGINT, process every received record before exiting"},
     {"streaming.batch.maxRetries", EM_OPT_INT, "3",
-     "times a batch whose output failed is run again before it is left unacknowledged"},
+     "retries of a failed batch before its job is reported blocked (it keeps retrying)"},
+    {"streaming.batch.maxBackoff", EM_OPT_DURATION, "30s",
+     "longest wait between two runs of a failed batch (the backoff doubles from 500ms)"},
+    {"state.max", EM_OPT_SIZE, "256m",
+     "default cap on a job's keyed state (job option state_max); over it the job stops"},
+    {"state.snapshotInterval", EM_OPT_INT, "10",
+     "batches between two full snapshots of an operator's state (deltas between)"},
     {"streaming.ui.retainedBatches", EM_OPT_INT, "1000",
      "completed batches kept in memory per job for the metrics"},
     {"checkpoint.dir", EM_OPT_STRING, "./checkpoint",
@@ -157,6 +163,9 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     c->retained_batches = (int)em_props_int(p, "streaming.ui.retainedBatches", 1000);
     c->pool_size = (int)em_props_int(p, "connector.pool.size", 4);
     c->batch_max_retries = (int)em_props_int(p, "streaming.batch.maxRetries", 3);
+    c->batch_max_backoff_ms = em_props_ms(p, "streaming.batch.maxBackoff", 30000);
+    c->state_max = em_props_size(p, "state.max", 256 << 20);
+    c->state_snapshot_interval = (int)em_props_int(p, "state.snapshotInterval", 10);
     c->wal_enabled = em_props_bool(p, "streaming.receiver.writeAheadLog.enable", 0);
     snprintf(c->wal_fsync, sizeof c->wal_fsync, "%s",
              em_props_str(p, "streaming.receiver.writeAheadLog.fsync", "batch"));
@@ -197,6 +206,12 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
         bad = "checkpoint.dir", hint = "a folder";
     else if (!one_of(c->wal_fsync, fsyncs))
         bad = "streaming.receiver.writeAheadLog.fsync", hint = "always, batch or interval";
+    else if (c->batch_max_retries < 0)
+        bad = "streaming.batch.maxRetries", hint = "at least 0";
+    else if (c->batch_max_backoff_ms < 1)
+        bad = "streaming.batch.maxBackoff", hint = "at least 1ms";
+    else if (c->state_snapshot_interval < 1)
+        bad = "state.snapshotInterval", hint = "at least 1";
     else if (c->max_waiting_batches < 1)
         bad = "streaming.maxWaitingBatches", hint = "at least 1";
     else if (c->pid_min_rate <= 0)

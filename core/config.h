@@ -21,6 +21,9 @@ typedef struct em_config {
     int retained_batches;
     int pool_size;
     int batch_max_retries;
+    int64_t batch_max_backoff_ms;
+    int64_t state_max; /* bytes; 0: no cap */
+    int state_snapshot_interval;
     int wal_enabled;
     char wal_fsync[16];
     int64_t wal_fsync_interval_ms;

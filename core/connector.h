@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "props.h"
 
@@ -48,6 +49,19 @@ typedef struct em_connector {
     void (*flush)(void *self, struct em_receiver *r);
 
     void (*free)(void *self); /* accepts NULL */
+
+    /* Optional, for exactly-once state: writes to out, one line each, the
+     * positions these blocks of one batch end at, in the form resume_from()
+     * reads back (Kafka: "<topic> <partition> <next offset>"). They go into
+     * the job's checkpoint with the batch's state, before any ack. Called
+     * from a worker. */
+    void (*positions)(void *self, struct em_block *const *blocks, size_t n, FILE *out);
+
+    /* Optional. Before the receiver starts: resume from the positions of
+     * the job's checkpoint (lines positions() wrote) rather than from what
+     * the broker last heard, so records whose state is committed are not
+     * applied again. */
+    void (*resume_from)(void *self, const char *positions);
 
     /* Optional. 1 when the source itself redelivers what was not
      * acknowledged (Kafka, RabbitMQ, Redis lists and streams), so the

@@ -21,6 +21,7 @@ typedef struct broken_file { /* a script that failed to load, until it changes *
 
 struct em_driver {
     const em_config *cfg;
+    em_runtime rt; /* handed to every job */
     char jobs_dir[1024];
     pthread_mutex_t lock; /* guards jobs[] and every job's state/version/next */
     em_job **jobs;
@@ -37,6 +38,7 @@ em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
     if (!d)
         return NULL;
     d->cfg = cfg;
+    d->rt.cfg = cfg;
     snprintf(d->jobs_dir, sizeof d->jobs_dir, "%s", jobs_dir);
     size_t n = strlen(d->jobs_dir);
     while (n > 1 && d->jobs_dir[n - 1] == '/') /* "jobs/" names files "jobs/x.lua" */
@@ -171,6 +173,13 @@ static void tick(int64_t now, void *arg)
         bound_read_ahead(j);
         if (now < j->next_batch_ms)
             continue;
+        if (atomic_load(&j->blocked) && j->held) {
+            /* A batch that keeps failing holds the job: its receivers are
+             * paused, and cutting more (empty) batches behind it would only
+             * grow the queue for as long as the outage lasts. */
+            j->next_batch_ms = next_boundary(now, j->version->batch_interval_ms);
+            continue;
+        }
         if (j->nrecovered) {
             /* Recovered records first, throttled: new input waits its turn. */
             submit(d, em_batch_cut_recovered(j, j->next_batch_ms, recovery_batch_limit(d, j)));
@@ -279,9 +288,7 @@ static em_version *load_version(em_driver *d, const char *path, int64_t reload_m
 {
     char err[2048];
     int disabled;
-    em_version *v = em_version_load(path, d->cfg->checkpoint_dir, d->cfg->batch_interval_ms,
-                                    d->cfg->max_rate, d->cfg->wal_enabled, &disabled, err,
-                                    sizeof err);
+    em_version *v = em_version_load(path, d->cfg, &disabled, err, sizeof err);
     if (!v) {
         if (disabled)
             em_log(EM_LOG_INFO, NULL, "%s: not started: %s", path, err);
@@ -306,8 +313,7 @@ static void add_job(em_driver *d, const char *path, char *script, em_version *v)
         em_version_unref(v);
         return;
     }
-    em_job *j = em_job_create(path, script, v, (size_t)d->cfg->retained_batches,
-                              d->cfg->checkpoint_dir);
+    em_job *j = em_job_create(path, script, v, &d->rt);
     if (d->njobs == d->capjobs) {
         size_t cap = d->capjobs ? d->capjobs * 2 : 8;
         em_job **jobs = realloc(d->jobs, cap * sizeof *jobs);
@@ -344,6 +350,19 @@ static void change_job(em_driver *d, em_job *j, char *script, int64_t reload_ms)
     if (!v) {
         em_log(EM_LOG_WARN, j->name, "reload failed; the running version keeps running");
         free(script);
+        return;
+    }
+    char why[2048];
+    if (strcmp(v->desc->name, j->name) == 0 && v->desc->stateful &&
+        em_luahost_check_migrate(v->host, j->cp.batch_id, j->cp.state_version, why,
+                                 sizeof why) != 0) {
+        /* A migrate that raises on the state as it is now would stop the
+         * job at its first batch: keep the running version instead. */
+        em_log(EM_LOG_ERROR, j->name, "%s", why);
+        em_log(EM_LOG_WARN, j->name, "reload failed; the running version keeps running");
+        remember_broken(d, j->path, script);
+        free(script);
+        em_version_unref(v);
         return;
     }
     if (strcmp(v->desc->name, j->name) != 0) {
@@ -465,6 +484,7 @@ int em_driver_start(em_driver *d)
     d->sched = em_scheduler_create(d->cfg->concurrent_jobs);
     if (!d->sched)
         return -1;
+    d->rt.sched = d->sched;
     em_driver_reload(d);
     /* Versions loaded at start-up are not reloads. */
     for (size_t i = 0; i < d->njobs; i++)

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "log.h"
@@ -33,12 +34,12 @@ char *em_read_file(const char *path)
     return buf;
 }
 
-em_version *em_version_load(const char *path, const char *checkpoint_dir,
-                            int64_t default_interval_ms, double default_max_rate, int wal,
-                            int *disabled, char *err, size_t errlen)
+em_version *em_version_load(const char *path, const em_config *cfg, int *disabled, char *err,
+                            size_t errlen)
 {
     *disabled = 0;
-    em_luahost *host = em_luahost_load(path, checkpoint_dir, err, errlen);
+    const char *checkpoint_dir = cfg->checkpoint_dir;
+    em_luahost *host = em_luahost_load(path, cfg, err, errlen);
     if (!host)
         return NULL;
     em_job_desc *d = em_luahost_desc(host);
@@ -60,7 +61,7 @@ em_version *em_version_load(const char *path, const char *checkpoint_dir,
     atomic_init(&v->refs, 1);
     v->host = host;
     v->desc = d;
-    v->batch_interval_ms = d->batch_interval_ms ? d->batch_interval_ms : default_interval_ms;
+    v->batch_interval_ms = d->batch_interval_ms ? d->batch_interval_ms : cfg->batch_interval_ms;
     int64_t block = em_clock_block_interval_ms();
     if (v->batch_interval_ms < block) {
         /* Batches are cut on block ticks: a shorter interval cannot be kept. */
@@ -79,7 +80,7 @@ em_version *em_version_load(const char *path, const char *checkpoint_dir,
     for (size_t i = 0; i < d->nsources; i++) {
         em_source_desc *s = &d->sources[i];
         char why[1024];
-        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, default_max_rate,
+        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, cfg->max_rate,
                                              v->batch_interval_ms, why, sizeof why);
         if (!v->receivers[i]) {
             snprintf(err, errlen, "%s: %s", s->where, why);
@@ -87,7 +88,7 @@ em_version *em_version_load(const char *path, const char *checkpoint_dir,
             return NULL;
         }
         v->nreceivers++;
-        if (wal) {
+        if (cfg->wal_enabled) {
             char dir[2048], job_dir[1200];
             snprintf(job_dir, sizeof job_dir, "%s/%s", checkpoint_dir, d->name);
             em_wal_source_dir(job_dir, i + 1, s->conn->name, dir, sizeof dir);
@@ -126,8 +127,7 @@ void em_version_unref(em_version *v)
     free(v);
 }
 
-em_job *em_job_create(const char *path, char *script, em_version *v, size_t retained,
-                      const char *checkpoint_dir)
+em_job *em_job_create(const char *path, char *script, em_version *v, const em_runtime *rt)
 {
     em_job *j = calloc(1, sizeof *j);
     if (!j)
@@ -136,9 +136,11 @@ em_job *em_job_create(const char *path, char *script, em_version *v, size_t reta
     snprintf(j->path, sizeof j->path, "%s", path);
     j->script = script;
     j->version = v;
-    j->history = em_history_create(retained);
+    j->rt = rt;
+    j->history = em_history_create((size_t)rt->cfg->retained_batches);
     atomic_init(&j->failed, 0);
-    snprintf(j->dir, sizeof j->dir, "%s/%s", checkpoint_dir, j->name);
+    atomic_init(&j->blocked, 0);
+    snprintf(j->dir, sizeof j->dir, "%.960s/%.127s", rt->cfg->checkpoint_dir, j->name);
     return j;
 }
 
@@ -163,13 +165,39 @@ static void add_recovered(em_job *j, em_block **blocks, long n, int32_t source)
     }
 }
 
+/* Keeps the recovered blocks whose segments the checkpoint does not cover;
+ * a covered segment's records are in the committed state (a crash came
+ * between the commit and the deletion): it is deleted, not replayed. */
+static long drop_covered(em_job *j, em_block **blocks, long n, uint64_t *skipped)
+{
+    long kept = 0;
+    for (long i = 0; i < n; i++) {
+        if (blocks[i]->wal_path && em_checkpoint_covers_wal(&j->cp, blocks[i]->wal_path)) {
+            *skipped += blocks[i]->count;
+            unlink(blocks[i]->wal_path);
+            em_block_unref(blocks[i]);
+        } else {
+            blocks[kept++] = blocks[i];
+        }
+    }
+    return kept;
+}
+
 void em_job_recover(em_job *j)
 {
     if (em_checkpoint_read(j->dir, &j->cp) == 0)
         em_log(EM_LOG_INFO, j->name, "checkpoint: last completed batch %lld (%llu batches)",
                (long long)j->cp.last_batch_ms, (unsigned long long)j->cp.batches);
     snprintf(j->cp.job, sizeof j->cp.job, "%s", j->name);
+    j->next_batch_id = j->cp.batch_id + 1;
     em_version *v = j->version;
+    for (size_t i = 0; i < v->nreceivers; i++) {
+        char *pos = em_checkpoint_source_positions(&j->cp, (int)i + 1);
+        if (pos)
+            em_receiver_resume_from(v->receivers[i], pos);
+        free(pos);
+    }
+    uint64_t skipped = 0;
     char quarantine[1200];
     snprintf(quarantine, sizeof quarantine, "%s/wal/quarantine", j->dir);
     uint64_t records = 0, bad = 0;
@@ -180,12 +208,17 @@ void em_job_recover(em_job *j)
         long n = em_wal_recover(dir, quarantine, j->name, &blocks, &bad);
         if (n < 0)
             em_log(EM_LOG_ERROR, j->name, "write-ahead log %s: %s", dir, strerror(errno));
+        else
+            n = drop_covered(j, blocks, n, &skipped);
         for (long k = 0; k < n; k++)
             records += blocks[k]->count;
         if (n > 0)
             add_recovered(j, blocks, n, (int32_t)i + 1);
         free(blocks);
     }
+    if (skipped)
+        em_log(EM_LOG_INFO, j->name, "write-ahead log: %llu records of the last committed batch "
+               "were already in its state; not replayed", (unsigned long long)skipped);
     if (j->nrecovered || bad)
         em_log(EM_LOG_INFO, j->name, "recovered %llu records in %zu blocks from the write-ahead "
                "log (%llu damaged bytes set aside); they run before new input",
@@ -268,5 +301,6 @@ void em_job_free(em_job *j)
     free(j->recovered);
     free(j->recovered_src);
     free(j->script);
+    em_checkpoint_clear(&j->cp);
     free(j);
 }

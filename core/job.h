@@ -18,6 +18,7 @@
 #include "luahost.h"
 #include "pid.h"
 #include "receiver.h"
+#include "runtime.h"
 
 typedef struct em_version {
     atomic_int refs;
@@ -28,6 +29,7 @@ typedef struct em_version {
     int64_t batch_interval_ms;
     int64_t reload_ms;        /* when the reload that loaded it began; 0 at start-up */
     uint64_t batches_cut;     /* clock thread only */
+    int restored;             /* its state was loaded (workers only) */
 } em_version;
 
 typedef enum em_job_state {
@@ -38,6 +40,7 @@ typedef enum em_job_state {
 } em_job_state;
 
 typedef struct em_job {
+    const em_runtime *rt;
     char name[128];
     char path[1024];
     char *script;            /* the text loaded, to tell a changed file */
@@ -49,6 +52,9 @@ typedef struct em_job {
     em_history *history;
     char dir[1100];          /* <checkpoint.dir>/<job> */
     em_checkpoint cp;        /* workers only (one batch of a job at a time) */
+    uint64_t next_batch_id;  /* clock thread: the id the next batch cut gets */
+    atomic_int blocked;      /* a batch failed maxRetries times and still retries
+                                (set by workers, read by the clock) */
     em_pid pid;              /* workers only */
     int held;                /* receivers held: too many batches waiting (clock only) */
     /* Blocks recovered from the write-ahead log, cut into batches before
@@ -61,17 +67,17 @@ typedef struct em_job {
 /* Loads a script into a new version with unstarted receivers. NULL + err;
  * *disabled is set when the script returned ember.disabled(reason) (err is
  * then the reason). */
-em_version *em_version_load(const char *path, const char *checkpoint_dir,
-                            int64_t default_interval_ms, double default_max_rate, int wal,
-                            int *disabled, char *err, size_t errlen);
+em_version *em_version_load(const char *path, const em_config *cfg, int *disabled, char *err,
+                            size_t errlen);
 void em_version_start(em_version *v);
 em_version *em_version_ref(em_version *v);
 void em_version_unref(em_version *v); /* accepts NULL */
 
-em_job *em_job_create(const char *path, char *script, em_version *v, size_t retained,
-                      const char *checkpoint_dir);
+em_job *em_job_create(const char *path, char *script, em_version *v, const em_runtime *rt);
 /* Reads the job's checkpoint and the write-ahead logs of its sources into
- * j->recovered. Before its receivers start. */
+ * j->recovered, leaving out segments the checkpoint says are committed,
+ * and hands the receivers their checkpointed positions. Before its
+ * receivers start. */
 void em_job_recover(em_job *j);
 /* Seals every receiver's current block. */
 void em_job_seal(em_job *j, int64_t now_ms);

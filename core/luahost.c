@@ -13,6 +13,7 @@
 struct em_luahost {
     lua_State *L;
     int run_ref;
+    int desc_ref; /* the runtime's job description: prepare, apply, ... */
     em_job_desc desc;
 };
 
@@ -161,8 +162,7 @@ static void free_desc(em_job_desc *d)
     free(d->outputs);
 }
 
-em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *err,
-                            size_t errlen)
+em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, size_t errlen)
 {
     em_luahost *h = calloc(1, sizeof *h);
     if (!h || !(h->L = luaL_newstate())) {
@@ -183,11 +183,15 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     }
     lua_getfield(L, -1, "load");
     lua_pushstring(L, path);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 6);
     lua_pushcfunction(L, host_log);
     lua_setfield(L, -2, "log");
-    lua_pushstring(L, checkpoint_dir);
+    lua_pushstring(L, cfg->checkpoint_dir);
     lua_setfield(L, -2, "checkpoint_dir");
+    lua_pushnumber(L, (lua_Number)cfg->state_max);
+    lua_setfield(L, -2, "state_max");
+    lua_pushinteger(L, cfg->state_snapshot_interval);
+    lua_setfield(L, -2, "snapshot_interval");
     lua_pushstring(L, path);
     lua_setfield(L, -2, "file");
     if (lua_pcall(L, 2, 2, 0) != 0 || !lua_istable(L, -2)) {
@@ -202,6 +206,9 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
     field_string(L, desc, "on_error", d->on_error, sizeof d->on_error);
     field_string(L, desc, "disabled", d->disabled, sizeof d->disabled);
     field_string(L, desc, "state_version", d->state_version, sizeof d->state_version);
+    lua_getfield(L, desc, "stateful");
+    d->stateful = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if (read_interval(L, desc, d, path, err, errlen) != 0 ||
         read_sources(L, desc, d, err, errlen) != 0) {
         em_luahost_free(h);
@@ -215,19 +222,23 @@ em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *
         return NULL;
     }
     h->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, desc);
+    h->desc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
     return h;
 }
 
 em_job_desc *em_luahost_desc(em_luahost *h) { return &h->desc; }
 
-void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_result *res)
+void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, uint64_t batch_id,
+                          em_batch_result *res)
 {
     lua_State *L = h->L;
     memset(res, 0, sizeof *res);
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->run_ref);
     lua_pushlightuserdata(L, (void *)view);
-    if (lua_pcall(L, 1, 4, 0) != 0) {
+    lua_pushnumber(L, (lua_Number)batch_id);
+    if (lua_pcall(L, 2, 4, 0) != 0) {
         /* The runtime catches user errors; reaching here is a bug or out of memory. */
         snprintf(res->err, sizeof res->err, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
         res->fatal = 1;
@@ -240,6 +251,116 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_res
         snprintf(res->err, sizeof res->err, "%s", lua_tostring(L, -2));
     res->fatal = lua_toboolean(L, -1);
     lua_settop(L, 0);
+}
+
+/* Pushes desc[name] when it is a function; 0 (nothing pushed) otherwise. */
+static int push_state_fn(em_luahost *h, const char *name)
+{
+    lua_State *L = h->L;
+    if (!h->desc.stateful)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->desc_ref);
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    if (lua_isfunction(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Calls a state function pushed with nargs arguments that returns ok, err:
+ * 0, or -1 and err. */
+static int call_ok_err(em_luahost *h, const char *name, int nargs, int nres, char *err,
+                       size_t errlen)
+{
+    lua_State *L = h->L;
+    if (lua_pcall(L, nargs, nres, 0) != 0) {
+        snprintf(err, errlen, "job '%s': %s: %s", h->desc.name, name,
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_settop(L, 0);
+        return -1;
+    }
+    if (!lua_toboolean(L, -nres)) {
+        snprintf(err, errlen, "%s", lua_isstring(L, -nres + 1) ? lua_tostring(L, -nres + 1)
+                                                               : "failed");
+        lua_settop(L, 0);
+        return -1;
+    }
+    return 0;
+}
+
+int em_luahost_prepare(em_luahost *h, uint64_t batch_id, uint64_t *bytes, char *err,
+                       size_t errlen)
+{
+    *bytes = 0;
+    if (!push_state_fn(h, "prepare"))
+        return 0;
+    lua_pushnumber(h->L, (lua_Number)batch_id);
+    if (call_ok_err(h, "prepare", 1, 3, err, errlen) != 0)
+        return -1;
+    *bytes = (uint64_t)lua_tonumber(h->L, -1);
+    lua_settop(h->L, 0);
+    return 0;
+}
+
+void em_luahost_apply(em_luahost *h, uint64_t batch_id)
+{
+    if (!push_state_fn(h, "apply"))
+        return;
+    lua_pushnumber(h->L, (lua_Number)batch_id);
+    if (lua_pcall(h->L, 1, 0, 0) != 0)
+        em_log(EM_LOG_ERROR, h->desc.name, "state apply: %s", lua_tostring(h->L, -1));
+    lua_settop(h->L, 0);
+}
+
+void em_luahost_abort(em_luahost *h)
+{
+    if (!push_state_fn(h, "abort"))
+        return;
+    if (lua_pcall(h->L, 0, 0, 0) != 0)
+        em_log(EM_LOG_ERROR, h->desc.name, "state abort: %s", lua_tostring(h->L, -1));
+    lua_settop(h->L, 0);
+}
+
+static int restore_like(em_luahost *h, const char *fn, uint64_t committed_id,
+                        const char *old_state_version, char *err, size_t errlen)
+{
+    if (!push_state_fn(h, fn))
+        return 0;
+    lua_pushnumber(h->L, (lua_Number)committed_id);
+    lua_pushstring(h->L, old_state_version);
+    if (call_ok_err(h, fn, 2, 2, err, errlen) != 0)
+        return -1;
+    lua_settop(h->L, 0);
+    return 0;
+}
+
+int em_luahost_restore(em_luahost *h, uint64_t committed_id, const char *old_state_version,
+                       char *err, size_t errlen)
+{
+    return restore_like(h, "restore", committed_id, old_state_version, err, errlen);
+}
+
+int em_luahost_check_migrate(em_luahost *h, uint64_t committed_id,
+                             const char *old_state_version, char *err, size_t errlen)
+{
+    return restore_like(h, "check_migrate", committed_id, old_state_version, err, errlen);
+}
+
+uint64_t em_luahost_state_bytes(em_luahost *h)
+{
+    if (!push_state_fn(h, "state_bytes"))
+        return 0;
+    uint64_t total = 0;
+    if (lua_pcall(h->L, 0, 1, 0) == 0 && lua_istable(h->L, -1)) {
+        lua_pushnil(h->L);
+        while (lua_next(h->L, -2)) {
+            total += (uint64_t)lua_tonumber(h->L, -1);
+            lua_pop(h->L, 1);
+        }
+    }
+    lua_settop(h->L, 0);
+    return total;
 }
 
 void em_luahost_free(em_luahost *h)

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "block.h"
+#include "config.h"
 #include "connector.h"
 #include "props.h"
 
@@ -32,6 +33,7 @@ typedef struct em_job_desc {
     char on_error[16];
     char disabled[512]; /* the script returned ember.disabled(reason): the reason */
     char state_version[64]; /* "" when the job declares none */
+    int stateful;           /* operators keep state across batches (docs/state.md) */
     size_t nsources, noutputs;
     em_source_desc *sources;
     em_output_desc *outputs;
@@ -51,12 +53,39 @@ void em_luahost_set_lua_dir(const char *dir);
 const char *em_luahost_lua_dir(void);
 
 /* Loads a job script into a fresh state. NULL and err ("file:line: why") on
- * any error: syntax, a bad graph, an unknown source type. */
-em_luahost *em_luahost_load(const char *path, const char *checkpoint_dir, char *err,
-                            size_t errlen);
+ * any error: syntax, a bad graph, an unknown source type. cfg gives
+ * checkpoint.dir and the state.* defaults. */
+em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, size_t errlen);
 em_job_desc *em_luahost_desc(em_luahost *h); /* owned by the host */
-/* Runs one batch through every output. A Lua error never escapes. */
-void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, em_batch_result *res);
+/* Runs one batch through every output; outputs see batch_id as
+ * info.batch_id. Stateful operators stage their changes: see prepare,
+ * apply and abort. A Lua error never escapes. */
+void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, uint64_t batch_id,
+                          em_batch_result *res);
+
+/* The commit of a stateful job (docs/state.md), in this order:
+ * prepare writes the staged changes of batch_id durably under
+ * <checkpoint.dir>/<job>/state, in files named by the batch id and not
+ * yet in force; the caller then writes the checkpoint naming batch_id;
+ * apply makes the staged changes visible. abort drops them instead (a
+ * failed run, prepare or checkpoint): the batch runs again later. Jobs
+ * without state do nothing here. 0, or -1 and err. *bytes: bytes written. */
+int em_luahost_prepare(em_luahost *h, uint64_t batch_id, uint64_t *bytes, char *err,
+                       size_t errlen);
+void em_luahost_apply(em_luahost *h, uint64_t batch_id);
+void em_luahost_abort(em_luahost *h);
+/* Loads the state committed up to batch committed_id (0: none), before the
+ * first batch of a version runs; old_state_version is the checkpoint's:
+ * when it differs the job's migrate runs, or the old state is archived.
+ * 0, or -1 and err ("file:line: why" when migrate raised). */
+int em_luahost_restore(em_luahost *h, uint64_t committed_id, const char *old_state_version,
+                       char *err, size_t errlen);
+/* restore's migrate, as a dry run on the state on disk: at reload time, so
+ * a migrate that raises keeps the running version. 0, or -1 and err. */
+int em_luahost_check_migrate(em_luahost *h, uint64_t committed_id,
+                             const char *old_state_version, char *err, size_t errlen);
+/* Bytes of state the job's operators hold, in all. */
+uint64_t em_luahost_state_bytes(em_luahost *h);
 void em_luahost_free(em_luahost *h); /* accepts NULL */
 
 #endif

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "batch.h"
 #include "config.h"
 #include "driver.h"
 #include "job.h"
@@ -69,7 +68,13 @@ static int check(const char *path)
 {
     char err[2048];
     int disabled;
-    em_version *v = em_version_load(path, "./checkpoint", 1000, 0, 0, &disabled, err, sizeof err);
+    em_config cfg; /* the defaults: check reads no ember.conf */
+    em_config_init(&cfg);
+    if (em_config_finish(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    em_version *v = em_version_load(path, &cfg, &disabled, err, sizeof err);
     if (!v && disabled) {
         printf("%s: disabled: %s\n", path, err);
         return 0;
@@ -143,8 +148,6 @@ static int run(int argc, char **argv)
         goto bad;
     em_log_set_level((em_log_level)em_log_parse_level(cfg.log_level));
     em_pool_set_default_size(cfg.pool_size);
-    em_batch_set_max_retries(cfg.batch_max_retries);
-    em_batch_set_backpressure(cfg.backpressure);
     em_wal_configure((em_wal_fsync)em_wal_parse_fsync(cfg.wal_fsync), cfg.wal_fsync_interval_ms);
     em_receiver_set_memory_max((size_t)cfg.memory_max);
     if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,

@@ -397,6 +397,20 @@ size_t em_receiver_take(em_receiver *r, em_block ***out)
     return n;
 }
 
+void em_receiver_positions(em_receiver *r, em_block *const *blocks, size_t n, FILE *out)
+{
+    if (r->conn->positions)
+        r->conn->positions(r->self, blocks, n, out);
+}
+
+int em_receiver_resume_from(em_receiver *r, const char *positions)
+{
+    if (!r->conn->resume_from)
+        return 0;
+    r->conn->resume_from(r->self, positions);
+    return 1;
+}
+
 void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok)
 {
     if (r->conn->batch_done)

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "block.h"
 #include "connector.h"
@@ -42,6 +43,10 @@ size_t em_receiver_take(em_receiver *r, em_block ***out);
 /* Hands the connector the news that blocks of this receiver were processed. */
 void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok);
 
+/* The connector's positions() for these blocks, or nothing. */
+void em_receiver_positions(em_receiver *r, em_block *const *blocks, size_t n, FILE *out);
+/* The connector's resume_from(), before start; 0 when it has none. */
+int em_receiver_resume_from(em_receiver *r, const char *positions);
 /* The rate backpressure asks for (records/s; <= 0: none). The receiver
  * takes the lower of it and its configured max_rate. */
 void em_receiver_set_rate(em_receiver *r, double per_sec);

@@ -4,6 +4,9 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
+
+#include "clock.h"
 
 struct em_scheduler {
     pthread_mutex_t lock;
@@ -22,13 +25,36 @@ static int owner_busy(em_scheduler *s, const void *owner)
     return 0;
 }
 
-/* Unlinks and returns the oldest task whose owner is idle, or NULL. */
-static em_task *take(em_scheduler *s)
+/* 1 when a task before t in the queue has the same owner: t must wait
+ * for it, to keep the owner's order. */
+static int owner_queued_before(const em_scheduler *s, const em_task *t)
 {
+    for (const em_task *q = s->head; q != t; q = q->next)
+        if (q->owner == t->owner)
+            return 1;
+    return 0;
+}
+
+/* Unlinks and returns the oldest task whose owner is idle and whose time
+ * has come, or NULL; *wake_ms is set to the earliest time a waiting task
+ * becomes ready (0: none waits for time). */
+static em_task *take(em_scheduler *s, int64_t *wake_ms)
+{
+    int64_t now = 0;
+    *wake_ms = 0;
     for (em_task **p = &s->head, *prev = NULL; *p; prev = *p, p = &(*p)->next) {
         em_task *t = *p;
-        if (owner_busy(s, t->owner))
+        if (owner_busy(s, t->owner) || owner_queued_before(s, t))
             continue;
+        if (t->not_before_ms) {
+            if (!now)
+                now = em_clock_now_ms();
+            if (t->not_before_ms > now) {
+                if (!*wake_ms || t->not_before_ms < *wake_ms)
+                    *wake_ms = t->not_before_ms;
+                continue;
+            }
+        }
         *p = t->next;
         if (s->tail == t)
             s->tail = prev;
@@ -44,11 +70,18 @@ static void *worker(void *arg)
     pthread_mutex_lock(&s->lock);
     int slot = -1;
     for (;;) {
-        em_task *t = take(s);
+        int64_t wake_ms;
+        em_task *t = take(s, &wake_ms);
         if (!t) {
             if (s->stop && !s->head)
                 break;
-            pthread_cond_wait(&s->work, &s->lock);
+            if (wake_ms) { /* a retry's time: the clock is CLOCK_REALTIME, as the cond's */
+                struct timespec ts = {.tv_sec = wake_ms / 1000,
+                                      .tv_nsec = (long)(wake_ms % 1000) * 1000000L};
+                pthread_cond_timedwait(&s->work, &s->lock, &ts);
+            } else {
+                pthread_cond_wait(&s->work, &s->lock);
+            }
             continue;
         }
         for (slot = 0; s->busy[slot]; slot++)
@@ -99,6 +132,17 @@ void em_scheduler_submit(em_scheduler *s, em_task *t)
         s->head = t;
     s->tail = t;
     pthread_cond_signal(&s->work);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void em_scheduler_retry(em_scheduler *s, em_task *t)
+{
+    pthread_mutex_lock(&s->lock);
+    t->next = s->head; /* at the head: the oldest of its owner again */
+    s->head = t;
+    if (!s->tail)
+        s->tail = t;
+    pthread_cond_broadcast(&s->work);
     pthread_mutex_unlock(&s->lock);
 }
 

@@ -104,6 +104,9 @@ function _M.load(path, host)
     end
 
     local name = job.name
+    -- Where the job's operator state lives (docs/state.md).
+    host.state_dir = host.state_dir or ((host.checkpoint_dir or "./checkpoint") .. "/" .. name
+                                        .. "/state")
     local sources, outputs = {}, {}
     for i, s in ipairs(job.sources) do
         sources[i] = { type = s.type, options = s.options, where = s.where }
@@ -119,9 +122,9 @@ function _M.load(path, host)
         state_version = job.state_version,
         sources = sources,
         outputs = outputs,
-        run_batch = function(view_ptr)
+        run_batch = function(view_ptr, batch_id)
             ember._set_context(host, name)
-            local ok, failed, err, fatal = run(view_ptr)
+            local ok, failed, err, fatal = run(view_ptr, batch_id)
             ember._batch_ended()
             return ok, failed, err, fatal
         end,

@@ -290,15 +290,17 @@ describe("kafka source and sink", function()
         assert_same_set(second, again:file_lines("out"))
     end)
 
-    it("reads a batch that failed for good again from Kafka, and commits after", function()
+    it("runs a batch whose sink failed again until it lands, and commits after", function()
         local records = names("t", 1, 200)
         mock:produce("retry", records)
-        -- The next Produce request is refused for good and no retry is
-        -- allowed: the first batch fails, and its records must come again.
+        -- The next Produce request is refused for good. With no retries
+        -- allowed before the job is reported blocked, the batch is held and
+        -- run again (with backoff) until its records land: no hole, and
+        -- nothing committed before they did.
         mock:command("errors 0 29 1")
         d = start(FLAKY_JOB, {}, { ["streaming.batch.maxRetries"] = 0 })
-        d:wait_for_log("will be read again from offset", 30)
-        d:wait_for_log("reading retry%[%d+%] again from offset", 10)
+        d:wait_for_log("the job is blocked", 30)
+        d:wait_for_log("went through after %d+ attempts; the job runs again", 30)
         d:wait_until(function()
             local missing = kafka_mock.diff(records, mock:values("retry_out"))
             return #missing == 0, #missing .. " records missing"

@@ -60,12 +60,14 @@ describe("the checkpoint", function()
 
     it("is written in the documented format, checksummed, with the previous one beside it", function()
         assert.is_true(good.crc_ok)
-        assert.equal(1, good.format)
+        assert.equal(2, good.format)
         assert.equal("cp", good.job)
         assert.equal("1", good.state_version)
         assert.is_true(good.batches >= 3)
+        assert.is_true(good.batch_id >= good.batches)
         assert.is_true(prev.crc_ok)
         assert.equal(good.batches - 1, prev.batches)
+        assert.equal(good.batch_id - 1, prev.batch_id)
         assert.is_true(prev.last_batch < good.last_batch)
         -- Rendered the same way, byte for byte.
         assert.equal(rec.checkpoint_text(good), rec.read_bytes(dir .. "/checkpoint"))
@@ -143,11 +145,11 @@ describe("the checkpoint", function()
 
     it("of a newer format is not read as this one", function()
         local path = dir .. "/checkpoint"
-        rec.write_bytes(path, rec.checkpoint_text { format = 2, job = "cp", state_version = "1",
+        rec.write_bytes(path, rec.checkpoint_text { format = 3, job = "cp", state_version = "1",
                                                     last_batch = 5, batches = 5 })
         restart_and_run()
-        d:wait_for_log("checkpoint " .. esc(path) .. " is damaged %(format 2, this ember reads "
-                       .. "1%); using the previous one", 1)
+        d:wait_for_log("checkpoint " .. esc(path) .. " is damaged %(format 3, this ember reads "
+                       .. "1 and 2%); using the previous one", 1)
         d:wait_for_log(string.format("%%[cp%%] checkpoint: last completed batch %d",
                                      prev.last_batch), 1)
         d:signal("TERM")

@@ -126,18 +126,32 @@ end
 
 
 -- A checkpoint file as core/checkpoint.c renders it: the lines, then
--- "crc32 <8 hex digits>" over every byte before that line.
+-- "crc32 <8 hex digits>" over every byte before that line. Format 2 (the
+-- default) has the batch id, then "pos" and "wal" lines; format 1 a
+-- "state 0" placeholder instead.
 function _M.checkpoint_text(cp)
+    local format = cp.format or 2
     local body = str_format("ember-checkpoint %d\njob %s\nstate_version %s\nlast_batch %s\n"
-                            .. "batches %s\nstate 0\n", cp.format or 1, cp.job,
-                            cp.state_version or "-", tostring(cp.last_batch),
-                            tostring(cp.batches))
+                            .. "batches %s\n", format, cp.job, cp.state_version or "-",
+                            tostring(cp.last_batch), tostring(cp.batches))
+    if format == 1 then
+        body = body .. "state 0\n"
+    else
+        body = body .. str_format("batch_id %s\n", tostring(cp.batch_id or 0))
+        for _, p in ipairs(cp.positions or {}) do
+            body = body .. "pos " .. p .. "\n"
+        end
+        for _, w in ipairs(cp.wal or {}) do
+            body = body .. "wal " .. w .. "\n"
+        end
+    end
     return body .. str_format("crc32 %08x\n", _M.crc32(body))
 end
 
 
 -- The fields of a checkpoint file and whether its checksum holds:
--- { format=, job=, state_version=, last_batch=, batches=, crc_ok= }.
+-- { format=, job=, state_version=, last_batch=, batches=, batch_id=,
+--   positions = { "<source> <position>", ... }, wal = { ... }, crc_ok= }.
 function _M.parse_checkpoint(text)
     if not text then
         return nil
@@ -149,8 +163,17 @@ function _M.parse_checkpoint(text)
         state_version = str_match(text, "\nstate_version ([^\n]*)\n"),
         last_batch = tonumber(str_match(text, "\nlast_batch (%d+)\n")),
         batches = tonumber(str_match(text, "\nbatches (%d+)\n")),
+        batch_id = tonumber(str_match(text, "\nbatch_id (%d+)\n")),
+        positions = {},
+        wal = {},
         crc_ok = false,
     }
+    for p in text:gmatch("\npos ([^\n]*)") do
+        cp.positions[#cp.positions + 1] = p
+    end
+    for w in text:gmatch("\nwal ([^\n]*)") do
+        cp.wal[#cp.wal + 1] = w
+    end
     if at then
         local want = tonumber(str_match(text, "^crc32 (%x+)\n", at), 16)
         cp.crc_ok = want ~= nil and want == _M.crc32(text:sub(1, at - 1))
