@@ -87,6 +87,7 @@ local function make_streamer(node, ctx, fails)
         if not failed and not stop then
             open = true
             info.time, info.count, info.first = ctx.time, n, total + 1
+            info.batch_id = ctx.batch_id
             local ok, done, err = pcall(write, materialize(shape, ka, vb, n), info)
             if not stop and (not ok or not done) then
                 failed = tostring(ok and err or done)
@@ -172,6 +173,7 @@ local function make_chunked(node, ctx, h)
         if n > 0 and not err and not stop then
             open = true
             info.time, info.count, info.first = ctx.time, n, total + 1
+            info.batch_id = ctx.batch_id
             local ok, res = pcall(h.chunk, ka, vb, n, info)
             if not ok then
                 err = res
@@ -198,7 +200,7 @@ local function make_chunked(node, ctx, h)
     function s.finish()
         flush()
         if not err and not stop then
-            info.time, info.count = ctx.time, total
+            info.time, info.count, info.batch_id = ctx.time, total, ctx.batch_id
             local ok, res = pcall(h.finish, info, total)
             if not ok then
                 err = res
