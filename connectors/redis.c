@@ -42,6 +42,7 @@
 #include "../core/block.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
+#include "../core/identity.h"
 #include "../core/log.h"
 #include "../core/pool.h"
 #include "../core/receiver.h"
@@ -561,7 +562,7 @@ static const em_option redis_options[] = {
     {"channel", EM_OPT_STRING, NULL, "channels to subscribe to, comma-separated (pubsub)"},
     {"pattern", EM_OPT_BOOL, "false", "channel names are glob patterns: PSUBSCRIBE (pubsub)"},
     {"group", EM_OPT_STRING, NULL, "consumer group (stream; default ember-<job>)"},
-    {"consumer", EM_OPT_STRING, NULL, "consumer name (stream; default ember-<job>-<host>)"},
+    {"consumer", EM_OPT_STRING, NULL, "consumer name (stream; default ember-<ember.id>-<job>)"},
     {"processing_key", EM_OPT_STRING, NULL,
      "list of the items being processed (list; default <key>:processing:<job>)"},
     {"block", EM_OPT_DURATION, "100ms", "how long one read may wait for data"},
@@ -758,8 +759,6 @@ static void *redis_create(const em_props *props, em_receiver *r, char *err, size
     s->delay_ms = FIRST_DELAY_MS;
     pthread_mutex_init(&s->ack_lock, NULL);
     snprintf(s->name, sizeof s->name, "redis source %s (job %s)", u.safe, job);
-    char host[128] = "localhost";
-    gethostname(host, sizeof host - 1);
     int oom = !(s->job = strdup(job));
     if (m == LIST) {
         oom |= !(s->key = strdup(key));
@@ -768,8 +767,11 @@ static void *redis_create(const em_props *props, em_receiver *r, char *err, size
     } else if (m == STREAM) {
         oom |= !(s->key = strdup(key));
         oom |= !(s->group = dup_or_default(em_props_get(props, "group"), "ember-%s", job, NULL));
+        /* One consumer per driver: drivers sharing the group read apart,
+         * and a restart on the same checkpoint.dir finds its own pending
+         * entries again. */
         oom |= !(s->consumer = dup_or_default(em_props_get(props, "consumer"), "ember-%s-%s",
-                                              job, host));
+                                              em_identity_id(), job));
     } else {
         oom |= split_channels(s, channel) != 0;
     }

@@ -552,3 +552,5 @@ void em_driver_free(em_driver *d)
     pthread_mutex_destroy(&d->lock);
     free(d);
 }
+
+const char *em_driver_id(const em_driver *d) { return d->cfg->ember_id; }

@@ -80,7 +80,7 @@ em_version *em_version_load(const char *path, const em_config *cfg, int *disable
     for (size_t i = 0; i < d->nsources; i++) {
         em_source_desc *s = &d->sources[i];
         char why[1024];
-        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, cfg->max_rate,
+        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, cfg,
                                              v->batch_interval_ms, why, sizeof why);
         if (!v->receivers[i]) {
             snprintf(err, errlen, "%s: %s", s->where, why);
