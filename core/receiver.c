@@ -35,7 +35,10 @@ struct em_receiver {
     size_t nsealed, capsealed;
     double max_rate, bp_rate, applied_rate;
     atomic_int held;
-    atomic_uint_fast64_t live;   /* records of its blocks not yet freed (read, or in a batch) */
+    /* Records of its blocks not yet freed (read, or in a batch) are pushed -
+     * freed: pushed grows under lock (a relaxed store, no locked add per
+     * record), freed when a worker frees a block. */
+    atomic_uint_fast64_t pushed, freed;
     atomic_uint_fast64_t read_ahead; /* records it may hold so (0: no bound); set by the driver */
     int memory_warned;           /* memory.max changes logged: the first pause and resume
                                     at warn and info, later ones at debug */
@@ -199,10 +202,19 @@ static uint32_t within_memory(em_receiver *r, uint32_t allow, size_t room)
 /* Whether the read-ahead bound holds this receiver: it has as many
  * records in blocks not yet freed as the driver allows (about what the job
  * processes in two batch intervals). */
+/* Freed first: a block is freed only after its records were pushed, so
+ * pushed read after it is never the smaller one. */
+static uint64_t live_records(em_receiver *r)
+{
+    uint64_t freed = atomic_load(&r->freed);
+    uint64_t pushed = atomic_load(&r->pushed);
+    return pushed > freed ? pushed - freed : 0;
+}
+
 static int ahead_of_workers(em_receiver *r)
 {
     uint64_t bound = atomic_load(&r->read_ahead);
-    return bound && atomic_load(&r->live) >= bound;
+    return bound && live_records(r) >= bound;
 }
 
 static void *run(void *arg)
@@ -235,7 +247,7 @@ static void *run(void *arg)
                             : "reading again");
         ahead = is_ahead;
         if (!full && !ahead && allow > 0) { /* one poll does not overshoot the bound by much */
-            uint64_t bound = atomic_load(&r->read_ahead), live = atomic_load(&r->live);
+            uint64_t bound = atomic_load(&r->read_ahead), live = live_records(r);
             if (bound && bound - live < allow)
                 allow = (uint32_t)(bound - live);
         }
@@ -357,7 +369,9 @@ int em_receiver_push(em_receiver *r, const em_push *rec)
     if (rc == 0) {
         r->records++;
         r->bytes += len;
-        atomic_fetch_add(&r->live, 1);
+        atomic_store_explicit(&r->pushed,
+                              atomic_load_explicit(&r->pushed, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
     }
     if (rc == 0 && r->wal)
         wal_result(r, em_wal_append(r->wal, rec));
@@ -496,7 +510,7 @@ static em_block *without_partition(em_block *b, int32_t p, int *changed)
         nb->sealed_ms = b->sealed_ms;
         nb->receiver = b->receiver ? em_receiver_ref(b->receiver) : NULL;
         if (nb->receiver) /* b's records leave the count when b is freed */
-            atomic_fetch_add(&nb->receiver->live, nb->count);
+            atomic_fetch_add(&nb->receiver->pushed, nb->count); /* under its lock too */
     }
     em_block_unref(b);
     return nb;
@@ -544,7 +558,7 @@ uint64_t em_receiver_read_ahead(const em_receiver *r) { return atomic_load(&r->r
 void em_receiver_block_freed(em_receiver *r, uint32_t records)
 {
     if (r)
-        atomic_fetch_sub(&r->live, records);
+        atomic_fetch_add(&r->freed, records);
 }
 
 int em_receiver_acknowledges(const em_receiver *r)
