@@ -87,6 +87,7 @@ local function make_streamer(node, ctx, fails)
         if not failed and not stop then
             open = true
             info.time, info.count, info.first = ctx.time, n, total + 1
+            info.batch_id = ctx.batch_id
             local ok, done, err = pcall(write, materialize(shape, ka, vb, n), info)
             if not stop and (not ok or not done) then
                 failed = tostring(ok and err or done)

@@ -282,4 +282,12 @@ DStream.to_redis = sink_method("to_redis", "redis")
 DStream.to_rabbitmq = sink_method("to_rabbitmq", "rabbitmq")
 
 
+-- Operators that keep state across batches (update_state_by_key,
+-- map_with_state, state_snapshots) are declared by ember.state_ops.
+require("ember.state_ops").declare(DStream, {
+    new_node = new_node, check_self = check_self, check_fn = check_fn,
+    need_pairs = need_pairs, where = where,
+})
+
+
 return _M

@@ -26,6 +26,11 @@
 -- Streams nobody consumes (no output downstream) are not computed, as in
 -- Spark: their functions never run.
 --
+-- Operators that keep state across batches (update_state_by_key,
+-- map_with_state) are driven like wide operations; their state lives in
+-- the job's store (ember.state), which stages a batch's changes until the
+-- driver commits it.
+--
 -- The operators live by concept: ember.narrow (map, filter, ...),
 -- ember.wide (per-batch reductions), ember.collect (outputs' collectors and
 -- sinks' streamers), ember.records (format = "record").
@@ -39,6 +44,7 @@ local narrow = require "ember.narrow"
 local wide = require "ember.wide"
 local collect = require "ember.collect"
 local records = require "ember.records"
+local state_ops = require "ember.state_ops"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
@@ -61,13 +67,17 @@ local _M = {}
 _M.SINK_CHUNK = collect.SINK_CHUNK
 
 
--- Compiles a loaded job. Returns run(view_ptr) -> ok, failed, err, fatal.
--- host: the runtime host (log, checkpoint_dir).
-function _M.compile(job, host)
+-- Compiles a loaded job. Returns run(view_ptr, batch_id) -> ok, failed,
+-- err, fatal. host: the runtime host (log, checkpoint_dir); store: the
+-- job's state store (ember.state), or nil for a job without state.
+function _M.compile(job, host, store)
     local nodes = job.nodes
     local name = job.name
     local fails = failures.new(name, job.on_error, host)
-    local ctx = { job = name, time = 0 }
+    local ctx = { job = name, time = 0, batch_id = nil }
+    if store then
+        store.fails = fails
+    end
 
     -- Which nodes lead to an output. Children come after parents in
     -- creation order, so one backward sweep settles it.
@@ -111,6 +121,10 @@ function _M.compile(job, host)
                 local c = make_collector(node)
                 collectors[node] = c
                 input[node] = c.push
+            elseif state_ops.is_stateful(op) then
+                local w = state_ops.make(node, ctx, out, store)
+                input[node] = w.push
+                wides[#wides + 1] = { node = node, w = w, out = out }
             elseif wide.is_wide(op) then
                 local w = wide.make(node, ctx)
                 input[node] = w.push
@@ -286,7 +300,7 @@ function _M.compile(job, host)
                 end
             else
                 local ka, vb, n = collectors[node].get()
-                local info = { time = time, job = name, count = n }
+                local info = { time = time, job = name, count = n, batch_id = ctx.batch_id }
                 local ok, err = pcall(sinks[kind], node, ka, vb, n, info)
                 if not ok and fails:add(err, batch_note(n)) then
                     return false
@@ -296,8 +310,12 @@ function _M.compile(job, host)
         return true
     end
 
-    return function(view_ptr)
+    return function(view_ptr, batch_id)
         local view = ffi_cast(view_ptr_t, view_ptr)
+        ctx.batch_id = batch_id
+        if store then
+            store:begin(batch_id)
+        end
         local ok, res, sink_err = pcall(run, view)
         -- A batch that stopped early leaves no sink waiting on its server.
         for i = 1, #outputs do
@@ -307,6 +325,16 @@ function _M.compile(job, host)
             end
         end
         local failed, first_err, io_err = fails:finish()
+        if store then
+            -- A bad state value or state.max stops the job: running the
+            -- batch again would meet them again.
+            local max_err = store:ran(ok and res and not io_err)
+            local fatal = store.fatal or max_err
+            if fatal then
+                store.phase = "failed"
+                return false, failed, fatal, true
+            end
+        end
         if ok and not res and sink_err then
             return false, failed, sink_err, false
         end

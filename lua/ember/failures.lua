@@ -76,6 +76,7 @@ end
 
 function _M:begin(time_ms)
     self.time = time_ms
+    self.fatal = nil
     self.count = 0
     self.first_err, self.first_rec = nil, nil
     self.io_err = nil
@@ -95,6 +96,9 @@ end
 -- description of the element or output run. Returns true when the batch
 -- must stop (policy fail, or a dead letter that could not be written).
 function _M:add(err, record)
+    if self.fatal then
+        return true                     -- the batch fails whatever on_error says
+    end
     err = type(err) == "string" and err or tostring(err)
     record = tostring(record)
     self.count = self.count + 1

@@ -6,6 +6,7 @@
 -- ember.executor once the script has run; after that the job is sealed.
 
 local dstream = require "ember.dstream"
+local state = require "ember.state"
 
 local error = error
 local type = type
@@ -26,7 +27,8 @@ Job.__index = Job
 _M.Job = Job
 
 local ON_ERROR = { skip = true, dead_letter = true, fail = true }
-local OPTIONS = { name = true, batch_interval = true, on_error = true, state_version = true }
+local OPTIONS = { name = true, batch_interval = true, on_error = true, state_version = true,
+                  state_max = true, migrate = true }
 local SOURCES = { "generator", "socket", "file", "kafka", "rabbitmq", "redis" }
 
 
@@ -59,7 +61,8 @@ function _M.new(opts, level)
     for k in pairs(opts) do
         if not OPTIONS[k] then
             error("bad argument #1 to 'job' (unknown option '" .. tostring(k)
-                  .. "'; known: name, batch_interval, on_error, state_version)", level)
+                  .. "'; known: name, batch_interval, on_error, state_version, state_max, "
+                  .. "migrate)", level)
         end
     end
 
@@ -82,11 +85,27 @@ function _M.new(opts, level)
         check_batch_interval(opts.batch_interval, level)
     end
 
+    if opts.state_max ~= nil and not state.parse_size(opts.state_max) then
+        error("bad option 'state_max' to 'job' (a size such as \"64m\", \"512k\", \"1g\" "
+              .. "or a number of bytes expected, got " .. tostring(opts.state_max) .. ")", level)
+    end
+    local sv = opts.state_version
+    if sv ~= nil and type(sv) ~= "number" and type(sv) ~= "string" then
+        error("bad option 'state_version' to 'job' (number or string expected, got "
+              .. type(sv) .. ")", level)
+    end
+    if opts.migrate ~= nil and type(opts.migrate) ~= "function" then
+        error("bad option 'migrate' to 'job' (function(old_state, old_version) expected, got "
+              .. type(opts.migrate) .. ")", level)
+    end
+
     return setmetatable({
         name = name,                    -- nil: the runtime uses the file name
         batch_interval = opts.batch_interval,
         on_error = on_error,
         state_version = opts.state_version,
+        state_max = opts.state_max,     -- nil: the host's state.max
+        migrate = opts.migrate,
         where = dstream.where(level),
         sources = {},                   -- { type=, options=, where= } in order
         nodes = {},                     -- every DStream, in creation order

@@ -1,7 +1,12 @@
 -- ember.runtime: what the C host calls (docs/internals.md).
 --
 --   local desc, err = require("ember.runtime").load(path, host)
---   local ok, failed, err, fatal = desc.run_batch(view_ptr)
+--   local ok, failed, err, fatal = desc.run_batch(view_ptr, batch_id)
+--
+-- A stateful job (desc.stateful) also gives the staged lifecycle of its
+-- state: prepare(batch_id), apply(batch_id), abort(), restore(committed,
+-- old_version), check_migrate(committed, old_version), state_bytes()
+-- (ember.state; docs/internals.md).
 --
 -- load never raises: a syntax error, a misuse of the API or a bad graph
 -- comes back as nil, "path:line: message".
@@ -9,6 +14,8 @@
 local ember = require "ember"
 local job_mod = require "ember.job"
 local executor = require "ember.executor"
+local state = require "ember.state"
+local state_ops = require "ember.state_ops"
 
 local loadfile = loadfile
 local pcall = pcall
@@ -95,10 +102,12 @@ function _M.load(path, host)
     end
     if disabled then
         return { name = basename_job(path), disabled = disabled, sources = {}, outputs = {},
-                 run_batch = function() return true, 0, nil, false end }
+                 stateful = false, run_batch = function() return true, 0, nil, false end }
     end
 
-    local ok2, run = pcall(executor.compile, job, host)
+    local store = state.new(job, host)
+    state_ops.register(job, store)
+    local ok2, run = pcall(executor.compile, job, host, store)
     if not ok2 then
         return nil, path .. ": " .. tostring(run)
     end
@@ -128,6 +137,21 @@ function _M.load(path, host)
             ember._batch_ended()
             return ok, failed, err, fatal
         end,
+        stateful = store:is_stateful(),
+        state_max = store.max,
+        state_dir = store.dir,
+        prepare = function(batch_id) return store:prepare(batch_id) end,
+        apply = function(batch_id) return store:apply(batch_id) end,
+        abort = function() return store:abort() end,
+        restore = function(committed, old_version)
+            ember._set_context(host, name)
+            return store:restore(committed, old_version)
+        end,
+        check_migrate = function(committed, old_version)
+            ember._set_context(host, name)
+            return store:check_migrate(committed, old_version)
+        end,
+        state_bytes = function() return store:state_bytes() end,
     }
 end
 

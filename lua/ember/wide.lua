@@ -172,7 +172,7 @@ local function make_transform(node, ctx)
     end
     function w.finish()
         local res = f(materialize(shape, ka, vb, n),
-                      { time = ctx.time, job = ctx.job, count = n })
+                      { time = ctx.time, job = ctx.job, count = n, batch_id = ctx.batch_id })
         if res == nil then
             return {}, {}, 0
         end

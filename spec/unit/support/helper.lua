@@ -65,9 +65,34 @@ end
 
 
 -- Runs one batch of single-source records; returns run_batch's results.
+-- (Not a tail call: v must stay referenced, or the GC may free the view's
+-- cdata while the batch reads it.)
 function _M.run(desc, time_ms, ...)
     local v = view.batch(time_ms, ...)
-    return desc.run_batch(v.ptr)
+    local ok, failed, err, fatal = desc.run_batch(v.ptr)
+    v.keep = v.keep
+    return ok, failed, err, fatal
+end
+
+
+-- Runs one batch with a batch id (stateful jobs); returns run_batch's results.
+function _M.run_id(desc, batch_id, time_ms, ...)
+    local v = view.batch(time_ms, ...)
+    local ok, failed, err, fatal = desc.run_batch(v.ptr, batch_id)
+    v.keep = v.keep
+    return ok, failed, err, fatal
+end
+
+
+-- Runs batch batch_id and commits its state as the driver does: run,
+-- prepare, apply. Raises when any step fails; returns prepare's bytes.
+function _M.commit(desc, batch_id, time_ms, ...)
+    local ok, failed, err, fatal = _M.run_id(desc, batch_id, time_ms, ...)
+    assert(ok and failed == 0 and not fatal, "batch " .. batch_id .. ": " .. tostring(err))
+    local pok, perr, bytes = desc.prepare(batch_id)
+    assert(pok, perr)
+    assert(desc.apply(batch_id))
+    return bytes
 end
 
 
