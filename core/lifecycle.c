@@ -7,6 +7,7 @@
 
 #include "batch.h"
 #include "clock.h"
+#include "failpoint.h"
 #include "log.h"
 #include "pool.h"
 
@@ -152,6 +153,7 @@ static int commit(em_batch *b, char *err, size_t errlen)
     j->cp = next;
     if (stateful)
         em_luahost_apply(host, b->id);
+    em_failpoint("after_commit");
     (void)bytes;
     return 0;
 }

@@ -246,4 +246,84 @@ describe("keyed state across kill -9", function()
             assert.is_true(#list > 1000, ctx .. ": only " .. #list .. " records went through")
         end)
     end)
+
+    -- The moment a timed kill almost never hits: the checkpoint (state and
+    -- positions) is committed, the brokers have not heard of it yet. A
+    -- failpoint kills ember exactly there; the brokers then hand those
+    -- records out again, and the state must not count them twice.
+    describe("crashed between a batch's commit and its acknowledgements", function()
+        local mock
+
+        setup(function()
+            mock = kafka_mock.start { topics = { "fp_in:2" } }
+        end)
+
+        teardown(function()
+            if mock then
+                mock:stop()
+            end
+        end)
+
+        it("counts the Kafka records of that batch once: the partitions resume from the "
+           .. "checkpoint", function()
+            local produced = {}
+            for i = 1, 3000 do
+                produced[i] = str_format("k%06d", i)
+            end
+            mock:produce("fp_in", produced)
+            d = driver.new()
+            d:write_job("tally", driver.render(JOB, {
+                dir = driver.quote(d:path()), source = "kafka",
+                options = "brokers = " .. driver.quote(mock.bootstrap) .. ', topic = "fp_in", '
+                          .. 'group = "fp", start = "earliest", max_rate = 2000, '
+                          .. kafka_mock.CLIENT,
+            }))
+            driver.write_file(d:path("run"), "1\n")
+            d:start { env = { EMBER_FAILPOINT = "after_commit:4" } }
+            assert.equal(128 + 9, d:wait_exit(60))
+            assert.equal(1, #d:log_lines("failpoint after_commit reached", { plain = true }))
+            driver.write_file(d:path("run"), "2\n")
+            d:start {}
+            d:wait_for_log("resumes at offset %d+ from the job's checkpoint", 60)
+            d:wait_until(function()
+                local _, sum = last_state(d)
+                return sum >= #produced, sum .. " of " .. #produced .. " counted"
+            end, 60, 0.1, "every record counted")
+            d:signal("TERM")
+            assert.equal(0, d:wait_exit(20))
+            local list = assert_exact(d, 2, "kafka failpoint")
+            assert.equal(#produced, #list)
+        end)
+
+        it("counts the write-ahead log records of that batch once: its segments are not "
+           .. "replayed", function()
+            d = driver.new()
+            local s = d:own(rec.sender())
+            d:write_job("tally", driver.render(JOB, {
+                dir = driver.quote(d:path()), source = "socket",
+                options = 'host = "127.0.0.1", port = ' .. s:port(),
+            }))
+            local conf = driver.conf { ["streaming.receiver.writeAheadLog.enable"] = "true" }
+            driver.write_file(d:path("run"), "1\n")
+            d:start { conf = conf, env = { EMBER_FAILPOINT = "after_commit:4" } }
+            s:accept(10)
+            s:queue(2000)
+            s:flush(30)
+            assert.equal(128 + 9, d:wait_exit(60))
+            s:close_conn()
+            driver.write_file(d:path("run"), "2\n")
+            d:start { conf = conf }
+            s:accept(10)
+            d:wait_for_log("already in its state; not replayed", 30)
+            d:wait_until(function()
+                local _, list = seen_records(d, 2)
+                local _, sum = last_state(d)
+                return #list > 0 and sum == #list, sum .. " counted, " .. #list .. " out"
+            end, 60, 0.1, "the state to cover every record out")
+            d:signal("TERM")
+            assert.equal(0, d:wait_exit(20))
+            assert_exact(d, 2, "wal failpoint")
+        end)
+    end)
 end)
+

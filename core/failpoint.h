@@ -1,0 +1,14 @@
+/* failpoint.h — named points where a test may make the driver die.
+ *
+ * EMBER_FAILPOINT=<name>:<n> kills the process with SIGKILL the n-th time
+ * it passes em_failpoint("<name>"), so a spec can crash it at an exact
+ * place no timing could hit reliably (between a batch's commit and its
+ * acknowledgements, say). Unset, a pass costs one branch on a cached flag.
+ * Points: "after_commit" (the checkpoint renamed, nothing released yet).
+ */
+#ifndef EMBER_FAILPOINT_H
+#define EMBER_FAILPOINT_H
+
+void em_failpoint(const char *name);
+
+#endif
