@@ -4,7 +4,8 @@
  * it passes em_failpoint("<name>"), so a spec can crash it at an exact
  * place no timing could hit reliably (between a batch's commit and its
  * acknowledgements, say). Unset, a pass costs one branch on a cached flag.
- * Points: "after_commit" (the checkpoint renamed, nothing released yet).
+ * Points: "after_commit" (a batch with records: its checkpoint renamed,
+ * nothing released yet).
  */
 #ifndef EMBER_FAILPOINT_H
 #define EMBER_FAILPOINT_H

@@ -109,10 +109,11 @@ static char *covered_segments(const em_batch *b)
 /* Writes the checkpoint of a finished batch: its id, time and positions,
  * and for a stateful job its staged state first. The checkpoint's rename is
  * the commit point; only then does the staged state become visible.
- * A stateless job's checkpoint is not fsynced: it survives a crash of the
- * process, and what it records (ids, times) is cheap to lose to a power
- * cut, while two fsyncs per batch are not cheap. 0, or -1 and err: the
- * batch is not committed and runs again. */
+ * A checkpoint that protects no state or input (a stateless job's, an
+ * empty batch that changed nothing) is not fsynced: it survives a crash of
+ * the process, and what it records (ids, times) is cheap to lose to a
+ * power cut, while two fsyncs per batch are not cheap. 0, or -1 and err:
+ * the batch is not committed and runs again. */
 static int commit(em_batch *b, char *err, size_t errlen)
 {
     em_job *j = b->job;
@@ -140,7 +141,10 @@ static int commit(em_batch *b, char *err, size_t errlen)
     next.wal_covered = stateful ? covered_segments(b) : NULL;
     if (!stateful && j->cp.positions) /* a job that had state once keeps its place */
         next.positions = strdup(j->cp.positions);
-    if (em_checkpoint_write(j->dir, &next, stateful, err, errlen) != 0) {
+    /* fsync when it protects something: state written, or input taken in.
+     * An empty batch that changed no state only moves the id on. */
+    int durable = stateful && (bytes > 0 || b->records > 0);
+    if (em_checkpoint_write(j->dir, &next, durable, err, errlen) != 0) {
         em_checkpoint_clear(&next);
         if (stateful)
             return -1;
@@ -153,8 +157,8 @@ static int commit(em_batch *b, char *err, size_t errlen)
     j->cp = next;
     if (stateful)
         em_luahost_apply(host, b->id);
-    em_failpoint("after_commit");
-    (void)bytes;
+    if (b->records)
+        em_failpoint("after_commit");
     return 0;
 }
 
