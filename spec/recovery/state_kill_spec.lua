@@ -303,9 +303,10 @@ describe("keyed state across kill -9", function()
                 dir = driver.quote(d:path()), source = "socket",
                 options = 'host = "127.0.0.1", port = ' .. s:port(),
             }))
-            local conf = driver.conf { ["streaming.receiver.writeAheadLog.enable"] = "true" }
+            local conf = driver.conf { ["streaming.receiver.writeAheadLog.enable"] = "true",
+                                       ["streaming.receiver.maxRate"] = 2000 }
             driver.write_file(d:path("run"), "1\n")
-            d:start { conf = conf, env = { EMBER_FAILPOINT = "after_commit:4" } }
+            d:start { conf = conf, env = { EMBER_FAILPOINT = "after_commit:2" } }
             s:accept(10)
             s:queue(2000)
             s:flush(30)
