@@ -68,7 +68,7 @@ test: deps
 	$(Q)spec/run
 
 bench: deps
-	$(Q)$(MAKE) --no-print-directory ember
+	$(Q)$(MAKE) --no-print-directory ember build/libember-json.so
 	$(Q)bench/run
 
 clean:

@@ -105,6 +105,9 @@ function _M.load(path, host)
                  stateful = false, run_batch = function() return true, 0, nil, false end }
     end
 
+    -- Where the job's operator state lives (docs/state.md).
+    host.state_dir = host.state_dir or ((host.checkpoint_dir or "./checkpoint") .. "/" .. job.name
+                                        .. "/state")
     local store = state.new(job, host)
     state_ops.register(job, store)
     local ok2, run = pcall(executor.compile, job, host, store)
@@ -113,9 +116,6 @@ function _M.load(path, host)
     end
 
     local name = job.name
-    -- Where the job's operator state lives (docs/state.md).
-    host.state_dir = host.state_dir or ((host.checkpoint_dir or "./checkpoint") .. "/" .. name
-                                        .. "/state")
     local sources, outputs = {}, {}
     for i, s in ipairs(job.sources) do
         sources[i] = { type = s.type, options = s.options, where = s.where }

@@ -28,6 +28,7 @@
 
 local buffer = require "string.buffer"
 local files = require "ember.state_files"
+local format = require "ember.state_format"
 
 local type = type
 local tostring = tostring
@@ -43,8 +44,6 @@ local os_time = os.time
 local str_format = string.format
 local str_match = string.match
 local str_gsub = string.gsub
-local tbl_sort = table.sort
-local tbl_concat = table.concat
 local tbl_clear = require "table.clear"
 local encode = buffer.encode
 local decode = buffer.decode
@@ -54,18 +53,21 @@ local _M = {}
 local Store = {}
 Store.__index = Store
 
-local REMOVED = setmetatable({}, { __tostring = function() return "<removed>" end })
+local REMOVED = format.REMOVED
+local new_map = format.new_map
 _M.REMOVED = REMOVED
 
-local FORMAT = 1
-local FLUSH_AT = 1048576              -- bytes buffered before a write(2)
 local MAX_DEPTH = 64
 local DEFAULT_INTERVAL = 10           -- state.snapshotInterval
-local DEFAULT_MAX = 1073741824        -- state.max, when the host gives none
+local DEFAULT_MAX = 268435456         -- state.max, when the host gives none
 
 
--- "64m", "512k", "1g", "100b" or a number of bytes -> bytes, or nil.
+-- "64m", "512k", "1g", "100b" or a number of bytes -> bytes, or nil;
+-- 0 (or "0") -> math.huge: no cap.
 function _M.parse_size(v)
+    if v == 0 or v == "0" then
+        return math.huge
+    end
     if type(v) == "number" then
         return v > 0 and v or nil
     end
@@ -197,7 +199,10 @@ function _M.new(job, host)
     if not dir then
         dir = (host.checkpoint_dir or "checkpoint") .. "/" .. job.name .. "/state"
     end
-    local max = _M.parse_size(job.state_max) or _M.parse_size(host.state_max) or DEFAULT_MAX
+    local max = _M.parse_size(job.state_max)
+    if max == nil then
+        max = _M.parse_size(host.state_max) or DEFAULT_MAX
+    end
     return setmetatable({
         job = job.name,
         version = job.state_version,
@@ -219,12 +224,12 @@ end
 function Store:add(name, kind, where, timeout)
     local op = {
         name = name, kind = kind, where = where, timeout = timeout,
-        committed = {}, staged = {},
+        committed = new_map(), staged = new_map(),
         nkeys = 0, bytes = 0, sbytes = 0,
         ndeltas = 0,
-        times = timeout and {} or nil,  -- key -> batch time it last got a record
-        stimes = timeout and {} or nil, -- the same, staged
-        buckets = timeout and {} or nil, -- time -> { key = true }
+        times = timeout and new_map() or nil,   -- key -> batch time it last got a record
+        stimes = timeout and new_map() or nil,  -- the same, staged
+        buckets = timeout and new_map() or nil, -- time -> { key = true }
         expired = timeout and {} or nil, -- bucket times the run timed out
         needs_times = false,
         prepared = nil,                 -- { kind, id } of the file prepare wrote
@@ -371,44 +376,10 @@ local function write_op_file(self, op, kind, id)
     if not ok then
         return nil, err
     end
-    local path = dir .. "/" .. kind .. "-" .. str_format("%d", id)
-    local w
-    w, err = files.create(path)
-    if not w then
-        return nil, err
-    end
-    local buf = buffer.new()
     local staged, committed, stimes, times = op.staged, op.committed, op.stimes, op.times
-    local count = 0
-
-    local function flush()
-        local p, len = buf:ref()
-        local fok, ferr = w:put(p, len)
-        buf:reset()
-        if not fok then
-            error(ferr, 0)
-        end
-    end
-    local function entry(k, s, t)
-        buf:encode(k)
-        if s == REMOVED then
-            buf:encode(0)
-        elseif type(s) == "table" then
-            buf:encode(t and 6 or 2):encode(s[1])
-        else
-            buf:encode(t and 5 or 1):encode(s)
-        end
-        if t and s ~= REMOVED then
-            buf:encode(t)
-        end
-        count = count + 1
-        if #buf >= FLUSH_AT then
-            flush()
-        end
-    end
-
-    buf:encode({ format = FORMAT, op = op.name, kind = kind, batch = id, partition = 0 })
-    local wok, werr = pcall(function()
+    local path = dir .. "/" .. kind .. "-" .. str_format("%d", id)
+    return format.write(path, { op = op.name, kind = kind, batch = id, partition = 0 },
+                        function(entry)
         if kind == "delta" then
             for k, s in pairs(staged) do
                 if s ~= REMOVED or committed[k] ~= nil then
@@ -437,19 +408,7 @@ local function write_op_file(self, op, kind, id)
                 end
             end
         end
-        buf:encode({ count = count })          -- the trailer: no key is a table
-        flush()
     end)
-    if not wok then
-        w:discard()
-        return nil, werr
-    end
-    local bytes = w.bytes
-    ok, err = w:commit()
-    if not ok then
-        return nil, err
-    end
-    return bytes
 end
 
 
@@ -494,29 +453,6 @@ function Store:prepare(batch_id)
 end
 
 
--- Files of an operator's folder: { id = n, kind = "delta"|"snapshot",
--- name = } sorted by id; stray temp files are removed.
-local function op_files(dir)
-    local names, err = files.list(dir)
-    if not names then
-        return nil, err
-    end
-    local list = {}
-    for _, name in ipairs(names) do
-        local kind, id = str_match(name, "^(%a+)%-(%d+)$")
-        if (kind == "delta" or kind == "snapshot") then
-            list[#list + 1] = { id = tonumber(id), kind = kind, name = name }
-        elseif str_match(name, "^%.tmp%-") then
-            files.unlink(dir .. "/" .. name)
-        end
-    end
-    tbl_sort(list, function(a, b)
-        if a.id ~= b.id then return a.id < b.id end
-        return a.kind < b.kind                  -- delta before snapshot
-    end)
-    return list
-end
-
 
 -- Moves what the staged maps say into committed, for one operator.
 local function merge(op)
@@ -559,7 +495,7 @@ local function merge(op)
                 times[k] = t
                 local b = buckets[t]
                 if not b then
-                    b = {}
+                    b = new_map()
                     buckets[t] = b
                 end
                 b[k] = true
@@ -599,7 +535,7 @@ function Store:apply(batch_id)
             if p.kind == "snapshot" then
                 op.ndeltas = 0
                 local dir = op_dir(self, op)
-                for _, f in ipairs(op_files(dir) or {}) do
+                for _, f in ipairs(format.list(dir) or {}) do
                     if f.id < p.id then
                         local ok, uerr = files.unlink(dir .. "/" .. f.name)
                         err = err or (not ok and uerr) or nil
@@ -638,397 +574,15 @@ function Store:abort()
 end
 
 
--- Reads one state file into committed/times. Returns true or nil, err.
-local function load_file(path, op, committed, times)
-    local s, err = files.read_file(path)
-    if not s then
-        return nil, err
-    end
-    local buf = buffer.new():set(s)
-    local ok, res = pcall(function()
-        local head = buf:decode()
-        if type(head) ~= "table" or head.format ~= FORMAT then
-            return "not an ember state file"
-        end
-        local count = 0
-        while true do
-            local k = buf:decode()
-            if type(k) == "table" then          -- the trailer
-                if k.count ~= count then
-                    return "holds " .. count .. " entries, its trailer says " .. tostring(k.count)
-                elseif #buf ~= 0 then
-                    return "bytes after its trailer"
-                end
-                return nil
-            end
-            local flags = buf:decode()
-            if flags == 0 then
-                committed[k] = nil
-                if times then times[k] = nil end
-            else
-                local v = buf:decode()
-                if flags % 4 == 2 then
-                    v = { v }
-                end
-                committed[k] = v
-                if flags >= 4 then
-                    local t = buf:decode()
-                    if times then times[k] = t end
-                end
-            end
-            count = count + 1
-        end
-    end)
-    if not ok then
-        return nil, "state file " .. path .. " is damaged (" .. tostring(res) .. ")"
-    elseif res then
-        return nil, "state file " .. path .. " is damaged (" .. res .. ")"
-    end
-    return true
-end
 
+-- restore and check_migrate (ember.state_restore).
+require("ember.state_restore").extend(Store, {
+    read_current = read_current, write_current = write_current,
+    new_current = new_current, write_op_file = write_op_file,
+    size_of = size_of, value_of = value_of,
+    check_key = _M.check_key, stored = _M.stored,
+})
 
--- The state of one operator folder as of batch committed: the newest
--- snapshot <= committed plus the deltas after it. With cleanup, removes
--- files after committed (prepared, never committed) and files the
--- snapshot covers. Returns committed map, times map, ndeltas, or nil, err.
-local function load_dir(dir, committed_id, cleanup)
-    local list, err = op_files(dir)
-    if not list then
-        return nil, err
-    end
-    local base = 0
-    for _, f in ipairs(list) do
-        if f.kind == "snapshot" and f.id <= committed_id then
-            base = f.id
-        end
-    end
-    local committed, times, ndeltas = {}, {}, 0
-    for _, f in ipairs(list) do
-        local path = dir .. "/" .. f.name
-        if f.id > committed_id or f.id < base or (f.id == base and f.kind == "delta") then
-            if cleanup then
-                files.unlink(path)
-            end
-        elseif f.id >= base and (f.kind == "snapshot" or f.id > base) then
-            local ok, lerr = load_file(path, nil, committed, times)
-            if not ok then
-                return nil, lerr
-            end
-            if f.kind == "delta" then
-                ndeltas = ndeltas + 1
-            end
-        end
-    end
-    return committed, times, ndeltas
-end
-
-
--- archive-<unix time> (archive-<unix time>.<n> when that second has one),
--- as the job folder's checkpoint archives are named.
-local function archive_dir(self)
-    local stamp = str_format("%d", os_time())
-    local name = "archive-" .. stamp
-    local n = 1
-    while files.exists(self.dir .. "/" .. name) do
-        n = n + 1
-        name = "archive-" .. stamp .. "." .. n
-    end
-    local ok, err = files.mkdir_p(self.dir .. "/" .. name)
-    if not ok then
-        return nil, err
-    end
-    return self.dir .. "/" .. name
-end
-
-
--- Installs loaded maps into an operator.
-local function install(op, committed, times, ndeltas)
-    op.committed, op.nkeys, op.bytes, op.ndeltas = committed, 0, 0, ndeltas or 0
-    tbl_clear(op.staged)
-    local nkeys, bytes = 0, 0
-    for k, s in pairs(committed) do
-        nkeys = nkeys + 1
-        bytes = bytes + size_of(k) + size_of(s)
-    end
-    op.nkeys, op.bytes = nkeys, bytes
-    if op.timeout then
-        local buckets, kept = {}, {}
-        local missing = false
-        for k in pairs(committed) do
-            local t = times and times[k]
-            if t then
-                kept[k] = t
-                local b = buckets[t]
-                if not b then
-                    b = {}
-                    buckets[t] = b
-                end
-                b[k] = true
-            else
-                missing = true
-            end
-        end
-        op.times, op.buckets = kept, buckets
-        tbl_clear(op.stimes)
-        tbl_clear(op.expired)
-        op.needs_times = missing
-    end
-end
-
-
--- Every operator folder under the live state folder, loaded as of
--- committed_id: name -> { committed, times, ndeltas }.
-local function load_all(self, cur, committed_id, cleanup)
-    local root = self.dir .. "/" .. cur.dir
-    local names, is_dir = files.list(root)
-    if not names then
-        return nil, is_dir
-    end
-    local out = {}
-    for _, name in ipairs(names) do
-        if is_dir[name] then
-            local c, t, nd = load_dir(root .. "/" .. name .. "/p0", committed_id, cleanup)
-            if not c then
-                return nil, t
-            end
-            out[name] = { committed = c, times = t, ndeltas = nd }
-        end
-    end
-    return out
-end
-
-
-local function plain_state(loaded)
-    local old = {}
-    for name, l in pairs(loaded) do
-        local m = {}
-        for k, s in pairs(l.committed) do
-            m[k] = value_of(s)
-        end
-        old[name] = m
-    end
-    return old
-end
-
-
--- Runs the job's migrate on the old state; returns name -> stored map.
-local function run_migrate(self, loaded, old_version)
-    local ok, new = pcall(self.migrate, plain_state(loaded), old_version)
-    if not ok then
-        return nil, "migrate of job '" .. self.job .. "' from state_version "
-                    .. tostring(old_version) .. " to " .. tostring(self.version)
-                    .. " failed: " .. tostring(new)
-    end
-    if type(new) ~= "table" then
-        return nil, "migrate of job '" .. self.job .. "' must return a table (operator name "
-                    .. "-> { key = state }), got " .. type(new)
-    end
-    local out = {}
-    for name, m in pairs(new) do
-        local op = self.ops[name]
-        if not op then
-            local known = {}
-            for _, o in ipairs(self.order) do
-                known[#known + 1] = o.name
-            end
-            return nil, "migrate of job '" .. self.job .. "' returned state for operator '"
-                        .. tostring(name) .. "', which the job does not declare (it has: "
-                        .. (#known > 0 and tbl_concat(known, ", ") or "none") .. ")"
-        end
-        if type(m) ~= "table" then
-            return nil, "migrate of job '" .. self.job .. "': the state of '" .. name
-                        .. "' must be a table of key -> state, got " .. type(m)
-        end
-        local stored = {}
-        for k, v in pairs(m) do
-            local sok, s = pcall(function()
-                _M.check_key(self, op, k)
-                return _M.stored(self, op, k, v)
-            end)
-            if not sok then
-                self.fatal = nil
-                if self.fails then
-                    self.fails.fatal = nil
-                end
-                return nil, "migrate of job '" .. self.job .. "': " .. tostring(s)
-            end
-            stored[k] = s
-        end
-        out[name] = stored
-    end
-    return out
-end
-
-
--- Writes a full snapshot of stored maps into a fresh state folder.
-local function write_generation(self, cur, maps, id)
-    local root = self.dir .. "/" .. cur.dir
-    if files.exists(root) then
-        local ok, err = files.rm_rf(root)       -- a migration that never finished
-        if not ok then
-            return nil, err
-        end
-    end
-    local ok, err = files.mkdir_p(root)
-    if not ok then
-        return nil, err
-    end
-    local saved = self.current
-    self.current = cur
-    for name, m in pairs(maps) do
-        local op = self.ops[name]
-        local keep_c, keep_s, keep_st = op.committed, op.staged, op.stimes
-        op.committed, op.staged, op.stimes = m, {}, nil   -- no times: set at the next batch
-        local bytes, werr = write_op_file(self, op, "snapshot", id)
-        op.committed, op.staged, op.stimes = keep_c, keep_s, keep_st
-        if not bytes then
-            self.current = saved
-            return nil, werr
-        end
-    end
-    self.current = saved
-    return true
-end
-
-
-local function same_version(a, b)
-    return a == b or (a ~= nil and b ~= nil and tostring(a) == tostring(b))
-end
-
-
--- Rebuilds committed state as of committed_batch_id (0: nothing
--- committed) from the files; migrates or archives it when the state on
--- disk has another state_version. Returns true or false, err.
-function Store:restore(committed_id, old_version)
-    committed_id = tonumber(committed_id) or 0
-    self:abort()
-    local cur, err = read_current(self)
-    if err then
-        return false, err
-    end
-    if not cur then
-        -- Nothing was ever written: empty state; the folder is made by the
-        -- first prepare that has something to write.
-        for _, op in ipairs(self.order) do
-            install(op, {}, {}, 0)
-        end
-        self.current = nil
-        return true
-    end
-
-    -- Another version folder: the old one of a migration that switched
-    -- CURRENT and died before archiving it, or the new one of a migration
-    -- that died before switching. Either way it is not the live state:
-    -- archived (not dropped).
-    local names, is_dir = files.list(self.dir)
-    if not names then
-        return false, is_dir
-    end
-    local archive
-    for _, name in ipairs(names) do
-        if is_dir[name] and name ~= cur.dir and not str_match(name, "^archive%-") then
-            archive = archive or archive_dir(self)
-            if not archive then
-                return false, "state: cannot make an archive folder in " .. self.dir
-            end
-            local ok, rerr = files.rename(self.dir .. "/" .. name, archive .. "/" .. name)
-            if not ok then
-                return false, rerr
-            end
-        end
-    end
-
-    local loaded
-    loaded, err = load_all(self, cur, committed_id, true)
-    if not loaded then
-        return false, err
-    end
-
-    if same_version(cur.version, self.version) then
-        self.current = cur
-        -- Operators the job no longer declares: set aside, not dropped.
-        for name in pairs(loaded) do
-            if not self.ops[name] then
-                archive = archive or archive_dir(self)
-                if not archive then
-                    return false, "state: cannot make an archive folder in " .. self.dir
-                end
-                local ok, rerr = files.rename(self.dir .. "/" .. cur.dir .. "/" .. name,
-                                              archive .. "/" .. name)
-                if not ok then
-                    return false, rerr
-                end
-            end
-        end
-        for _, op in ipairs(self.order) do
-            local l = loaded[op.name]
-            if l then
-                install(op, l.committed, l.times, l.ndeltas)
-            else
-                install(op, {}, {}, 0)
-            end
-        end
-        return true
-    end
-
-    -- Another state_version: migrate, or archive and start empty.
-    local maps = {}
-    local has_state = false
-    for _, l in pairs(loaded) do
-        if next(l.committed) ~= nil then
-            has_state = true
-        end
-    end
-    if self.migrate and has_state then
-        maps, err = run_migrate(self, loaded, cur.version)
-        if not maps then
-            return false, err
-        end
-    end
-    local new = new_current(self, cur)
-    local ok, werr = write_generation(self, new, maps, committed_id)
-    if not ok then
-        return false, werr
-    end
-    ok, werr = write_current(self, new)
-    if not ok then
-        return false, werr
-    end
-    archive = archive or archive_dir(self)
-    if archive then
-        files.rename(self.dir .. "/" .. cur.dir, archive .. "/" .. cur.dir)
-    end
-    for _, op in ipairs(self.order) do
-        install(op, maps[op.name] or {}, {}, 0)
-    end
-    return true
-end
-
-
--- A dry run of migrate on the state on disk, touching no file: false and
--- the error when it would fail.
-function Store:check_migrate(committed_id, old_version)
-    committed_id = tonumber(committed_id) or 0
-    local cur, err = read_current(self)
-    if err then
-        return false, err
-    end
-    if not cur or same_version(cur.version, self.version) or not self.migrate then
-        return true
-    end
-    local loaded
-    loaded, err = load_all(self, cur, committed_id, false)
-    if not loaded then
-        return false, err
-    end
-    local maps
-    maps, err = run_migrate(self, loaded, cur.version)
-    if not maps then
-        return false, err
-    end
-    return true
-end
 
 
 -- name -> bytes of committed state (about what a snapshot file holds).

@@ -29,6 +29,7 @@ local str_find = string.find
 local str_match = string.match
 local decode = require("string.buffer").decode
 local tbl_clear = require "table.clear"
+local new_map = require("ember.state_format").new_map
 local REMOVED = state.REMOVED
 local stored = state.stored
 local check_key = state.check_key
@@ -198,7 +199,7 @@ local function make_update(node, ctx, out, store)
     local w = {}
 
     function w.reset()
-        groups, newkeys, nnew = {}, {}, 0
+        groups, newkeys, nnew = new_map(), {}, 0
     end
 
     function w.push(a, b)

@@ -480,13 +480,29 @@ describe("reload and state_version", function()
         local ok, err = v2.check_migrate(1, 1)
         assert.is_false(ok)
         assert.matches("job2%.lua:%d+: cannot convert", err)
-        ok, err = v2.restore(1, 1)
+        H.commit(desc, 2, 2000, { "b" })
+        ok, err = v2.restore(2, 1)
         assert.is_false(ok)
         assert.matches("job2%.lua:%d+: cannot convert", err)
         -- the old version still runs on its state
-        assert.is_true(desc.restore(1, 1))
-        H.commit(desc, 2, 2000, { "a" })
+        assert.is_true(desc.restore(2, 1))
+        H.commit(desc, 3, 3000, { "a" })
         assert.same({ { "a", 2 } }, sink.last())
+    end)
+
+    it("dry-runs migrate on the newest state on disk, past the committed id it is given", function()
+        local desc = job(MWS_COUNT, "{ name = 't', state_version = 1 }")
+        H.commit(desc, 1, 1000, { "a" })
+        local v2 = job(MWS_COUNT, [[{ name = 't', state_version = 2, migrate = function(old)
+            if old.counts.b then error("b cannot be converted") end
+            return old
+        end }]], "job2")
+        assert.is_true(v2.check_migrate(1, 1))
+        -- the running version commits batch 2 before the reload's swap
+        H.commit(desc, 2, 2000, { "b" })
+        local ok, err = v2.check_migrate(1, 1)
+        assert.is_false(ok)
+        assert.matches("b cannot be converted", err)
     end)
 
     it("rejects a migrate that returns state of an operator the job lacks, or a bad value", function()
