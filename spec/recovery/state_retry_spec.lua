@@ -62,17 +62,17 @@ describe("keyed state with a sink that refuses", function()
             dir = driver.quote(d:path()), b = driver.quote(mock.bootstrap),
             client = kafka_mock.CLIENT,
         }))
-        d:start {}
-        d:wait_for_log("assigned rt_in", 60)
-        -- Refuse the next three Produce requests: the batch holding the
-        -- records fails, runs again, and lands on a later run.
-        mock:command("errors 0 29 3")
         local produced = {}
         for i = 1, 500 do
             produced[i] = str_format("r%05d", i)
         end
         mock:produce("rt_in", produced)
-        d:wait_for_log("retry 1 of", 30)
+        -- Refuse the next three Produce requests (the records are in
+        -- already): the batch holding them fails, runs again, and lands on a
+        -- later run.
+        mock:command("errors 0 29 3")
+        d:start {}
+        d:wait_for_log("retry 1 of", 60)
         local want = {}
         for _, v in ipairs(produced) do
             local k = "k" .. (tonumber(v:match("%d+")) % 11)
