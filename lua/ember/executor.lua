@@ -104,7 +104,7 @@ function _M.compile(job, host, store)
         if live[node] then
             local outs = {}
             for _, c in ipairs(node.children) do
-                if live[c] then
+                if live[c] and not c.side then      -- a side stream (late()) is fed by its op
                     outs[#outs + 1] = input[c]
                 end
             end
@@ -149,6 +149,13 @@ function _M.compile(job, host, store)
 
     -- The index of the element in hand, read by the error handlers.
     local cur = 0
+    -- The block in hand, so that event time knows a record's source and
+    -- Kafka partition (ctx.source, ctx.partition()).
+    local cur_recs = nil
+    function ctx.partition()
+        local r = cur_recs and cur_recs[cur]
+        return r and r.partition or -1
+    end
 
     local function source_loop(push, recs, arena, from, n)
         for i = from, n - 1 do
@@ -241,6 +248,7 @@ function _M.compile(job, host, store)
             local n = blk.count
             if push and n > 0 then
                 local recs, arena = blk.records, blk.arena
+                ctx.source, cur_recs = s, recs
                 local from = 0
                 local loop = LOOPS[source_format[s]]
                 while true do
@@ -260,6 +268,8 @@ function _M.compile(job, host, store)
                 end
             end
         end
+
+        ctx.source, cur_recs = 0, nil
 
         -- wide operations, in topological order
         for i = 1, #wides do

@@ -94,6 +94,7 @@ local function load_job(path, host)
     local interval = job.batch_interval and state_ops.duration_ms(job.batch_interval)
                      or tonumber(host.batch_interval_ms) or 1000
     window_ops.check_intervals(job, interval)
+    job.interval_ms = interval
     job.sealed = true
     return job
 end

@@ -31,6 +31,8 @@
 -- The plain form combines the partials of every slot at each emission.
 
 local state = require "ember.state"
+local event_time = require "ember.event_time"
+local event_window = require "ember.event_window"
 
 local error = error
 local type = type
@@ -56,8 +58,12 @@ local KINDS = {
 }
 
 
+-- Event time (ember.event_time, ember.event_window) is driven the same way.
+local EVENT = { event_time = true, event_window = true, late_records = true }
+
+
 function _M.is_window(op)
-    return KINDS[op] == true
+    return KINDS[op] == true or EVENT[op] == true
 end
 
 
@@ -184,6 +190,9 @@ function _M.declare(DStream, h)
         local node = new_window(self, "count_by_value_and_window", "pair", { ... }, select("#", ...))
         return node
     end
+
+    event_time.declare(DStream, h)
+    event_window.declare(DStream, h)
 end
 
 
@@ -224,6 +233,16 @@ end
 
 
 function _M.register(node, store)
+    if node.op == "event_time" then
+        if not store.ops[event_time.CLOCK] then
+            store:add(event_time.CLOCK, "event_time", node.job.where)
+        end
+        return
+    elseif node.op == "event_window" then
+        return event_window.register(node, store)
+    elseif node.op == "late_records" then
+        return
+    end
     local name = node.state_name
     store:add(name, node.op, node.where)
     if incremental(node) then
@@ -256,6 +275,13 @@ end
 -- The per-batch object of a window node, driven like a wide operation.
 function _M.make(node, ctx, out, store)
     local kind = node.op
+    if kind == "event_time" then
+        return event_time.make(node, ctx, out, store, node.job)
+    elseif kind == "event_window" then
+        return event_window.make(node, ctx, out, store, node.job)
+    elseif kind == "late_records" then
+        return event_window.make_late(node, ctx, out)
+    end
     local slots = store.ops[node.state_name]
     local agg, cnt
     if incremental(node) then
