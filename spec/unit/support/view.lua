@@ -5,7 +5,7 @@
 --   local v = view.batch(1000, { source = 1, "a", "b" }, { source = 2, "c" })
 --   desc.run_batch(v.ptr)
 --
--- A block's records are strings (the value) or { value = , key = }. The
+-- A block's records are strings (the value) or { value = , key = , partition = }. The
 -- returned table anchors every allocation: keep it alive while the view is used.
 
 local ffi = require "ffi"
@@ -51,7 +51,8 @@ function _M.block(records)
         else
             rec.key_off, rec.key_len = NO_KEY, 0
         end
-        rec.ts_ms, rec.offset, rec.partition = 0, i - 1, -1
+        rec.ts_ms, rec.offset = 0, i - 1
+        rec.partition = type(r) == "table" and r.partition or -1
     end
     local blk = ffi_new("em_block")
     blk.records, blk.arena, blk.count, blk.arena_len = recs, arena, n, off
