@@ -15,7 +15,8 @@
 -- positions) moves once per batch, after the records of the batch went
 -- through (advance): to the minimum over the channels that are not idle
 -- of their largest event time minus the delay. A channel that brought no
--- record for idle_timeout of processing time (batch time) is idle and
+-- record for idle_timeout of processing time (batch time, counted from
+-- the first record after the job was loaded) is idle and
 -- does not hold the watermark back; when every channel is idle the
 -- watermark moves with processing time (by the time since the previous
 -- batch), so empty batches still close the windows of a quiet stream. The
@@ -30,6 +31,7 @@ local tostring = tostring
 local pairs = pairs
 local ipairs = ipairs
 local getmetatable = getmetatable
+local next = next
 local math_huge = math.huge
 local str_format = string.format
 local str_match = string.match
@@ -157,6 +159,10 @@ function _M.clock(ctx, store, job)
     local maxes, nmax = {}, 0                   -- channel -> max(event time - delay), this batch
     local advanced = false
     local late_batch = 0
+    -- Idle time runs from the first record after a load (start, restart,
+    -- reload): the empty batches of a Kafka group join after a restart
+    -- make no partition idle.
+    local started = false
     local interval = job.interval_ms or 1000
     local C = { idle_ms = idle }
 
@@ -211,7 +217,10 @@ function _M.clock(ctx, store, job)
         local staged = op.staged
         local prev = visible(op, "prev")
         local step = 0
-        if prev and now > prev then
+        if next(maxes) ~= nil then
+            started = true
+        end
+        if started and prev and now > prev then
             step = now - prev
             if step > interval then
                 step = interval

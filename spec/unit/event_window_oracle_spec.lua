@@ -51,6 +51,7 @@ local function model()
     local M = {}
     local chans = {}                    -- ch -> { max =, idle = }
     local wm, prev = nil, nil
+    local started = false               -- idle time runs from the first record after a load
     local tum, upd = {}, {}             -- "k|start" -> count (open windows)
     local slide = {}                    -- "k|start" -> sum
     local open = {}                     -- k -> { { t, v } } accepted, session not closed
@@ -115,7 +116,8 @@ local function model()
         end
         -- the watermark
         local step = 0
-        if prev and now > prev then step = math.min(now - prev, STEP) end
+        if #records > 0 then started = true end
+        if started and prev and now > prev then step = math.min(now - prev, STEP) end
         local lo, active, any = math.huge, false, false
         for ch, c in pairs(chans) do
             any = true
@@ -170,6 +172,9 @@ local function model()
             open[k] = keep
         end
         return want
+    end
+    function M.loaded()
+        started = false
     end
     return M
 end
@@ -281,10 +286,12 @@ local function play(seed, nbatches)
             run(id, b1, b2)
             assert(desc.prepare(id))
             desc = load()
+            oracle.loaded()
             assert(desc.restore(committed))
             ev.crashes = ev.crashes + 1
         elseif fate < 0.24 then
             desc = load()
+            oracle.loaded()
             assert(desc.restore(committed))
             ev.restores = ev.restores + 1
         end
