@@ -16,7 +16,8 @@
 -- through (advance): to the minimum over the channels that are not idle
 -- of their largest event time minus the delay. A channel that brought no
 -- record for idle_timeout of processing time (batch time, counted from
--- the first record after the job was loaded) is idle and
+-- the first record after the job was loaded, or from idle_timeout after
+-- the load) is idle and
 -- does not hold the watermark back; when every channel is idle the
 -- watermark moves with processing time (by the time since the previous
 -- batch), so empty batches still close the windows of a quiet stream. The
@@ -160,9 +161,10 @@ function _M.clock(ctx, store, job)
     local advanced = false
     local late_batch = 0
     -- Idle time runs from the first record after a load (start, restart,
-    -- reload): the empty batches of a Kafka group join after a restart
-    -- make no partition idle.
-    local started = false
+    -- reload), or once the job ran idle_timeout without one: the empty
+    -- batches of a Kafka group join after a restart make no partition idle,
+    -- and a stream that stays quiet after a restart still closes its windows.
+    local started, since_load = false, 0
     local interval = job.interval_ms or 1000
     local C = { idle_ms = idle }
 
@@ -217,13 +219,18 @@ function _M.clock(ctx, store, job)
         local staged = op.staged
         local prev = visible(op, "prev")
         local step = 0
-        if next(maxes) ~= nil then
-            started = true
-        end
-        if started and prev and now > prev then
+        if prev and now > prev then
             step = now - prev
             if step > interval then
                 step = interval
+            end
+        end
+        if not started then
+            since_load = since_load + step
+            if next(maxes) ~= nil or since_load >= idle then
+                started = true
+            else
+                step = 0
             end
         end
         local chans = {}

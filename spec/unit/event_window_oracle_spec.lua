@@ -51,7 +51,7 @@ local function model()
     local M = {}
     local chans = {}                    -- ch -> { max =, idle = }
     local wm, prev = nil, nil
-    local started = false               -- idle time runs from the first record after a load
+    local started, since_load = false, 0  -- idle time runs from the first record after a load
     local tum, upd = {}, {}             -- "k|start" -> count (open windows)
     local slide = {}                    -- "k|start" -> sum
     local open = {}                     -- k -> { { t, v } } accepted, session not closed
@@ -116,8 +116,11 @@ local function model()
         end
         -- the watermark
         local step = 0
-        if #records > 0 then started = true end
-        if started and prev and now > prev then step = math.min(now - prev, STEP) end
+        if prev and now > prev then step = math.min(now - prev, STEP) end
+        if not started then
+            since_load = since_load + step
+            if #records > 0 or since_load >= IDLE then started = true else step = 0 end
+        end
         local lo, active, any = math.huge, false, false
         for ch, c in pairs(chans) do
             any = true
@@ -174,7 +177,7 @@ local function model()
         return want
     end
     function M.loaded()
-        started = false
+        started, since_load = false, 0
     end
     return M
 end
