@@ -160,6 +160,11 @@ function _M.load(path, host)
             return store:check_migrate(committed, old_version)
         end,
         state_bytes = function() return store:state_bytes() end,
+        -- records event-time windows found late, since the job's state began
+        late_records = function()
+            local op = store.ops["event_time#clock"]
+            return op and (op.committed.late or 0) or 0
+        end,
     }
 end
 
