@@ -45,11 +45,13 @@ local wide = require "ember.wide"
 local collect = require "ember.collect"
 local records = require "ember.records"
 local state_ops = require "ember.state_ops"
+local join_ops = require "ember.join_ops"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
 local view_ptr_t = eff.view_ptr_t
 local pcall = pcall
+local type = type
 local error = error
 local tostring = tostring
 local tonumber = tonumber
@@ -103,9 +105,15 @@ function _M.compile(job, host, store)
         local node = nodes[i]
         if live[node] then
             local outs = {}
+            local once = {}                         -- a stream joined with itself is a child twice
             for _, c in ipairs(node.children) do
-                if live[c] and not c.side then      -- a side stream (late()) is fed by its op
-                    outs[#outs + 1] = input[c]
+                if live[c] and not c.side and not once[c] then   -- late() is fed by its op
+                    once[c] = true
+                    local inp = input[c]
+                    if type(inp) == "table" then    -- a join: one push per side
+                        inp = inp[node]
+                    end
+                    outs[#outs + 1] = inp
                 end
             end
             local out = fanout(outs)
@@ -124,6 +132,10 @@ function _M.compile(job, host, store)
             elseif state_ops.is_stateful(op) then
                 local w = state_ops.make(node, ctx, out, store)
                 input[node] = w.push
+                wides[#wides + 1] = { node = node, w = w, out = out }
+            elseif join_ops.is_join(op) then
+                local w = join_ops.make(node, ctx)
+                input[node] = w.inputs
                 wides[#wides + 1] = { node = node, w = w, out = out }
             elseif wide.is_wide(op) then
                 local w = wide.make(node, ctx)
