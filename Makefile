@@ -24,7 +24,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps run test bench clean
+.PHONY: all deps run test bench clean docker-base docker-test
 
 all: ember tools/kafka-mock build/libember-json.so
 
@@ -73,5 +73,13 @@ bench: deps
 
 clean:
 	rm -rf build ember tools/kafka-mock
+
+# Docker (docker/README.md): the Debian base image of the offline compose
+# setup; the test of that setup. Each installs docker.io, docker-compose and
+# debootstrap from Debian where their commands are missing.
+docker-base:
+	$(Q)docker/make-base.sh
+docker-test:
+	$(Q)docker/test.sh
 
 -include $(OBJS:.o=.d)

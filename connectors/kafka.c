@@ -20,6 +20,14 @@
  * take records out of a sealed block — but never committed: the new owner,
  * or this consumer after its seek, reads them again. Duplicates, no loss.
  *
+ * Rebalances cost at most the batches in flight (on_revoke): no new batch
+ * is cut from a revoked partition, the batches already running are waited
+ * for (em_receiver_wait_done) and commit while the generation is valid,
+ * what was processed but refused a commit is committed in the callback,
+ * and only what still runs after the wait is left for the new owner. Each
+ * partition's life is begin_partition() / end_partition(); a partition's
+ * state, when there is some, is restored in the first.
+ *
  * Record meta: the topic, then NUL `name=value` per header (a null value is
  * empty), then NUL `#epoch`. Lua's format = "record" reads the topic and
  * the headers from it (lua/ember/executor.lua) and skips the tag, which has
@@ -53,6 +61,7 @@
 #include "../core/block.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
+#include "../core/identity.h"
 #include "../core/log.h"
 #include "../core/receiver.h"
 
@@ -74,8 +83,11 @@ typedef struct part {
     uint32_t epoch;    /* tag of the records read now */
     uint32_t live;     /* epoch whose records may be committed; 0: none */
     int assigned;
+    int revoking;      /* being revoked: its records still unbatched are dropped */
     int64_t committed; /* highest offset committed in this assignment; -1: none yet */
+    int64_t done;      /* processed up to here (live epoch), committed or not; -1: nothing */
     int64_t seek_to;   /* >= 0: read again from here (a failed batch, a refused push) */
+    unsigned long assigned_at, revoked_at; /* k->rebalances at the last assign / revoke */
     /* batch_done scratch, under lock and commit_lock */
     int64_t upto;
     int touched;
@@ -111,6 +123,7 @@ typedef struct kafka_src {
 
     /* receiver thread only */
     unsigned long rebalances;
+    int64_t revoke_wait_ms; /* how long a revoke waits for the batches in flight */
     double rate, burst, resume_at; /* max_rate_per_partition, bucket size, un-pause level */
     int64_t refilled_ms;
     int core_paused, core_pause_applied; /* the core's pause, and whether it reached librdkafka */
@@ -144,6 +157,9 @@ static const em_option kafka_options[] = {
      "where a group without a committed offset starts: earliest or latest"},
     {"max_rate_per_partition", EM_OPT_DOUBLE, "0",
      "records/s cap per assigned partition, enforced by pausing it (0: unlimited)"},
+    {"static_membership", EM_OPT_BOOL, "false",
+     "join as a static member (group.instance.id <ember.id>-<job>): a restart within "
+     "session.timeout.ms moves no partition, but a stop leaves them unread until it passes"},
     {NULL, 0, NULL, NULL},
 };
 
@@ -232,7 +248,7 @@ static part *make_part(kafka_src *k, const char *name, int32_t partition)
             return NULL;
         p->topic = t;
         p->partition = partition;
-        p->committed = p->seek_to = -1;
+        p->committed = p->done = p->seek_to = -1;
         t->parts[partition] = p;
         k->nparts_total++;
     }
@@ -386,6 +402,65 @@ static void list_text(const rd_kafka_topic_partition_list_t *l, char *out, size_
         strcpy(out + len - 4, "...");
 }
 
+/* Commits the offsets in l (from build_pending) and notes what took.
+ * Caller holds commit_lock, not lock. Returns how many partitions were
+ * refused; one line says which and why, for the whole list. */
+static int commit_list(kafka_src *k, rd_kafka_topic_partition_list_t *l, const char *when)
+{
+    if (l->cnt == 0)
+        return 0;
+    rd_kafka_resp_err_t err = rd_kafka_commit(k->rk, l, 0);
+    int refused = 0;
+    rd_kafka_resp_err_t why = err;
+    char text[256] = "";
+    pthread_mutex_lock(&k->lock);
+    for (int i = 0; i < l->cnt; i++) {
+        rd_kafka_topic_partition_t *el = &l->elems[i];
+        part *p = find_part(k, el->topic, strlen(el->topic), el->partition);
+        if (!err && !el->err) {
+            if (p && el->offset > p->committed)
+                p->committed = el->offset;
+            continue;
+        }
+        if (!refused++) {
+            why = err ? err : el->err;
+            snprintf(text, sizeof text, "%s[%" PRId32 "] at offset %" PRId64, el->topic,
+                     el->partition, el->offset);
+        }
+    }
+    pthread_mutex_unlock(&k->lock);
+    /* Not a loss: a partition still ours is committed with its next batch;
+     * one that moves is read again from its last commit by its next owner. */
+    if (refused)
+        em_log(EM_LOG_WARN, k->job, "%s: cannot commit %s%s%s (%d partition%s): %s", k->name, text,
+               refused > 1 ? " and others" : "", when, refused, refused > 1 ? "s" : "",
+               rd_kafka_err2str(why));
+    return refused;
+}
+
+/* A list of every part that processed past its last commit, among the
+ * assigned ones (only = NULL) or those in only. Caller holds lock. */
+static rd_kafka_topic_partition_list_t *build_pending(kafka_src *k,
+                                                     const rd_kafka_topic_partition_list_t *only)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+    if (only) {
+        for (int i = 0; i < only->cnt; i++) {
+            const char *name = only->elems[i].topic;
+            part *p = find_part(k, name, strlen(name), only->elems[i].partition);
+            if (p && p->assigned && p->done > p->committed)
+                rd_kafka_topic_partition_list_add(l, name, p->partition)->offset = p->done;
+        }
+        return l;
+    }
+    EACH_ASSIGNED(k, p)
+    {
+        if (p->done > p->committed)
+            rd_kafka_topic_partition_list_add(l, p->topic->name, p->partition)->offset = p->done;
+    }
+    return l;
+}
+
 /* A partition the job's checkpoint has a position for starts there, the
  * first time it is assigned: its records up to that offset are in the
  * committed state already, whatever the group's committed offset says
@@ -405,26 +480,64 @@ static void apply_resume(kafka_src *k, rd_kafka_topic_partition_t *el)
     }
 }
 
+/* One partition handed to this member. It starts a new epoch: records of
+ * earlier assignments still in memory are processed but never committed.
+ * Here, before librdkafka fetches from it, el->offset is set to the
+ * position the job's checkpoint holds, if any (apply_resume; otherwise
+ * RD_KAFKA_OFFSET_INVALID: the group's committed offset), and here a
+ * partition's keyed state would be restored. Caller holds lock. */
+static void begin_partition(kafka_src *k, part *p, rd_kafka_topic_partition_t *el)
+{
+    p->epoch++;
+    if (p->epoch == 0) /* 0 means "no epoch": skip it when the counter wraps */
+        p->epoch = 1;
+    p->live = p->epoch;
+    p->assigned = 1;
+    p->revoking = 0;
+    p->assigned_at = k->rebalances;
+    p->committed = p->done = p->seek_to = -1;
+    p->tokens = k->rate > 2 ? k->rate / 2 : 1; /* half a second to start with */
+    p->rate_paused = p->rewinding = 0;
+    p->kpaused = -1; /* unknown after an earlier assignment: sync_pauses sets it */
+    apply_resume(k, el);
+}
+
+/* Offsets this member processed but could not commit before it gave the
+ * partitions up (a coordinator that refuses commits once a rebalance
+ * started, as librdkafka's mock does), for partitions that came straight
+ * back to it: committed now, in the new generation, before fetching, so
+ * they are not read twice. A partition that went elsewhere is not
+ * touched: its new owner may already read it. Caller holds commit_lock. */
+static void commit_returning(kafka_src *k, const rd_kafka_topic_partition_list_t *parts)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+    pthread_mutex_lock(&k->lock);
+    for (int i = 0; i < parts->cnt; i++) {
+        const char *name = parts->elems[i].topic;
+        part *p = find_part(k, name, strlen(name), parts->elems[i].partition);
+        if (p && !p->assigned && p->revoked_at + 1 == k->rebalances && p->done > p->committed)
+            rd_kafka_topic_partition_list_add(l, name, p->partition)->offset = p->done;
+    }
+    pthread_mutex_unlock(&k->lock);
+    if (l->cnt > 0 && commit_list(k, l, " for a partition that came back") == 0)
+        em_log(EM_LOG_INFO, k->job, "%s: committed %d partition%s processed before the "
+               "rebalance", k->name, l->cnt, l->cnt > 1 ? "s" : "");
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 static void on_assign(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
                       int coop)
 {
+    pthread_mutex_lock(&k->commit_lock);
+    commit_returning(k, parts);
     pthread_mutex_lock(&k->lock);
     for (int i = 0; i < parts->cnt; i++) {
         part *p = make_part(k, parts->elems[i].topic, parts->elems[i].partition);
-        if (!p)
-            continue; /* out of memory: its records carry epoch 0, never committed */
-        p->epoch++;
-        if (p->epoch == 0) /* 0 means "no epoch": skip it when the counter wraps */
-            p->epoch = 1;
-        p->live = p->epoch;
-        p->assigned = 1;
-        p->committed = p->seek_to = -1;
-        p->tokens = k->rate > 2 ? k->rate / 2 : 1; /* half a second to start with */
-        p->rate_paused = p->rewinding = 0;
-        p->kpaused = -1; /* unknown after an earlier assignment: sync_pauses sets it */
-        apply_resume(k, &parts->elems[i]);
+        if (p) /* out of memory: its records carry epoch 0, never committed */
+            begin_partition(k, p, &parts->elems[i]);
     }
     pthread_mutex_unlock(&k->lock);
+    pthread_mutex_unlock(&k->commit_lock);
     k->last_rkt = NULL;
     rd_kafka_error_t *e = NULL;
     rd_kafka_resp_err_t err = 0;
@@ -440,15 +553,17 @@ static void on_assign(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_lis
     sync_pauses(k);
     char text[512];
     list_text(parts, text, sizeof text);
-    em_log(EM_LOG_INFO, k->job, "%s: assigned %s", k->name, parts->cnt ? text : "nothing");
+    em_log(EM_LOG_INFO, k->job, "%s: assigned %s%s", k->name, parts->cnt ? text : "nothing",
+           coop && parts->cnt ? " (incremental)" : "");
     if (is_outage(atomic_exchange(&k->outage, 0)))
         em_log(EM_LOG_INFO, k->job, "%s: the brokers answer again", k->name);
 }
 
-/* Drops the records of revoked partitions that no batch holds yet, so the
- * new owner is the one to process them. The receiver discards by partition
- * number only, so a number still assigned under another topic is kept
- * (those records are processed here too, and never committed). */
+/* Drops the records of revoked partitions that no batch holds yet, so no
+ * new batch is cut from them and the new owner is the one to process
+ * them. The receiver discards by partition number only, so a number still
+ * assigned under another topic is kept (those records are processed here
+ * too, and never committed). Caller holds lock. */
 static void discard_revoked(kafka_src *k, const rd_kafka_topic_partition_list_t *parts)
 {
     if (k->closing)
@@ -460,7 +575,7 @@ static void discard_revoked(kafka_src *k, const rd_kafka_topic_partition_list_t 
             seen |= parts->elems[j].partition == n;
         for (size_t t = 0; !seen && t < k->ntopics; t++)
             kept |= n < k->topics[t]->nparts && k->topics[t]->parts[n] &&
-                    k->topics[t]->parts[n]->assigned;
+                    k->topics[t]->parts[n]->assigned && !k->topics[t]->parts[n]->revoking;
         if (!seen && !kept)
             dropped += em_receiver_discard(k->r, n);
     }
@@ -469,31 +584,68 @@ static void discard_revoked(kafka_src *k, const rd_kafka_topic_partition_list_t 
                "batch", k->name, dropped);
 }
 
-/* Revoked (or lost): waits for a commit under way — what is processed is
- * committed before we return, which is before the partitions move — then
- * makes every record of these partitions still in memory uncommittable. */
+/* The partition is no longer this member's: every record of it still in
+ * memory becomes uncommittable. Caller holds lock. */
+static void end_partition(kafka_src *k, part *p)
+{
+    p->epoch++;
+    if (p->epoch == 0)
+        p->epoch = 1;
+    p->live = 0;
+    p->assigned = 0;
+    p->revoking = 0;
+    p->revoked_at = k->rebalances;
+    p->seek_to = -1;
+    p->rewinding = 0;
+}
+
+/* Revoked (or lost). The cost of a rebalance is what happens here:
+ * 1. no new batch is cut from these partitions (their records not yet in
+ *    a batch are dropped: the next owner reads them);
+ * 2. the batches already in flight are waited for, up to revoke_wait_ms;
+ *    their batch_done commits as usual, while the generation is valid;
+ * 3. whatever was processed and is not committed yet (a commit refused
+ *    earlier) is committed now, before librdkafka lets the partitions go;
+ * 4. what is still in flight after the wait is abandoned: processed, never
+ *    committed, read again by the next owner.
+ * A lost assignment (this member was thrown out of the group) skips 2 and
+ * 3: its commits would be refused. When closing, every batch is already
+ * done (kafka_free runs after the last block is gone). */
 static void on_revoke(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
                       int coop)
 {
-    pthread_mutex_lock(&k->commit_lock);
+    int lost = rd_kafka_assignment_lost(rk);
+    int64_t t0 = em_clock_mono_ms();
     pthread_mutex_lock(&k->lock);
     for (int i = 0; i < parts->cnt; i++) {
         const char *name = parts->elems[i].topic;
         part *p = find_part(k, name, strlen(name), parts->elems[i].partition);
-        if (!p)
-            continue;
-        p->epoch++;
-        if (p->epoch == 0)
-            p->epoch = 1;
-        p->live = 0;
-        p->assigned = 0;
-        p->seek_to = -1;
-        p->rewinding = 0;
+        if (p && p->assigned)
+            p->revoking = 1;
+    }
+    discard_revoked(k, parts);
+    pthread_mutex_unlock(&k->lock);
+    int settled = 1;
+    if (!lost && !k->closing && parts->cnt > 0)
+        settled = em_receiver_wait_done(k->r, k->revoke_wait_ms) == 0;
+    pthread_mutex_lock(&k->commit_lock);
+    if (!lost && parts->cnt > 0) {
+        pthread_mutex_lock(&k->lock);
+        rd_kafka_topic_partition_list_t *l = build_pending(k, parts);
+        pthread_mutex_unlock(&k->lock);
+        commit_list(k, l, " before giving it up");
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+    pthread_mutex_lock(&k->lock);
+    for (int i = 0; i < parts->cnt; i++) {
+        const char *name = parts->elems[i].topic;
+        part *p = find_part(k, name, strlen(name), parts->elems[i].partition);
+        if (p)
+            end_partition(k, p);
     }
     pthread_mutex_unlock(&k->lock);
     pthread_mutex_unlock(&k->commit_lock);
     k->last_rkt = NULL;
-    discard_revoked(k, parts);
     if (coop) {
         rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
         rd_kafka_error_destroy(e);
@@ -502,8 +654,13 @@ static void on_revoke(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_lis
     }
     char text[512];
     list_text(parts, text, sizeof text);
-    em_log(EM_LOG_INFO, k->job, "%s: %s %s", k->name,
-           rd_kafka_assignment_lost(rk) ? "lost" : "revoked", parts->cnt ? text : "nothing");
+    if (!settled)
+        em_log(EM_LOG_WARN, k->job, "%s: batches still running after %lldms; their records of "
+               "the revoked partitions are read again by the next owner", k->name,
+               (long long)k->revoke_wait_ms);
+    em_log(EM_LOG_INFO, k->job, "%s: %s %s%s after %lldms", k->name, lost ? "lost" : "revoked",
+           parts->cnt ? text : "nothing", coop && parts->cnt ? " (incremental)" : "",
+           (long long)(em_clock_mono_ms() - t0));
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -654,8 +811,14 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
     k->refilled_ms = em_clock_mono_ms();
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    /* The member's name in broker logs and in the group: this driver's
+     * ember.id and the job, in the characters a group.instance.id takes. */
     char client[160];
-    snprintf(client, sizeof client, "ember-%s", k->job);
+    snprintf(client, sizeof client, "%s-%s", em_identity_id(), k->job);
+    for (char *c = client; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '-' || *c == '_' || *c == '.'))
+            *c = '_';
     /* ember's defaults, which kafka.<property> may override: a deeper
      * prefetch than librdkafka's 100000 messages, which stalls for about
      * a second at a time under load; memory stays bounded by
@@ -670,6 +833,22 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
         conf_set(conf, "fetch.max.bytes", "16777216", "kafka.fetch.max.bytes", err, errlen) ||
         conf_set(conf, "log.connection.close", "false", "kafka.log.connection.close", err,
                  errlen))
+        goto fail;
+    /* Failover in seconds instead of librdkafka's 45 s session: a dead
+     * member is noticed after session.timeout.ms (6 s, the least a broker
+     * accepts by default, group.min.session.timeout.ms), and the others
+     * hear of a rebalance at their next heartbeat. max.poll.interval.ms is
+     * also how long a broker waits for every member to rejoin; ember's
+     * receiver thread polls every 50 ms even while held, so 30 s only
+     * bounds a member that hangs. See docs/scaling.md. */
+    if (conf_set(conf, "session.timeout.ms", "6000", "kafka.session.timeout.ms", err, errlen) ||
+        conf_set(conf, "heartbeat.interval.ms", "1000", "kafka.heartbeat.interval.ms", err,
+                 errlen) ||
+        conf_set(conf, "max.poll.interval.ms", "30000", "kafka.max.poll.interval.ms", err,
+                 errlen))
+        goto fail;
+    if (em_props_bool(props, "static_membership", 0) &&
+        conf_set(conf, "group.instance.id", client, "static_membership", err, errlen))
         goto fail;
     if (k->rate > 0) {
         /* A capped partition takes half a second of records at a time, and
@@ -698,6 +877,17 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
         conf_set(conf, "enable.auto.offset.store", "false", "enable.auto.offset.store", err,
                  errlen))
         goto fail;
+    /* A revoke waits for the batches in flight about as long as three
+     * batches take, and well within the time the broker gives members to
+     * rejoin (max.poll.interval.ms). */
+    char mpi[32];
+    size_t mpi_len = sizeof mpi;
+    int64_t max_poll = 30000;
+    if (rd_kafka_conf_get(conf, "max.poll.interval.ms", mpi, &mpi_len) == RD_KAFKA_CONF_OK)
+        max_poll = strtoll(mpi, NULL, 10);
+    k->revoke_wait_ms = 3 * em_receiver_batch_interval_ms(r) + 2000;
+    if (k->revoke_wait_ms > max_poll / 2)
+        k->revoke_wait_ms = max_poll / 2;
     rd_kafka_conf_set_opaque(conf, k);
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     rd_kafka_conf_set_error_cb(conf, on_error);
@@ -882,16 +1072,18 @@ static ssize_t build_meta(kafka_src *k, const rd_kafka_message_t *m, const part 
 }
 
 /* Pushes one message. Returns 1 when pushed, 0 when not (it will be read
- * again: its part is rewound). stale: a rebalance ran during the consume
- * call that returned it, so it may belong to a previous assignment. */
-static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *m, int stale)
+ * again: its part is rewound). since: k->rebalances when the consume call
+ * that returned it began; a part assigned after that may have had the
+ * message fetched under a previous assignment, so it gets no epoch. */
+static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *m,
+                        unsigned long since)
 {
     part *p = message_part(k, m);
     if (p && p->rewinding)
         return 0; /* an earlier record of its part was refused: all of it comes again */
     if (p && !p->assigned)
         return 0; /* fetched before its partition was revoked: the new owner reads it */
-    uint32_t epoch = !stale && p && p->assigned ? p->epoch : 0;
+    uint32_t epoch = p && p->assigned && p->assigned_at <= since ? p->epoch : 0;
     ssize_t mlen = build_meta(k, m, p, epoch);
     int64_t ts = rd_kafka_message_timestamp(m, NULL);
     if (ts < 0)
@@ -932,7 +1124,23 @@ static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
             k->core_pause_applied = 1;
             sync_pauses(k);
         }
-        return 0;
+        if (!k->core_pause_applied)
+            return 0;
+        /* Every partition is paused, so nothing is fetched: a consume call
+         * only serves rebalances and keeps max.poll.interval.ms from
+         * expiring while the core holds this receiver. A record fetched
+         * before the pause may still come out; it is pushed as usual. */
+        unsigned long since = k->rebalances;
+        ssize_t n = rd_kafka_consume_batch_queue(k->queue, 0, k->msgs, 1);
+        int pushed = 0;
+        for (ssize_t i = 0; i < n; i++) {
+            if (k->msgs[i]->err)
+                consumer_error(k, k->msgs[i]);
+            else
+                pushed += push_message(k, r, k->msgs[i], since);
+            rd_kafka_message_destroy(k->msgs[i]);
+        }
+        return pushed;
     }
     int wait = timeout_ms;
     uint32_t step = CONSUME_BATCH;
@@ -953,13 +1161,12 @@ static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
         ssize_t n = rd_kafka_consume_batch_queue(k->queue, first ? wait : 0, k->msgs, want);
         if (n <= 0)
             break;
-        int stale = k->rebalances != rebalances;
         for (ssize_t i = 0; i < n; i++) {
             rd_kafka_message_t *m = k->msgs[i];
             if (m->err)
                 consumer_error(k, m);
             else
-                pushed += (uint32_t)push_message(k, r, m, stale);
+                pushed += (uint32_t)push_message(k, r, m, rebalances);
             rd_kafka_message_destroy(m);
         }
         if (k->rate > 0) {
@@ -981,14 +1188,15 @@ static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
 /* batch_done, pause, resume, free                                     */
 /* ------------------------------------------------------------------ */
 
-/* Commits, per partition, the highest offset of the live epoch these
- * blocks hold, plus one, when it is above what was committed. */
+/* Notes, per partition, the highest offset of the live epoch these blocks
+ * hold, plus one, as processed; then commits every assigned partition
+ * processed past its last commit — these, and any whose earlier commit was
+ * refused (during a rebalance, say). */
 static void commit_blocks(kafka_src *k, em_block *const *blocks, size_t n)
 {
     pthread_mutex_lock(&k->commit_lock);
     pthread_mutex_lock(&k->lock);
     topic *cache = NULL;
-    k->ntouched = 0;
     for (size_t b = 0; b < n; b++)
         for (uint32_t i = 0; i < blocks[b]->count; i++) {
             const em_record *rec = &blocks[b]->records[i];
@@ -996,40 +1204,12 @@ static void commit_blocks(kafka_src *k, em_block *const *blocks, size_t n)
             part *p = record_part(k, blocks[b], rec, &epoch, &cache);
             if (!p || !p->assigned || epoch == 0 || epoch != p->live)
                 continue;
-            if (!p->touched) {
-                p->touched = 1;
-                p->upto = -1;
-                k->touched[k->ntouched++] = p;
-            }
-            if (rec->offset + 1 > p->upto)
-                p->upto = rec->offset + 1;
+            if (rec->offset + 1 > p->done) /* never move a committed offset back */
+                p->done = rec->offset + 1;
         }
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)k->ntouched + 1);
-    for (size_t i = 0; i < k->ntouched; i++) {
-        part *p = k->touched[i];
-        p->touched = 0;
-        if (p->upto > p->committed) /* never move a committed offset back */
-            rd_kafka_topic_partition_list_add(l, p->topic->name, p->partition)->offset = p->upto;
-    }
+    rd_kafka_topic_partition_list_t *l = build_pending(k, NULL);
     pthread_mutex_unlock(&k->lock);
-    if (l->cnt > 0) {
-        rd_kafka_resp_err_t err = rd_kafka_commit(k->rk, l, 0);
-        pthread_mutex_lock(&k->lock);
-        for (int i = 0; i < l->cnt; i++) {
-            rd_kafka_topic_partition_t *el = &l->elems[i];
-            part *p = find_part(k, el->topic, strlen(el->topic), el->partition);
-            if (!err && !el->err) {
-                if (p && el->offset > p->committed)
-                    p->committed = el->offset;
-                continue;
-            }
-            /* the records stay uncommitted: whoever owns the partition next reads them again */
-            em_log(EM_LOG_WARN, k->job, "%s: cannot commit %s[%" PRId32 "] at offset %" PRId64
-                   ": %s", k->name, el->topic, el->partition, el->offset,
-                   rd_kafka_err2str(err ? err : el->err));
-        }
-        pthread_mutex_unlock(&k->lock);
-    }
+    commit_list(k, l, "");
     rd_kafka_topic_partition_list_destroy(l);
     pthread_mutex_unlock(&k->commit_lock);
 }

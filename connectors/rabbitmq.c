@@ -42,6 +42,7 @@
 
 #include "../core/clock.h"
 #include "../core/connector.h"
+#include "../core/identity.h"
 #include "../core/log.h"
 #include "../core/pool.h"
 #include "../core/receiver.h"
@@ -403,7 +404,11 @@ static int start_consuming(rmq_src *s, amqp_connection_state_t c, char *why, siz
     amqp_basic_qos(c, CHANNEL, 0, (uint16_t)s->prefetch, 0);
     if (rpc_failed(c, "cannot set the prefetch (option 'prefetch')", why, n))
         return -1;
-    amqp_basic_consume(c, CHANNEL, queue, amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    /* The consumer tag names the driver, so rabbitmqctl list_consumers
+     * tells competing drivers apart. */
+    char tag[200];
+    snprintf(tag, sizeof tag, "ember-%s-%s", em_identity_id(), job_of(s));
+    amqp_basic_consume(c, CHANNEL, queue, amqp_cstring_bytes(tag), 0, 0, 0, amqp_empty_table);
     snprintf(doing, sizeof doing, "cannot consume queue '%s' (option 'queue')", s->queue);
     return rpc_failed(c, doing, why, n);
 }
@@ -690,7 +695,8 @@ static void *rmq_create(const em_props *p, em_receiver *r, char *err, size_t err
     s->prefetch = prefetch;
     snprintf(s->prefetch_from, sizeof s->prefetch_from, "%s", from);
     snprintf(s->name, sizeof s->name, "rabbitmq queue '%s' at %s", s->queue, s->url.shown);
-    snprintf(s->conn_name, sizeof s->conn_name, "ember job %s, queue %s", em_receiver_job(r),
+    snprintf(s->conn_name, sizeof s->conn_name, "ember %s job %s, queue %s", em_identity_id(),
+             em_receiver_job(r),
              s->queue);
     s->delay0_ms = s->delay_ms = em_props_ms(p, "reconnect_delay", 1000);
     if (s->delay0_ms < 1)

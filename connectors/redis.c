@@ -28,6 +28,7 @@
  * already in RESP form, and every reply is checked.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <pthread.h>
@@ -41,6 +42,7 @@
 #include "../core/block.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
+#include "../core/identity.h"
 #include "../core/log.h"
 #include "../core/pool.h"
 #include "../core/receiver.h"
@@ -537,6 +539,8 @@ typedef struct redis_src {
     iset skip;           /* list: what was in flight when recov was read */
     int pending;         /* stream: still reading this consumer's pending entries */
     char pending_from[48];
+    int has_resume;      /* stream: the job's checkpoint names resume (resume_from) */
+    ikey resume;         /* ... the last entry its committed state holds */
     int64_t claim_at;    /* stream: when the next XAUTOCLAIM scan starts */
     char claim_from[48]; /* its cursor; "0-0" at the start of a scan */
     sbuf json;
@@ -558,7 +562,7 @@ static const em_option redis_options[] = {
     {"channel", EM_OPT_STRING, NULL, "channels to subscribe to, comma-separated (pubsub)"},
     {"pattern", EM_OPT_BOOL, "false", "channel names are glob patterns: PSUBSCRIBE (pubsub)"},
     {"group", EM_OPT_STRING, NULL, "consumer group (stream; default ember-<job>)"},
-    {"consumer", EM_OPT_STRING, NULL, "consumer name (stream; default ember-<job>-<host>)"},
+    {"consumer", EM_OPT_STRING, NULL, "consumer name (stream; default ember-<ember.id>-<job>)"},
     {"processing_key", EM_OPT_STRING, NULL,
      "list of the items being processed (list; default <key>:processing:<job>)"},
     {"block", EM_OPT_DURATION, "100ms", "how long one read may wait for data"},
@@ -755,8 +759,6 @@ static void *redis_create(const em_props *props, em_receiver *r, char *err, size
     s->delay_ms = FIRST_DELAY_MS;
     pthread_mutex_init(&s->ack_lock, NULL);
     snprintf(s->name, sizeof s->name, "redis source %s (job %s)", u.safe, job);
-    char host[128] = "localhost";
-    gethostname(host, sizeof host - 1);
     int oom = !(s->job = strdup(job));
     if (m == LIST) {
         oom |= !(s->key = strdup(key));
@@ -765,8 +767,11 @@ static void *redis_create(const em_props *props, em_receiver *r, char *err, size
     } else if (m == STREAM) {
         oom |= !(s->key = strdup(key));
         oom |= !(s->group = dup_or_default(em_props_get(props, "group"), "ember-%s", job, NULL));
+        /* One consumer per driver: drivers sharing the group read apart,
+         * and a restart on the same checkpoint.dir finds its own pending
+         * entries again. */
         oom |= !(s->consumer = dup_or_default(em_props_get(props, "consumer"), "ember-%s-%s",
-                                              job, host));
+                                              em_identity_id(), job));
     } else {
         oom |= split_channels(s, channel) != 0;
     }
@@ -1131,6 +1136,16 @@ static uint32_t push_entries(redis_src *s, em_receiver *r, const redisReply *ent
                 busy = iset_count(&s->track->set, k);
                 pthread_mutex_unlock(&s->track->lock);
             }
+            if (!busy && s->pending && s->has_resume &&
+                (k.a < s->resume.a || (k.a == s->resume.a && k.b <= s->resume.b))) {
+                /* Ours, pending, and in the job's committed state already: a
+                 * crash came between the commit and the XACK. Acknowledge,
+                 * do not count it again. */
+                pthread_mutex_lock(&s->ack_lock);
+                backlog_add_locked(s, id->str, id->len);
+                pthread_mutex_unlock(&s->ack_lock);
+                busy = 1;
+            }
             if (!busy) {
                 const char *v;
                 size_t n;
@@ -1461,6 +1476,47 @@ static int flush_acks_locked(redis_src *s)
  * ok: they stay where they are and leave the in-flight set, so that they
  * come again — a list's after the next reconnect or restart, a stream's
  * through XAUTOCLAIM once idle for claim_idle. */
+/* Stream mode: the highest entry id these blocks hold (the record meta),
+ * as "<key> <id>". Lists and pub/sub cannot be rewound: nothing. */
+static void redis_positions(void *self, em_block *const *blocks, size_t n, FILE *out)
+{
+    redis_src *s = self;
+    if (s->mode != STREAM)
+        return;
+    ikey max = {0, 0};
+    int any = 0;
+    for (size_t b = 0; b < n; b++)
+        for (uint32_t i = 0; i < blocks[b]->count; i++) {
+            const em_record *rec = &blocks[b]->records[i];
+            ikey k;
+            if (parse_id(blocks[b]->arena + rec->meta_off, rec->meta_len, &k) != 0)
+                continue;
+            if (!any || k.a > max.a || (k.a == max.a && k.b > max.b))
+                max = k;
+            any = 1;
+        }
+    if (any)
+        fprintf(out, "%s %" PRIu64 "-%" PRIu64 "\n", s->key, max.a, max.b);
+}
+
+/* A line "<key> <id>" for this stream: its own pending entries up to id
+ * are acknowledged at start instead of read again. */
+static void redis_resume_from(void *self, const char *positions)
+{
+    redis_src *s = self;
+    size_t kl = strlen(s->key);
+    for (const char *p = positions; p && *p;) {
+        size_t l = strcspn(p, "\n");
+        if (s->mode == STREAM && l > kl + 1 && strncmp(p, s->key, kl) == 0 && p[kl] == ' ' &&
+            parse_id(p + kl + 1, l - kl - 1, &s->resume) == 0) {
+            s->has_resume = 1;
+            em_log(EM_LOG_INFO, s->job, "%s: entries up to %.*s are in the job's committed "
+                   "state", s->name, (int)(l - kl - 1), p + kl + 1);
+        }
+        p += l + (p[l] == '\n');
+    }
+}
+
 static void redis_batch_done(void *self, em_block *const *blocks, size_t n, int ok)
 {
     redis_src *s = self;
@@ -1579,6 +1635,8 @@ const em_connector em_redis_connector = {
     .create = redis_create,
     .poll = redis_poll,
     .batch_done = redis_batch_done,
+    .positions = redis_positions,
+    .resume_from = redis_resume_from,
     .flush = redis_flush,
     .acknowledges = redis_acknowledges,
     .free = redis_free,

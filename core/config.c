@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "identity.h"
 #include "log.h"
 
 static const em_option keys[] = {
@@ -50,7 +51,9 @@ static const em_option keys[] = {
     {"streaming.ui.retainedBatches", EM_OPT_INT, "1000",
      "completed batches kept in memory per job for the metrics"},
     {"checkpoint.dir", EM_OPT_STRING, "./checkpoint",
-     "per-job folders: dead letters (and, later, checkpoints and write-ahead logs)"},
+     "per-job folders: checkpoints, dead letters, write-ahead logs; one driver each (locked)"},
+    {"ember.id", EM_OPT_STRING, NULL,
+     "this driver's name among drivers sharing groups (default: host name + hash of checkpoint.dir)"},
     {"connector.pool.size", EM_OPT_INT, "4",
      "connections per endpoint in each sink pool, shared by every job"},
     {"log.level", EM_OPT_STRING, "info", "debug, info, warn or error"},
@@ -179,6 +182,11 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     c->max_waiting_batches = (int)em_props_int(p, "streaming.maxWaitingBatches", 10);
     c->memory_max = em_props_size(p, "memory.max", 256 << 20);
     snprintf(c->checkpoint_dir, sizeof c->checkpoint_dir, "%s", em_props_str(p, "checkpoint.dir", ""));
+    const char *id = em_props_get(p, "ember.id");
+    if (id && *id)
+        snprintf(c->ember_id, sizeof c->ember_id, "%s", id);
+    else if (c->checkpoint_dir[0])
+        em_identity_default(c->checkpoint_dir, c->ember_id, sizeof c->ember_id);
     snprintf(c->log_level, sizeof c->log_level, "%s", em_props_str(p, "log.level", "info"));
     snprintf(c->log_file, sizeof c->log_file, "%s", em_props_str(p, "log.file", ""));
     snprintf(c->log_rolling_strategy, sizeof c->log_rolling_strategy, "%s",
@@ -204,6 +212,8 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
         bad = "streaming.ui.retainedBatches", hint = "at least 1";
     else if (!c->checkpoint_dir[0])
         bad = "checkpoint.dir", hint = "a folder";
+    else if (em_identity_valid(c->ember_id) != 0)
+        bad = "ember.id", hint = "1-64 letters, digits, '.', '_' or '-'";
     else if (!one_of(c->wal_fsync, fsyncs))
         bad = "streaming.receiver.writeAheadLog.fsync", hint = "always, batch or interval";
     else if (c->batch_max_retries < 0)
@@ -243,5 +253,5 @@ void em_config_print_keys(void)
 {
     for (const em_option *o = keys; o->name; o++)
         printf("  %-38s %-8s %-14s %s\n", o->name, type_name(o->type),
-               o->def ? (*o->def ? o->def : "\"\"") : "(cores)", o->help);
+               o->def ? (*o->def ? o->def : "\"\"") : "(see help)", o->help);
 }

@@ -33,6 +33,7 @@ typedef struct em_config {
     int max_waiting_batches;
     int64_t memory_max; /* bytes; 0: no cap */
     char checkpoint_dir[1024];
+    char ember_id[80]; /* ember.id, or the default em_identity_default() makes */
     char log_level[16];
     char log_file[1024]; /* empty: stderr */
     char log_rolling_strategy[16];

@@ -134,6 +134,13 @@ static void tick(int64_t now, void *arg)
         hold_receivers(d, j);
         if (now < j->next_batch_ms)
             continue;
+        if (atomic_load(&j->blocked) && j->held) {
+            /* A batch that keeps failing holds the job: its receivers are
+             * paused, and cutting more (empty) batches behind it would only
+             * grow the queue for as long as the outage lasts. */
+            j->next_batch_ms = next_boundary(now, j->version->batch_interval_ms);
+            continue;
+        }
         if (j->nrecovered) {
             /* Recovered records first, throttled: new input waits its turn. */
             submit(d, em_batch_cut_recovered(j, j->next_batch_ms, recovery_batch_limit(d, j)));
@@ -492,3 +499,5 @@ void em_driver_free(em_driver *d)
     pthread_mutex_destroy(&d->lock);
     free(d);
 }
+
+const char *em_driver_id(const em_driver *d) { return d->cfg->ember_id; }

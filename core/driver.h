@@ -26,5 +26,8 @@ void em_driver_reload(em_driver *d);
  * through every output before it returns. */
 void em_driver_stop(em_driver *d, int graceful);
 void em_driver_free(em_driver *d); /* accepts NULL */
+/* ember.id: this driver's name among the drivers sharing its groups (for
+ * the HTTP API and status output). */
+const char *em_driver_id(const em_driver *d);
 
 #endif

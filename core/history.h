@@ -21,6 +21,8 @@ typedef struct em_batch_info {
     uint64_t pool_borrows;       /* pooled connections its outputs borrowed */
     uint64_t pool_waits;         /* borrows that waited for a free connection */
     int64_t pool_wait_ms;        /* time those waits took */
+    int64_t commit_ms;           /* the commit: state files, checkpoint, apply */
+    uint64_t state_written;      /* bytes of state the commit wrote */
     int ok;
 } em_batch_info;
 

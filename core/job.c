@@ -80,7 +80,7 @@ em_version *em_version_load(const char *path, const em_config *cfg, int *disable
     for (size_t i = 0; i < d->nsources; i++) {
         em_source_desc *s = &d->sources[i];
         char why[1024];
-        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, cfg->max_rate,
+        v->receivers[i] = em_receiver_create(s->conn, &s->props, d->name, cfg,
                                              v->batch_interval_ms, why, sizeof why);
         if (!v->receivers[i]) {
             snprintf(err, errlen, "%s: %s", s->where, why);
@@ -139,6 +139,7 @@ em_job *em_job_create(const char *path, char *script, em_version *v, const em_ru
     j->rt = rt;
     j->history = em_history_create((size_t)rt->cfg->retained_batches);
     atomic_init(&j->failed, 0);
+    atomic_init(&j->blocked, 0);
     snprintf(j->dir, sizeof j->dir, "%.960s/%.127s", rt->cfg->checkpoint_dir, j->name);
     return j;
 }

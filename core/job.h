@@ -53,7 +53,8 @@ typedef struct em_job {
     char dir[1100];          /* <checkpoint.dir>/<job> */
     em_checkpoint cp;        /* workers only (one batch of a job at a time) */
     uint64_t next_batch_id;  /* clock thread: the id the next batch cut gets */
-    int blocked;             /* a batch failed maxRetries times and still retries */
+    atomic_int blocked;      /* a batch failed maxRetries times and still retries
+                                (set by workers, read by the clock) */
     em_pid pid;              /* workers only */
     int held;                /* receivers held: too many batches waiting (clock only) */
     /* Blocks recovered from the write-ahead log, cut into batches before

@@ -114,7 +114,7 @@ static char *covered_segments(const em_batch *b)
  * the process, and what it records (ids, times) is cheap to lose to a
  * power cut, while two fsyncs per batch are not cheap. 0, or -1 and err:
  * the batch is not committed and runs again. */
-static int commit(em_batch *b, char *err, size_t errlen)
+static int commit(em_batch *b, uint64_t *written, char *err, size_t errlen)
 {
     em_job *j = b->job;
     em_luahost *host = b->version->host;
@@ -157,6 +157,7 @@ static int commit(em_batch *b, char *err, size_t errlen)
     j->cp = next;
     if (stateful)
         em_luahost_apply(host, b->id);
+    *written = bytes;
     if (b->records)
         em_failpoint("after_commit");
     return 0;
@@ -181,16 +182,20 @@ static void adapt_rate(em_batch *b, const em_batch_info *info)
     em_log(EM_LOG_DEBUG, j->name, "backpressure: rate %.0f records/s over %zu receivers", rate, n);
 }
 
-static void record(em_batch *b, const em_batch_result *res, int ok)
+/* end: when the last run finished its outputs (Spark's processing time
+ * ends there; the commit after it is the driver's, not the job's). */
+static void record(em_batch *b, const em_batch_result *res, int ok, int64_t end,
+                   int64_t commit_ms, uint64_t written)
 {
     em_job *j = b->job;
-    int64_t end = em_clock_now_ms();
     em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks};
     info.scheduling_delay_ms = b->started_ms - b->time_ms;
     info.processing_ms = end - b->started_ms;
     info.total_delay_ms = end - b->time_ms;
     info.failed = res->failed;
     info.ok = ok;
+    info.commit_ms = commit_ms;
+    info.state_written = written;
     if (ok && j->rt->cfg->backpressure)
         adapt_rate(b, &info);
     for (size_t i = 0; i < b->version->nreceivers; i++)
@@ -207,12 +212,13 @@ static void record(em_batch *b, const em_batch_result *res, int ok)
     em_log(EM_LOG_DEBUG, j->name,
            "batch %lld: %llu records in %u blocks, scheduling delay %lld ms, "
            "processing %lld ms, total delay %lld ms, %lld failed, rate %.0f/s, "
-           "pool %llu borrowed %llu waited %lld ms, id %llu",
+           "pool %llu borrowed %llu waited %lld ms, commit %lld ms (%llu bytes of state), id %llu",
            (long long)b->time_ms, (unsigned long long)b->records, b->nblocks,
            (long long)info.scheduling_delay_ms, (long long)info.processing_ms,
            (long long)info.total_delay_ms, (long long)info.failed, info.rate,
            (unsigned long long)info.pool_borrows, (unsigned long long)info.pool_waits,
-           (long long)info.pool_wait_ms, (unsigned long long)b->id);
+           (long long)info.pool_wait_ms, (long long)commit_ms, (unsigned long long)written,
+           (unsigned long long)b->id);
 }
 
 /* ------------------------------------------------------------------ */
@@ -235,8 +241,7 @@ static void retry_later(em_batch *b, const char *why)
         em_log(EM_LOG_WARN, j->name, "batch %lld failed (%s); retry %d of %d in %lld ms",
                (long long)b->time_ms, why, b->attempts, cfg->batch_max_retries,
                (long long)backoff);
-    } else if (!j->blocked) {
-        j->blocked = 1;
+    } else if (!atomic_exchange(&j->blocked, 1)) {
         em_log(EM_LOG_ERROR, j->name, "batch %lld failed %d times (%s); the job is blocked: it "
                "retries every %lld ms at most, its records stay unacknowledged and later "
                "batches wait", (long long)b->time_ms, b->attempts, why, (long long)backoff);
@@ -294,26 +299,28 @@ void em_lifecycle_run(em_task *t)
         em_batch_view view = {b->time_ms, b->nblocks, b->blocks, b->sources};
         em_luahost_run_batch(b->version->host, &view, b->id, &res);
     }
+    int64_t ran_ms = em_clock_now_ms();
     if (!res.ok && !res.fatal) { /* an output could not deliver: the same batch again */
         em_luahost_abort(b->version->host);
         retry_later(b, res.err);
         return;
     }
     int ok = res.ok && !res.fatal;
-    if (ok && commit(b, err, sizeof err) != 0) {
+    uint64_t written = 0;
+    if (ok && commit(b, &written, err, sizeof err) != 0) { /* from ran_ms: its time is the commit's */
         em_luahost_abort(b->version->host);
         retry_later(b, err);
         return;
     }
     if (!ok)
         em_luahost_abort(b->version->host);
-    if (j->blocked && ok) {
-        j->blocked = 0;
+    if (ok && atomic_exchange(&j->blocked, 0)) {
         em_log(EM_LOG_INFO, j->name, "batch %lld went through after %d attempts; the job runs "
                "again", (long long)b->time_ms, b->attempts + 1);
     }
+    int64_t committed_ms = em_clock_now_ms();
     em_batch_release(b, ok);
-    record(b, &res, ok);
+    record(b, &res, ok, ran_ms, committed_ms - ran_ms, written);
     if (res.fatal) {
         em_log(EM_LOG_ERROR, j->name, "job stopped (on_error = fail): %s", res.err);
         atomic_store(&j->failed, 1);

@@ -20,6 +20,9 @@ static long current_period;  /* period index of the open file */
 static int max_retained = 10;
 
 static const char *const names[] = {"debug", "info", "warn", "error"};
+static char driver_id[80]; /* empty: not shown */
+
+void em_log_set_id(const char *id) { snprintf(driver_id, sizeof driver_id, "%s", id ? id : ""); }
 
 void em_log_set_level(em_log_level level) { min_level = level; }
 
@@ -103,9 +106,10 @@ void em_log(em_log_level level, const char *job, const char *fmt, ...)
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char line[4096];
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s [%s] ",
+    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s%s%-5s [%s] ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, names[level], job ? job : "ember");
+                     tm.tm_sec, ts.tv_nsec / 1000000, driver_id, driver_id[0] ? " " : "",
+                     names[level], job ? job : "ember");
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);

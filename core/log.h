@@ -1,4 +1,4 @@
-/* log.h — one line per event on stderr (or a rolling file): time, level, job.
+/* log.h — one line per event on stderr (or a rolling file): time, driver id, level, job.
  *
  * Safe from any thread; a line is written with one write(2) so lines from
  * receivers, workers and the clock never interleave.
@@ -11,6 +11,9 @@ typedef enum { EM_LOG_DEBUG, EM_LOG_INFO, EM_LOG_WARN, EM_LOG_ERROR } em_log_lev
 void em_log(em_log_level level, const char *job, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void em_log_set_level(em_log_level level);
+/* Names the driver on every line, after the time (ember.id); set once at
+ * start, before other threads log. NULL or "" leaves it out. */
+void em_log_set_id(const char *id);
 /* "debug", "info", "warn", "error" → level; -1 if unknown. */
 int em_log_parse_level(const char *name);
 /* Log to files under path instead of stderr. strategy "off" keeps one file;

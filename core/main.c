@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "driver.h"
+#include "identity.h"
 #include "job.h"
 #include "log.h"
 #include "pool.h"
@@ -147,9 +148,9 @@ static int run(int argc, char **argv)
     if (em_config_finish(&cfg, err, sizeof err) != 0)
         goto bad;
     em_log_set_level((em_log_level)em_log_parse_level(cfg.log_level));
+    em_identity_set(cfg.ember_id);
+    em_log_set_id(cfg.ember_id);
     em_pool_set_default_size(cfg.pool_size);
-    em_wal_configure((em_wal_fsync)em_wal_parse_fsync(cfg.wal_fsync), cfg.wal_fsync_interval_ms);
-    em_receiver_set_memory_max((size_t)cfg.memory_max);
     if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,
                                             cfg.log_rolling_interval,
                                             cfg.log_rolling_max_retained) != 0) {
@@ -167,6 +168,13 @@ static int run(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+
+    /* One driver per checkpoint.dir: its dead letters, write-ahead logs and
+     * checkpoints are this process's alone. */
+    if (em_identity_lock(cfg.checkpoint_dir, err, sizeof err) != 0)
+        goto bad;
+    em_log(EM_LOG_INFO, NULL, "driver %s (pid %ld) holds checkpoint.dir %s", cfg.ember_id,
+           (long)getpid(), cfg.checkpoint_dir);
 
     em_driver *d = em_driver_create(&cfg, jobs_dir);
     if (!d || em_driver_start(d) != 0)

@@ -36,8 +36,13 @@ struct em_receiver {
     double max_rate, bp_rate, applied_rate;
     atomic_int held;
     int64_t batch_interval_ms;
+    size_t memory_max;      /* memory.max (0: no cap) */
+    em_wal_fsync wal_fsync; /* streaming.receiver.writeAheadLog.fsync ... */
+    int64_t wal_fsync_interval_ms;
     em_wal *wal;
     int wal_failed; /* logged once per failure streak */
+    uint64_t taken, done; /* blocks handed to batches, and reported done; under lock */
+    pthread_cond_t done_cond; /* signalled when done grows */
 
     em_ratelimit rl; /* receiver thread only */
 };
@@ -82,7 +87,7 @@ static char *make_describe(const em_connector *c, const em_props *p)
 }
 
 em_receiver *em_receiver_create(const em_connector *c, em_props *props, const char *job,
-                                double default_max_rate, int64_t batch_interval_ms, char *err,
+                                const em_config *cfg, int64_t batch_interval_ms, char *err,
                                 size_t errlen)
 {
     char what[128];
@@ -108,10 +113,18 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     r->signature = em_props_signature(&r->props);
     r->describe = make_describe(c, &r->props);
     r->job = strdup(job);
-    r->max_rate = em_props_double(&r->props, "max_rate", default_max_rate);
+    r->max_rate = em_props_double(&r->props, "max_rate", cfg->max_rate);
     r->batch_interval_ms = batch_interval_ms;
+    r->memory_max = (size_t)cfg->memory_max;
+    r->wal_fsync = (em_wal_fsync)em_wal_parse_fsync(cfg->wal_fsync);
+    r->wal_fsync_interval_ms = cfg->wal_fsync_interval_ms;
     r->applied_rate = -1;
     pthread_mutex_init(&r->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->done_cond, &ca);
+    pthread_condattr_destroy(&ca);
     char *sig = r->signature;
     if (sig) { /* the connector name is part of the identity */
         r->signature = malloc(strlen(c->name) + strlen(sig) + 2);
@@ -132,9 +145,6 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     return r;
 }
 
-static size_t memory_max;
-
-void em_receiver_set_memory_max(size_t bytes) { memory_max = bytes; }
 
 static double effective_rate(double max_rate, double bp_rate)
 {
@@ -189,6 +199,7 @@ static void *run(void *arg)
         apply_rate(r);
         uint32_t allow = em_ratelimit_available(&r->rl, POLL_MAX);
         size_t used = em_block_total_bytes();
+        size_t memory_max = r->memory_max;
         int full = memory_max && used > memory_max;
         if (!full && memory_max && allow > 0)
             allow = within_memory(r, allow, memory_max - used);
@@ -283,6 +294,7 @@ void em_receiver_unref(em_receiver *r)
     em_wal_close(r->wal);
     em_props_clear(&r->props);
     pthread_mutex_destroy(&r->lock);
+    pthread_cond_destroy(&r->done_cond);
     free(r->signature);
     free(r->describe);
     free(r->job);
@@ -364,6 +376,7 @@ size_t em_receiver_take(em_receiver *r, em_block ***out)
         r->sealed = NULL;
         r->nsealed = r->capsealed = 0;
     }
+    r->taken += n;
     pthread_mutex_unlock(&r->lock);
     return n;
 }
@@ -382,10 +395,36 @@ int em_receiver_resume_from(em_receiver *r, const char *positions)
     return 1;
 }
 
+/* The connector hears first, so what it releases (a Kafka commit) is done
+ * before em_receiver_wait_done() returns. */
 void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok)
 {
     if (r->conn->batch_done)
         r->conn->batch_done(r->self, blocks, n, ok);
+    pthread_mutex_lock(&r->lock);
+    r->done += n;
+    pthread_cond_broadcast(&r->done_cond);
+    pthread_mutex_unlock(&r->lock);
+}
+
+int em_receiver_wait_done(em_receiver *r, int64_t timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->lock);
+    uint64_t want = r->taken;
+    int rc = 0;
+    while (r->done < want && rc == 0)
+        rc = pthread_cond_timedwait(&r->done_cond, &r->lock, &until);
+    int all = r->done >= want;
+    pthread_mutex_unlock(&r->lock);
+    return all ? 0 : -1;
 }
 
 void em_receiver_set_rate(em_receiver *r, double per_sec)
@@ -470,7 +509,7 @@ int em_receiver_enable_wal(em_receiver *r, const char *dir, char *err, size_t er
 {
     if (em_receiver_acknowledges(r))
         return 0;
-    r->wal = em_wal_open(dir, err, errlen);
+    r->wal = em_wal_open(dir, r->wal_fsync, r->wal_fsync_interval_ms, err, errlen);
     return r->wal ? 0 : -1;
 }
 const char *em_receiver_signature(const em_receiver *r) { return r->signature; }

@@ -13,15 +13,18 @@
 #include <stdio.h>
 
 #include "block.h"
+#include "config.h"
 #include "connector.h"
 #include "props.h"
 
 typedef struct em_receiver em_receiver;
 
 /* Validates props against the connector (plus the core's max_rate) and
- * builds the receiver; does not start it. NULL and err on a bad setting. */
+ * builds the receiver; does not start it. cfg gives the defaults and caps
+ * (streaming.receiver.maxRate, memory.max, the WAL's fsync policy). NULL
+ * and err on a bad setting. */
 em_receiver *em_receiver_create(const em_connector *c, em_props *props, const char *job,
-                                double default_max_rate, int64_t batch_interval_ms, char *err,
+                                const em_config *cfg, int64_t batch_interval_ms, char *err,
                                 size_t errlen);
 int em_receiver_start(em_receiver *r);
 /* Stops reading and joins the thread; the records it had are sealed into
@@ -41,8 +44,17 @@ void em_receiver_seal(em_receiver *r, int64_t now_ms);
 /* Takes every sealed block (the caller owns the references); returns the
  * count and fills *out with a malloc'd array, or 0 and NULL. */
 size_t em_receiver_take(em_receiver *r, em_block ***out);
-/* Hands the connector the news that blocks of this receiver were processed. */
+/* Hands the connector the news that blocks of this receiver were processed.
+ * Every block em_receiver_take() handed out is reported here exactly once
+ * (its batch succeeded, failed for good, or was dropped). */
 void em_receiver_batch_done(em_receiver *r, em_block *const *blocks, size_t n, int ok);
+/* Waits until every block taken from this receiver so far has been
+ * reported through em_receiver_batch_done() — the batches in flight are
+ * done, and the connector's batch_done for them has returned — or until
+ * timeout_ms passes. 0 when they are all done, -1 on timeout. For a
+ * connector about to give up its input (Kafka: inside a revoke, while its
+ * commits still count); from the receiver thread, never from a worker. */
+int em_receiver_wait_done(em_receiver *r, int64_t timeout_ms);
 
 /* The connector's positions() for these blocks, or nothing. */
 void em_receiver_positions(em_receiver *r, em_block *const *blocks, size_t n, FILE *out);
@@ -64,9 +76,6 @@ int64_t em_receiver_batch_interval_ms(const em_receiver *r);
 size_t em_receiver_discard(em_receiver *r, int32_t partition);
 /* Holds the receiver (no reading) while on, e.g. too many batches wait. */
 void em_receiver_hold(em_receiver *r, int on);
-/* Every receiver stops reading while live blocks hold more than this many
- * bytes (memory.max; 0: no cap). */
-void em_receiver_set_memory_max(size_t bytes);
 
 /* Writes every block to a write-ahead log under dir before it can join a
  * batch, unless the source acknowledges by itself. Call before start. */

@@ -20,15 +20,6 @@
 #define FIXED 32   /* ts, offset, partition, three lengths */
 #define NO_KEY 0xFFFFFFFFu
 
-static em_wal_fsync policy = EM_WAL_FSYNC_BATCH;
-static int64_t interval_ms = 1000;
-
-void em_wal_configure(em_wal_fsync p, int64_t ms)
-{
-    policy = p;
-    interval_ms = ms > 0 ? ms : 1000;
-}
-
 int em_wal_parse_fsync(const char *s)
 {
     if (strcmp(s, "always") == 0)
@@ -42,6 +33,8 @@ int em_wal_parse_fsync(const char *s)
 
 struct em_wal {
     char dir[1024];
+    em_wal_fsync policy;
+    int64_t interval_ms;
     uint64_t next_seq;
     FILE *f;
     int64_t last_sync_ms;
@@ -65,13 +58,16 @@ static int is_segment(const char *name, uint64_t *seq)
     return 1;
 }
 
-em_wal *em_wal_open(const char *dir, char *err, size_t errlen)
+em_wal *em_wal_open(const char *dir, em_wal_fsync policy, int64_t interval_ms, char *err,
+                    size_t errlen)
 {
     em_wal *w = calloc(1, sizeof *w);
     if (!w) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    w->policy = policy;
+    w->interval_ms = interval_ms > 0 ? interval_ms : 1000;
     snprintf(w->dir, sizeof w->dir, "%s", dir);
     DIR *dp = opendir(dir);
     struct dirent *e;
@@ -156,8 +152,8 @@ int em_wal_flush(em_wal *w)
     if (fflush(w->f) != 0)
         return -1;
     int64_t now = em_clock_mono_ms();
-    if (policy == EM_WAL_FSYNC_ALWAYS ||
-        (policy == EM_WAL_FSYNC_INTERVAL && now - w->last_sync_ms >= interval_ms)) {
+    if (w->policy == EM_WAL_FSYNC_ALWAYS ||
+        (w->policy == EM_WAL_FSYNC_INTERVAL && now - w->last_sync_ms >= w->interval_ms)) {
         w->last_sync_ms = now;
         return fdatasync(fileno(w->f));
     }
@@ -169,7 +165,7 @@ int em_wal_seal(em_wal *w)
     if (!w->f)
         return 0;
     int rc = fflush(w->f);
-    if (policy != EM_WAL_FSYNC_INTERVAL && fdatasync(fileno(w->f)) != 0)
+    if (w->policy != EM_WAL_FSYNC_INTERVAL && fdatasync(fileno(w->f)) != 0)
         rc = -1;
     if (fclose(w->f) != 0)
         rc = -1;

@@ -25,14 +25,14 @@ typedef enum { EM_WAL_FSYNC_ALWAYS, EM_WAL_FSYNC_BATCH, EM_WAL_FSYNC_INTERVAL } 
 
 typedef struct em_wal em_wal; /* the writer of one receiver */
 
-/* Settings shared by every writer (from the configuration). */
-void em_wal_configure(em_wal_fsync policy, int64_t interval_ms);
 /* Parses "always", "batch", "interval"; -1 if none. */
 int em_wal_parse_fsync(const char *s);
 
-/* A writer for one source's folder (made on first write). Segment numbers
- * continue after the highest already there. NULL + err. */
-em_wal *em_wal_open(const char *dir, char *err, size_t errlen);
+/* A writer for one source's folder (made on first write), syncing by
+ * policy (interval_ms for the interval policy). Segment numbers continue
+ * after the highest already there. NULL + err. */
+em_wal *em_wal_open(const char *dir, em_wal_fsync policy, int64_t interval_ms, char *err,
+                    size_t errlen);
 /* Starts the segment of a new block; the block keeps its path. */
 int em_wal_begin(em_wal *w, em_block *b);
 /* Appends one record (the last one appended to b). */

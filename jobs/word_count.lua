@@ -2,11 +2,23 @@
 -- connects to localhost:9999 and reads lines; start a server with
 --   nc -lk 9999
 -- and type. Until one listens, the source retries with backoff.
+--
+-- EMBER_WORD_COUNT_SOCKET (host:port) names another server; "off" turns
+-- the job off (the compose setup does, as nothing serves lines there).
 local ember = require "ember"
+
+local addr = os.getenv("EMBER_WORD_COUNT_SOCKET") or "localhost:9999"
+if addr == "off" or addr == "" then
+  return ember.disabled("EMBER_WORD_COUNT_SOCKET is off")
+end
+local host, port = addr:match("^(.+):(%d+)$")
+if not host then
+  error("EMBER_WORD_COUNT_SOCKET = '" .. addr .. "': host:port expected")
+end
 
 local job = ember.job { name = "word_count", batch_interval = "1s" }
 
-job:socket { host = "localhost", port = 9999 }
+job:socket { host = host, port = tonumber(port) }
   :flat_map(function(line)
     local words = {}
     for w in line:lower():gmatch("%a+") do

@@ -41,6 +41,7 @@ local error = error
 local setmetatable = setmetatable
 local getmetatable = getmetatable
 local os_time = os.time
+local math_ceil = math.ceil
 local str_format = string.format
 local str_match = string.match
 local str_gsub = string.gsub
@@ -186,6 +187,23 @@ local function size_of(x)
 end
 
 
+-- The committed value of key k. While a snapshot is being written (see
+-- "Snapshots" below) keys new to the operator wait in op.added, because the
+-- snapshot walks op.committed with next() and a table must not get new
+-- keys while it is walked.
+local function committed_of(op, k)
+    local v = op.committed[k]
+    if v == nil then
+        local added = op.added
+        if added then
+            v = added[k]
+        end
+    end
+    return v
+end
+_M.committed_of = committed_of
+
+
 local function sanitize(s)
     return (str_gsub(tostring(s), "[^%w_%.%-]", "_"))
 end
@@ -210,6 +228,9 @@ function _M.new(job, host)
         dir = dir,
         max = max,
         interval = tonumber(host.snapshot_interval) or DEFAULT_INTERVAL,
+        -- keys per slice of a snapshot at least (specs make it small, to
+        -- spread a snapshot of a few keys over several commits)
+        min_slice = tonumber(host.snapshot_min_slice) or 4096,
         ops = {},                       -- name -> op
         order = {},                     -- ops in declaration order
         current = nil,                  -- the CURRENT record once known
@@ -279,10 +300,10 @@ function Store:ran(ok)
     self.phase = "ran"
     local total, worst = 0, nil
     for _, op in ipairs(self.order) do
-        local staged, committed = op.staged, op.committed
+        local staged = op.staged
         local d = 0
         for k, s in pairs(staged) do
-            local old = committed[k]
+            local old = committed_of(op, k)
             if old ~= nil then
                 d = d - size_of(k) - size_of(old)
             end
@@ -378,18 +399,21 @@ local function write_op_file(self, op, kind, id)
     end
     local staged, committed, stimes, times = op.staged, op.committed, op.stimes, op.times
     local path = dir .. "/" .. kind .. "-" .. str_format("%d", id)
-    return format.write(path, { op = op.name, kind = kind, batch = id, partition = 0 },
+    local header = { op = op.name, kind = kind, batch = id, partition = 0,
+                     keys = kind == "snapshot" and op.nkeys or nil }
+    return format.write(path, header,
                         function(entry)
         if kind == "delta" then
             for k, s in pairs(staged) do
-                if s ~= REMOVED or committed[k] ~= nil then
+                if s ~= REMOVED or committed_of(op, k) ~= nil then
                     entry(k, s, stimes and (stimes[k] or times[k]))
                 end
             end
             if stimes then
                 for k, t in pairs(stimes) do      -- touched, value unchanged
-                    if staged[k] == nil and committed[k] ~= nil then
-                        entry(k, committed[k], t)
+                    local c = staged[k] == nil and committed_of(op, k)
+                    if c then
+                        entry(k, c, t)
                     end
                 end
             end
@@ -410,6 +434,98 @@ local function write_op_file(self, op, kind, id)
         end
     end)
 end
+
+
+-- Snapshots. After snapshot_interval deltas, an operator's state is
+-- written whole, so restore reads one snapshot and some deltas. Written
+-- at once, a million keys would hold one commit for 100 ms; so a snapshot
+-- is spread over the next commits instead: it starts at apply(S) (state as
+-- of batch S) and each prepare writes a slice of the keys, walking
+-- op.committed with next(), until the last slice renames snapshot-S into
+-- place. Meanwhile keys new to the operator wait in op.added (a table must
+-- not get new keys while next() walks it; changing or clearing existing
+-- ones is allowed). A slice may hold values newer than S but never newer
+-- than the committed batch when the file is complete, and the deltas after
+-- S, which restore applies on top, hold every change since S: so snapshot
+-- plus deltas give the state exactly. The files before S are deleted only
+-- once snapshot-S is complete and a checkpoint after it committed.
+
+-- Starts writing snapshot-<id> of op (its state as of batch id).
+local function start_snapshot(self, op, id)
+    local dir = op_dir(self, op)
+    local ok, err = files.mkdir_p(dir)
+    if not ok then
+        return nil, err
+    end
+    local w
+    w, err = format.open(dir .. "/snapshot-" .. str_format("%d", id),
+                         { op = op.name, kind = "snapshot", batch = id, partition = 0,
+                           keys = op.nkeys })
+    if not w then
+        return nil, err
+    end
+    -- Over about two intervals: a commit writes its delta and 1/(2 x
+    -- interval) of the keys; deltas on disk stay under about 3 intervals.
+    local slice = math_ceil(op.nkeys / (2 * self.interval))
+    op.snap = { w = w, id = id, last = nil, started = false, deltas = 0,
+                slice = slice < self.min_slice and self.min_slice or slice }
+    op.added = op.added or new_map()
+    return true
+end
+
+-- Writes the next slice of op's snapshot; the last one completes the
+-- file. Returns bytes handed to the file, or nil, err.
+local function step_snapshot(op)
+    local snap = op.snap
+    local w, committed, times = snap.w, op.committed, op.times
+    local before = w:bytes()
+    local k, v = snap.last, nil
+    local first = not snap.started
+    snap.started = true
+    for _ = 1, snap.slice do
+        if first then
+            k, v = next(committed)
+            first = false
+        else
+            k, v = next(committed, k)
+        end
+        if k == nil then
+            break
+        end
+        w:entry(k, v, times and times[k])
+    end
+    snap.last = k                               -- keeps the key alive for next()
+    if k ~= nil then
+        w:writeback()
+        return w:bytes() - before
+    end
+    -- The walk is over: keys that waited in added are in deltas after S.
+    local bytes, err = w:finish()
+    op.snap = nil
+    if not bytes then
+        return nil, err
+    end
+    op.snap_done = { id = snap.id, deltas = snap.deltas }
+    return bytes - before
+end
+
+-- Drops a snapshot being written (restore, a failed write).
+local function cancel_snapshot(op)
+    if op.snap then
+        op.snap.w:discard()
+        op.snap = nil
+    end
+    op.snap_done = nil
+    local added = op.added
+    if added then
+        local committed = op.committed
+        for k, v in pairs(added) do
+            committed[k] = v
+        end
+        op.added = nil
+    end
+end
+_M.cancel_snapshot = cancel_snapshot
 
 
 local function has_changes(op)
@@ -437,13 +553,23 @@ function Store:prepare(batch_id)
                 self:abort()
                 return false, err, 0
             end
-            local kind = op.ndeltas + 1 >= self.interval and "snapshot" or "delta"
-            local bytes, werr = write_op_file(self, op, kind, batch_id)
+            local bytes, werr = write_op_file(self, op, "delta", batch_id)
             if not bytes then
                 self:abort()
                 return false, "state: " .. op.kind .. " '" .. op.name .. "': " .. tostring(werr), total
             end
-            op.prepared = { kind = kind, id = batch_id }
+            op.prepared = { kind = "delta", id = batch_id }
+            total = total + bytes
+        end
+        if op.snap then
+            local bytes, serr = step_snapshot(op)
+            if not bytes then
+                -- The deltas still hold everything: a later snapshot will do.
+                cancel_snapshot(op)
+                self:abort()
+                return false, "state: " .. op.kind .. " '" .. op.name .. "': snapshot: "
+                              .. tostring(serr), total
+            end
             total = total + bytes
         end
     end
@@ -456,20 +582,23 @@ end
 
 -- Moves what the staged maps say into committed, for one operator.
 local function merge(op)
-    local staged, committed = op.staged, op.committed
+    local staged, committed, added = op.staged, op.committed, op.added
     local nkeys = op.nkeys
     for k, s in pairs(staged) do
-        local old = committed[k]
+        local old, where = committed[k], committed
+        if old == nil and added then
+            old, where = added[k], added        -- a new key waits in added
+        end
         if s == REMOVED then
             if old ~= nil then
-                committed[k] = nil
+                where[k] = nil
                 nkeys = nkeys - 1
             end
         else
             if old == nil then
                 nkeys = nkeys + 1
             end
-            committed[k] = s
+            where[k] = s
         end
     end
     op.nkeys = nkeys
@@ -491,7 +620,7 @@ local function merge(op)
             if old and buckets[old] then
                 buckets[old][k] = nil
             end
-            if committed[k] ~= nil then
+            if committed_of(op, k) ~= nil then
                 times[k] = t
                 local b = buckets[t]
                 if not b then
@@ -504,7 +633,7 @@ local function merge(op)
             end
         end
         for k, s in pairs(staged) do
-            if s == REMOVED and committed[k] == nil and times[k] then
+            if s == REMOVED and times[k] and committed_of(op, k) == nil then
                 local b = buckets[times[k]]
                 if b then
                     b[k] = nil
@@ -532,18 +661,34 @@ function Store:apply(batch_id)
         local p = op.prepared
         op.prepared = nil
         if p then
-            if p.kind == "snapshot" then
-                op.ndeltas = 0
-                local dir = op_dir(self, op)
-                for _, f in ipairs(format.list(dir) or {}) do
-                    if f.id < p.id then
-                        local ok, uerr = files.unlink(dir .. "/" .. f.name)
-                        err = err or (not ok and uerr) or nil
-                    end
-                end
-            else
-                op.ndeltas = op.ndeltas + 1
+            op.ndeltas = op.ndeltas + 1
+            if op.snap then
+                op.snap.deltas = op.snap.deltas + 1
             end
+        end
+        local done = op.snap_done
+        if done then
+            -- snapshot-S is complete and this batch's checkpoint is after
+            -- it: the files it covers go (files up to S but itself).
+            op.snap_done = nil
+            op.ndeltas = done.deltas + (p and 1 or 0)
+            local dir = op_dir(self, op)
+            for _, f in ipairs(format.list(dir) or {}) do
+                if f.id < done.id or (f.id == done.id and f.kind == "delta") then
+                    local ok, uerr = files.unlink(dir .. "/" .. f.name)
+                    err = err or (not ok and uerr) or nil
+                end
+            end
+            local added, committed = op.added, op.committed
+            if added then
+                for k, v in pairs(added) do
+                    committed[k] = v
+                end
+                op.added = nil
+            end
+        elseif not op.snap and op.ndeltas >= self.interval and self.current then
+            local ok, serr = start_snapshot(self, op, batch_id)
+            err = err or (not ok and serr) or nil
         end
     end
     self.phase = "idle"
@@ -579,7 +724,7 @@ end
 require("ember.state_restore").extend(Store, {
     read_current = read_current, write_current = write_current,
     new_current = new_current, write_op_file = write_op_file,
-    size_of = size_of, value_of = value_of,
+    size_of = size_of, value_of = value_of, cancel_snapshot = cancel_snapshot,
     check_key = _M.check_key, stored = _M.stored,
 })
 

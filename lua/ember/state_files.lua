@@ -13,6 +13,7 @@ local ffi_errno = ffi.errno
 local ffi_string = ffi.string
 local ffi_new = ffi.new
 local ffi_cast = ffi.cast
+local ffi_gc = ffi.gc
 local type = type
 local tonumber = tonumber
 local MODE_0644 = ffi_new("int", 420)     -- a vararg: must go as a C int
@@ -33,6 +34,7 @@ if not pcall(ffi.typeof, "struct ember_dirent") then
         int close(int fd);
         long write(int fd, const void *buf, size_t n);
         int fsync(int fd);
+        int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags);
         int rename(const char *from, const char *to);
         int unlink(const char *path);
         int rmdir(const char *path);
@@ -108,13 +110,23 @@ end
 local Writer = {}
 Writer.__index = Writer
 
+local function close_box(box)
+    if box[0] >= 0 then
+        C.close(box[0])
+        box[0] = -1
+    end
+end
+
 function _M.create(path)
     local tmp = dirname(path) .. "/.tmp-" .. path:match("([^/]*)$")
     local fd = C.open(tmp, O_WRONLY + O_CREAT + O_TRUNC + O_CLOEXEC, MODE_0644)
     if fd < 0 then
         return why("cannot create " .. tmp)
     end
-    return setmetatable({ fd = fd, tmp = tmp, path = path, bytes = 0 }, Writer)
+    -- The fd is closed by the GC if the writer is dropped unfinished (a
+    -- Lua state closed by a reload while a snapshot was being written).
+    local box = ffi_gc(ffi_new("int[1]", fd), close_box)
+    return setmetatable({ fd = fd, box = box, tmp = tmp, path = path, bytes = 0 }, Writer)
 end
 
 function Writer:put(ptr, len)
@@ -135,10 +147,20 @@ function Writer:put(ptr, len)
     return true
 end
 
+-- Starts writing what was put so far to the disk, without waiting: the
+-- fsync of commit() then has little left to do (a snapshot written over
+-- several batches does not pay for all of it in its last one).
+function Writer:writeback()
+    if self.fd >= 0 then
+        C.sync_file_range(self.fd, 0, 0, 2)         -- SYNC_FILE_RANGE_WRITE
+    end
+end
+
 function Writer:discard()
     if self.fd >= 0 then
         C.close(self.fd)
         self.fd = -1
+        self.box[0] = -1
     end
     C.unlink(self.tmp)
 end
@@ -146,6 +168,7 @@ end
 function Writer:commit()
     local fd = self.fd
     self.fd = -1
+    self.box[0] = -1
     if C.fsync(fd) ~= 0 then
         local _, err = why("cannot fsync " .. self.tmp)
         C.close(fd)

@@ -3,7 +3,7 @@
 -- changed, snapshot-<batch id> every key after that batch.
 --
 -- A file is a sequence of LuaJIT string.buffer encodings: a header table
--- { format, op, kind, batch, partition }, then per entry the key, a flags
+-- { format, op, kind, batch, partition, keys (about how many entries) }, then per entry the key, a flags
 -- number and the value (and the batch time of the key's last record, for
 -- operators with a timeout), then a trailer table { count } (no key is a
 -- table, so the trailer cannot be mistaken for one). A file without its
@@ -20,6 +20,7 @@ local tostring = tostring
 local tonumber = tonumber
 local ipairs = ipairs
 local pcall = pcall
+local next = next
 local error = error
 local setmetatable = setmetatable
 local str_match = string.match
@@ -47,59 +48,81 @@ _M.REMOVED = setmetatable({}, { __tostring = function() return "<removed>" end }
 local REMOVED = _M.REMOVED
 
 
--- Writes a state file durably at path (temp, fsync, rename). header: the
--- header's fields but format; fill(entry) calls entry(key, stored, time)
--- once per entry (stored: a plain value, a box { encoded } or REMOVED).
--- Returns the bytes written, or nil, err.
-function _M.write(path, header, fill)
-    local w, err = files.create(path)
-    if not w then
+-- A state file being written: w:entry(key, stored, time) appends an entry
+-- (stored: a plain value, a box { encoded } or REMOVED; time: the batch time
+-- of the key's last record, or nil); w:finish() writes the trailer and makes
+-- the file durable under its name (temp, fsync, rename), returning the bytes
+-- written or nil, err; w:discard() drops it. header: the header's fields
+-- but format. Returns the writer, or nil, err.
+local Writer = {}
+Writer.__index = Writer
+
+function _M.open(path, header)
+    local f, err = files.create(path)
+    if not f then
         return nil, err
     end
-    local buf = buffer.new()
-    local count = 0
-
-    local function flush()
-        local p, len = buf:ref()
-        local ok, ferr = w:put(p, len)
-        buf:reset()
-        if not ok then
-            error(ferr, 0)
-        end
-    end
-    local function entry(k, s, t)
-        buf:encode(k)
-        if s == REMOVED then
-            buf:encode(0)
-        else
-            if type(s) == "table" then
-                buf:encode(t and 6 or 2):encode(s[1])
-            else
-                buf:encode(t and 5 or 1):encode(s)
-            end
-            if t then
-                buf:encode(t)
-            end
-        end
-        count = count + 1
-        if #buf >= FLUSH_AT then
-            flush()
-        end
-    end
-
+    local w = setmetatable({ f = f, buf = buffer.new(), count = 0, err = nil }, Writer)
     header.format = FORMAT
-    buf:encode(header)
-    local ok, werr = pcall(function()
-        fill(entry)
-        buf:encode({ count = count })
-        flush()
-    end)
+    w.buf:encode(header)
+    return w
+end
+
+function Writer:flush()
+    local buf = self.buf
+    local p, len = buf:ref()
+    local ok, err = self.f:put(p, len)
+    buf:reset()
     if not ok then
-        w:discard()
-        return nil, werr
+        self.err = self.err or err
     end
-    local bytes = w.bytes
-    ok, err = w:commit()
+end
+
+function Writer:entry(k, s, t)
+    local buf = self.buf
+    buf:encode(k)
+    if s == REMOVED then
+        buf:encode(0)
+    else
+        if type(s) == "table" then
+            buf:encode(t and 6 or 2):encode(s[1])
+        else
+            buf:encode(t and 5 or 1):encode(s)
+        end
+        if t then
+            buf:encode(t)
+        end
+    end
+    self.count = self.count + 1
+    if #buf >= FLUSH_AT then
+        self:flush()
+    end
+end
+
+-- Bytes handed to the file so far.
+function Writer:bytes()
+    return self.f.bytes + #self.buf
+end
+
+function Writer:discard()
+    self.f:discard()
+end
+
+-- Hands the buffered entries to the file and starts their writeback.
+function Writer:writeback()
+    self:flush()
+    self.f:writeback()
+end
+
+function Writer:finish()
+    self.buf:encode({ count = self.count })
+    self:flush()
+    if self.err then
+        self.f:discard()
+        return nil, self.err
+    end
+    local bytes = self.f.bytes
+    local ok, err = self.f:commit()
     if not ok then
         return nil, err
     end
@@ -107,8 +130,26 @@ function _M.write(path, header, fill)
 end
 
 
+-- Writes a whole state file: fill(entry) calls entry(key, stored, time)
+-- once per entry. Returns the bytes written, or nil, err.
+function _M.write(path, header, fill)
+    local w, err = _M.open(path, header)
+    if not w then
+        return nil, err
+    end
+    local ok, ferr = pcall(fill, function(k, s, t) w:entry(k, s, t) end)
+    if not ok then
+        w:discard()
+        return nil, ferr
+    end
+    return w:finish()
+end
+
+
 -- Reads one state file into committed (key -> stored) and times.
--- Returns true or nil, err.
+-- Returns committed (a new, presized table when committed was empty and the
+-- file says how many keys it holds: no rehash while a million keys load),
+-- or nil, err.
 local function read_into(path, committed, times)
     local s, err = files.read_file(path)
     if not s then
@@ -119,6 +160,10 @@ local function read_into(path, committed, times)
         local head = buf:decode()
         if type(head) ~= "table" or head.format ~= FORMAT then
             return "not an ember state file of format " .. FORMAT
+        end
+        local hint = tonumber(head.keys)
+        if hint and hint > 4 and next(committed) == nil then
+            committed = tbl_new(0, hint)
         end
         local count = 0
         while true do
@@ -153,7 +198,7 @@ local function read_into(path, committed, times)
     elseif res then
         return nil, "state file " .. path .. " is damaged (" .. res .. ")"
     end
-    return true
+    return committed
 end
 
 
@@ -205,10 +250,11 @@ function _M.load_dir(dir, committed_id, cleanup)
                 files.unlink(path)
             end
         else
-            local ok, rerr = read_into(path, committed, times)
-            if not ok then
+            local c, rerr = read_into(path, committed, times)
+            if not c then
                 return nil, rerr
             end
+            committed = c
             if f.kind == "delta" then
                 ndeltas = ndeltas + 1
             end

@@ -34,6 +34,7 @@ local new_map = require("ember.state_format").new_map
 local REMOVED = state.REMOVED
 local stored = state.stored
 local check_key = state.check_key
+local committed_of = state.committed_of
 local show_key = state.show_key
 
 
@@ -259,14 +260,19 @@ local function make_update(node, ctx, out, store)
 
     function w.finish()
         local ka, vb, n = {}, {}, 0
-        local committed = op.committed
+        local committed, added = op.committed, op.added
         local ok, err = pcall(function()
             for k, old in pairs(committed) do
                 n = update(k, groups[k] or EMPTY, old, ka, vb, n)
             end
+            if added then                       -- keys new while a snapshot is written
+                for k, old in pairs(added) do
+                    n = update(k, groups[k] or EMPTY, old, ka, vb, n)
+                end
+            end
             for i = 1, nnew do
                 local k = newkeys[i]
-                if committed[k] == nil then
+                if committed[k] == nil and (not added or added[k] == nil) then
                     n = update(k, groups[k], nil, ka, vb, n)
                 end
             end
@@ -300,7 +306,7 @@ local function make_map_with_state(node, ctx, out, store)
     local check_pair = node.parents[1].shape ~= "pair"
     local timeout = node.timeout_ms
     local emit = out or function() end
-    local staged, committed, stimes
+    local staged, committed, added, stimes
     local timing, now = false, 0
     -- The record in hand: its key, the stored value the key has now
     -- (staged, else committed) and, so that a record whose fn raised does
@@ -366,7 +372,7 @@ local function make_map_with_state(node, ctx, out, store)
 
     local w = {}
     function w.reset()
-        staged, committed, stimes = op.staged, op.committed, op.stimes
+        staged, committed, added, stimes = op.staged, op.committed, op.added, op.stimes
         now = ctx.time or 0
         in_call, timing = false, false
         if timeout and op.needs_times then
@@ -396,7 +402,11 @@ local function make_map_with_state(node, ctx, out, store)
         local sv = staged[a]
         c.key, c.undo, in_call = a, sv, true
         if sv == nil then
-            c.vis = committed[a]
+            local cv = committed[a]
+            if cv == nil and added then
+                cv = added[a]
+            end
+            c.vis = cv
         else
             c.vis = sv
         end
@@ -429,7 +439,7 @@ local function make_map_with_state(node, ctx, out, store)
                 expired[#expired + 1] = bt
                 for k in pairs(bucket) do
                     if stimes[k] == nil and times[k] == bt and staged[k] ~= REMOVED then
-                        c.key, c.vis, timing = k, committed[k], true
+                        c.key, c.vis, timing = k, committed_of(op, k), true
                         local ok, x, y = pcall(f, k, nil, st)
                         timing = false
                         staged[k] = REMOVED
@@ -467,20 +477,26 @@ local function make_snapshots(node, ctx, out, store)
     function w.reset() end
     function w.finish()
         local ka, vb, n = {}, {}, 0
-        local staged, committed = op.staged, op.committed
-        for k, s in pairs(committed) do
-            local x = staged[k]
-            if x == nil then
-                x = s
-            end
-            if x ~= REMOVED then
-                n = n + 1
-                ka[n] = k
-                vb[n] = type(x) == "table" and decode(x[1]) or x
+        local staged = op.staged
+        local function each(map)
+            for k, s in pairs(map) do
+                local x = staged[k]
+                if x == nil then
+                    x = s
+                end
+                if x ~= REMOVED then
+                    n = n + 1
+                    ka[n] = k
+                    vb[n] = type(x) == "table" and decode(x[1]) or x
+                end
             end
         end
+        each(op.committed)
+        if op.added then
+            each(op.added)
+        end
         for k, s in pairs(staged) do
-            if committed[k] == nil and s ~= REMOVED then
+            if committed_of(op, k) == nil and s ~= REMOVED then
                 n = n + 1
                 ka[n] = k
                 vb[n] = type(s) == "table" and decode(s[1]) or s

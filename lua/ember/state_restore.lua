@@ -210,6 +210,9 @@ function _M.extend(Store, I)
     function Store:restore(committed_id, old_version)
         committed_id = tonumber(committed_id) or 0
         self:abort()
+        for _, op in ipairs(self.order) do
+            I.cancel_snapshot(op)
+        end
         local cur, err = I.read_current(self)
         if err then
             return false, err

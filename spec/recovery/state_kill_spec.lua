@@ -14,6 +14,7 @@
 local driver = require "support.driver"
 local rec = require "support.recovery"
 local kafka_mock = require "support.kafka_mock"
+local redis_server = require "support.redis_server"
 
 local now = driver.now
 local str_format = string.format
@@ -293,6 +294,41 @@ describe("keyed state across kill -9", function()
             local list = assert_exact(d, 2, "kafka failpoint")
             assert.equal(#produced, #list)
             assert.is_true(#d:log_lines("resumes at offset %d+ from the job's checkpoint") > 0)
+        end)
+
+        it("counts the Redis stream entries of that batch once: its own pending entries "
+           .. "already counted are acknowledged, not read again", function()
+            local srv = redis_server.start()
+            local ok, err = pcall(function()
+                local cmds = {}
+                for i = 1, 3000 do
+                    cmds[i] = { "XADD", "fp_stream", "*", "value", str_format("s%06d", i) }
+                end
+                srv:pipe(cmds)
+                d = driver.new()
+                d:write_job("tally", driver.render(JOB, {
+                    dir = driver.quote(d:path()), source = "redis",
+                    options = "url = " .. driver.quote(srv.url)
+                              .. ', mode = "stream", key = "fp_stream", max_rate = 2000',
+                }))
+                driver.write_file(d:path("run"), "1\n")
+                d:start { env = { EMBER_FAILPOINT = "after_commit:3" } }
+                assert.equal(128 + 9, d:wait_exit(60))
+                driver.write_file(d:path("run"), "2\n")
+                d:start {}
+                d:wait_until(function()
+                    local _, sum = last_state(d)
+                    return sum >= 3000, sum .. " of 3000 counted"
+                end, 60, 0.1, "every entry counted")
+                d:signal("TERM")
+                assert.equal(0, d:wait_exit(20))
+                local list = assert_exact(d, 2, "redis stream failpoint")
+                assert.equal(3000, #list)
+                assert.is_true(#d:log_lines("are in the job's committed state", { plain = true })
+                               > 0)
+            end)
+            srv:stop()
+            assert(ok, err)
         end)
 
         it("counts the write-ahead log records of that batch once: its segments are not "

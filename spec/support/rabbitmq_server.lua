@@ -333,7 +333,9 @@ function Server:consume(queue, n, timeout)
         return {}
     end
     local path = self.dir .. "/consumed.txt"
-    amqp_tool(self, "timeout " .. (timeout or 30) .. " amqp-consume",
+    -- Generous: amqp-consume acks one message at a time, and 20,000 of them
+    -- took more than 30 s once while other work shared the two cores.
+    amqp_tool(self, "timeout " .. (timeout or 300) .. " amqp-consume",
               "-q " .. shell_quote(queue) .. " -c " .. n .. " cat > " .. shell_quote(path))
     local f = assert(io_open(path, "rb"))
     local s = f:read("*a")

@@ -347,6 +347,49 @@ src:map(function(s) return s, 1 end)
         assert.same({ { "a", 8 }, { "k1", 2 } }, sink.last())
     end)
 
+    it("spreads a snapshot over the commits after it; restore midway or after is exact", function()
+        local h = H.host(dir)
+        h.snapshot_interval = 2
+        h.snapshot_min_slice = 1
+        local desc = job(MWS_COUNT, nil, nil, h)
+        local p0 = desc.state_dir .. "/v0/counts/p0"
+        H.commit(desc, 1, 1000, { "a", "b", "c", "d" })
+        H.commit(desc, 2, 2000, { "a" })          -- 2 deltas: snapshot-2 begins
+        assert.same({ ".tmp-snapshot-2", "delta-1", "delta-2" }, ls(p0))
+        H.commit(desc, 3, 3000, { "e", "a" })     -- a slice, and a key new meanwhile
+        assert.same({ ".tmp-snapshot-2", "delta-1", "delta-2", "delta-3" }, ls(p0))
+        -- restore midway: the older files still say everything
+        local mid = job(MWS_COUNT, nil, nil, h)
+        assert.is_true(mid.restore(3))
+        H.commit(mid, 4, 4000, { "a", "e" })
+        assert.same({ { "a", 4 }, { "e", 2 } }, sink.last())
+        -- the first store goes on: its snapshot completes and the files it
+        -- covers go; restore from snapshot + deltas
+        desc = job(MWS_COUNT, nil, nil, h)
+        assert.is_true(desc.restore(4))
+        for b = 5, 9 do
+            H.commit(desc, b, b * 1000, { "b" })
+        end
+        -- one complete snapshot, and only the deltas after it
+        local snap, deltas = nil, {}
+        for _, n in ipairs(ls(p0)) do
+            local id = tonumber(n:match("^snapshot%-(%d+)$"))
+            if id then
+                assert.is_nil(snap, "a second snapshot " .. n)
+                snap = id
+            end
+            deltas[#deltas + 1] = tonumber(n:match("^delta%-(%d+)$"))
+        end
+        assert.is_number(snap)
+        for _, id in ipairs(deltas) do
+            assert.is_true(id > snap, "delta-" .. id .. " is covered by snapshot-" .. snap)
+        end
+        local last = job(MWS_COUNT, nil, nil, h)
+        assert.is_true(last.restore(9))
+        H.commit(last, 10, 10000, { "a", "b", "c", "d", "e" })
+        assert.same({ { "a", 5 }, { "b", 7 }, { "c", 2 }, { "d", 2 }, { "e", 3 } }, sink.last())
+    end)
+
     it("restores the committed batch and deletes files of batches never committed", function()
         local desc = job(MWS_COUNT)
         H.commit(desc, 1, 1000, { "a" })
@@ -686,12 +729,14 @@ describe("the driver's contract", function()
         assert.is_true((desc.prepare(2)))
         assert.is_true(desc.apply(2))
         assert.same({ { "a", 2 } }, sink.last())
-        assert.same({ "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        -- two deltas: the snapshot of batch 2 begins, written by the next commits
+        assert.same({ ".tmp-snapshot-2", "delta-1", "delta-2" }, ls(h.state_dir .. "/v0/counts/p0"))
 
         -- batch 3 is prepared, then kill -9 before the checkpoint: the driver
         -- restores from committed batch 2 and runs batch 3 again
         assert.is_true((H.run_id(desc, 3, 3000, { "a", "b" })))
         assert.is_true((desc.prepare(3)))
+        assert.same({ "delta-1", "delta-2", "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
         local after = job(MWS_COUNT, nil, nil, h)
         assert.is_true(after.restore(2, nil))
         assert.same({ counts = 24 }, after.state_bytes())
@@ -699,6 +744,7 @@ describe("the driver's contract", function()
         assert.same({ { "a", 3 }, { "b", 2 } }, sink.last())
         assert.is_true((after.prepare(3)))
         assert.is_true(after.apply(3))
+        assert.same({ "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
     end)
 
     it("leaves a job without state off the disk", function()

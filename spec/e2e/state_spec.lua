@@ -1,12 +1,16 @@
--- End to end: keyed state across a SIGHUP reload. A job counts a paced
--- sequence 1..N per key (n % 5) with map_with_state and writes every key's
--- state after each batch. The script changes mid-stream:
+-- End to end: keyed state in the driver.
+--
+-- Across a SIGHUP reload: a job counts a paced sequence 1..N per key
+-- (n % 5) with map_with_state and writes every key's state after each
+-- batch. The script changes mid-stream:
 --   same state_version      the new version goes on counting from the old counts
 --   new version + migrate   the counts are converted (a number becomes { n = })
 --   a migrate that raises   the old version keeps running and counting, the
 --                           log names the migrate's file and line
 -- Whatever happened, the final counts are exactly those of 1..N: no record
 -- lost or counted twice across the swap.
+--
+-- Timeouts: keys idle for the timeout get one last call, then are gone.
 
 local driver = require "support.driver"
 
@@ -152,5 +156,63 @@ describe("keyed state across a reload", function()
         local st = finish()
         assert.equal("v1", st.tag)
         assert.same(expected(false), st.counts)
+    end)
+end)
+
+
+describe("map_with_state timeouts in the driver", function()
+    local d
+
+    before_each(function()
+        d = driver.new()
+    end)
+
+    after_each(function()
+        d:stop()
+    end)
+
+    it("gives each idle key one last call, then removes it", function()
+        d:write_job("sessions", driver.render([[
+local ember = require "ember"
+local job = ember.job { name = "sessions", batch_interval = "200ms" }
+local out, left = {{out}}, {{left}}
+local m = job:generator { kind = "sequence", rate = 100, count = 50 }
+  :map(function(n) return "k" .. (tonumber(n) % 5), 1 end)
+  :map_with_state { timeout = "1s", fn = function(key, one, state)
+      if state:is_timing_out() then
+          return key .. " " .. state:get()
+      end
+      state:set((state:get() or 0) + one)
+  end }
+m:foreach_batch(function(ended)
+    if #ended > 0 then
+        local f = assert(io.open(out, "a"))
+        f:write(table.concat(ended, "\n"), "\n")
+        f:close()
+    end
+end)
+m:state_snapshots():foreach_batch(function(all)
+    local f = assert(io.open(left, "w"))
+    f:write(#all, "\n")
+    f:close()
+end)
+return job
+]], { out = driver.quote(d:path("ended.txt")), left = driver.quote(d:path("left.txt")) }))
+        d:start()
+        d:wait_for_log("%[sessions%].-source exhausted", 30)
+        local lines
+        d:wait_until(function()
+            lines = d:file_lines("ended.txt")
+            return #lines >= 5, #lines .. " keys ended"
+        end, 20, 0.05, "the 5 keys to time out")
+        table.sort(lines)
+        assert.same({ "k0 10", "k1 10", "k2 10", "k3 10", "k4 10" }, lines)
+        d:wait_until(function()
+            return driver.read_file(d:path("left.txt")) == "0\n"
+        end, 10, 0.05, "no key left in the state")
+        driver.sleep(1.5)                      -- no second last call
+        assert.equal(5, #d:file_lines("ended.txt"))
+        d:signal("TERM")
+        assert.equal(0, d:wait_exit(20))
     end)
 end)
