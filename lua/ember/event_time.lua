@@ -38,6 +38,7 @@ local str_format = string.format
 local str_match = string.match
 local tonumber = tonumber
 local REMOVED = state.REMOVED
+local committed_of = state.committed_of
 
 
 local _M = {}
@@ -132,7 +133,7 @@ end
 local function visible(op, k)
     local s = op.staged[k]
     if s == nil then
-        return op.committed[k]
+        return committed_of(op, k)
     elseif s == REMOVED then
         return nil
     end
@@ -236,6 +237,12 @@ function _M.clock(ctx, store, job)
         local chans = {}
         for k in pairs(op.committed) do
             local ch = str_match(k, "^max:(.*)$")
+            if ch then
+                chans[ch] = true
+            end
+        end
+        for k in pairs(op.added or {}) do       -- new keys while a snapshot is written
+            local ch = type(k) == "string" and str_match(k, "^max:(.*)$")
             if ch then
                 chans[ch] = true
             end

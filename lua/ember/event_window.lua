@@ -53,6 +53,7 @@ local decode = require("string.buffer").decode
 local REMOVED = state.REMOVED
 local stored = state.stored
 local check_key = state.check_key
+local committed_of = state.committed_of
 
 
 local _M = {}
@@ -272,7 +273,7 @@ end
 local function visible(op, k)
     local s = op.staged[k]
     if s == nil then
-        return op.committed[k]
+        return committed_of(op, k)
     elseif s == REMOVED then
         return nil
     end
@@ -379,7 +380,7 @@ function _M.make(node, ctx, out, store, job)
 
     local function rebuild()
         idx = {}
-        for k, s in pairs(op.committed) do
+        local function add(k, s)
             if gap then
                 for _, sess in ipairs(plain(s)) do
                     index(sess[2], k)
@@ -388,6 +389,12 @@ function _M.make(node, ctx, out, store, job)
                 local start = tonumber(str_match(k, "^([^|]+)|"))
                 index(start + size, k)
             end
+        end
+        for k, s in pairs(op.committed) do
+            add(k, s)
+        end
+        for k, s in pairs(op.added or {}) do    -- new keys while a snapshot is written
+            add(k, s)
         end
         idx_of = op.committed
         emitted = {}
@@ -404,7 +411,7 @@ function _M.make(node, ctx, out, store, job)
                 local s = idx[b]
                 if s then
                     for k in pairs(s) do
-                        local c = op.committed[k]
+                        local c = committed_of(op, k)
                         if c == nil then
                             s[k] = nil
                         elseif gap then

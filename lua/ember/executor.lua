@@ -105,15 +105,18 @@ function _M.compile(job, host, store)
         local node = nodes[i]
         if live[node] then
             local outs = {}
-            local once = {}                         -- a stream joined with itself is a child twice
+            local joined = {}
             for _, c in ipairs(node.children) do
-                if live[c] and not c.side and not once[c] then   -- late() is fed by its op
-                    once[c] = true
+                if live[c] and not c.side then      -- late() is fed by its op
                     local inp = input[c]
-                    if type(inp) == "table" then    -- a join: one push per side
-                        inp = inp[node]
+                    if type(inp) == "table" then    -- a join: one push per side, and a
+                        if not joined[c] then       -- stream joined with itself pushes once
+                            joined[c] = true
+                            outs[#outs + 1] = inp[node]
+                        end
+                    else
+                        outs[#outs + 1] = inp
                     end
-                    outs[#outs + 1] = inp
                 end
             end
             local out = fanout(outs)

@@ -163,7 +163,7 @@ function _M.load(path, host)
         -- records event-time windows found late, since the job's state began
         late_records = function()
             local op = store.ops["event_time#clock"]
-            return op and (op.committed.late or 0) or 0
+            return op and (state.committed_of(op, "late") or 0) or 0
         end,
     }
 end

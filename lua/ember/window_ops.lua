@@ -48,6 +48,7 @@ local new_map = require("ember.state_format").new_map
 local REMOVED = state.REMOVED
 local stored = state.stored
 local check_key = state.check_key
+local committed_of = state.committed_of
 
 
 local _M = {}
@@ -256,11 +257,26 @@ end
 local function visible(op, k)
     local s = op.staged[k]
     if s == nil then
-        s = op.committed[k]
+        s = committed_of(op, k)
     elseif s == REMOVED then
         return nil
     end
     return s
+end
+
+
+-- Every committed (key, stored value) of op: while a snapshot is written,
+-- keys new to the operator wait in op.added (ember.state).
+local function each_committed(op, fn)
+    for k, s in pairs(op.committed) do
+        fn(k, s)
+    end
+    local added = op.added
+    if added then
+        for k, s in pairs(added) do
+            fn(k, s)
+        end
+    end
 end
 
 
@@ -363,16 +379,16 @@ function _M.make(node, ctx, out, store)
     -- The committed slots, oldest first.
     local function slot_times()
         local ts = {}
-        for t in pairs(slots.committed) do
+        each_committed(slots, function(t)
             ts[#ts + 1] = t
-        end
+        end)
         tbl_sort(ts)
         return ts
     end
 
     -- The decoded content of a committed slot (kept while it stays).
     local function slot_value(t)
-        local s = slots.committed[t]
+        local s = committed_of(slots, t)
         if type(s) ~= "table" then
             return s
         end
@@ -438,7 +454,7 @@ function _M.make(node, ctx, out, store)
         local cutoff = now - length
         local ts = slot_times()
         for t in pairs(cache) do
-            if slots.committed[t] == nil or t <= cutoff then
+            if committed_of(slots, t) == nil or t <= cutoff then
                 cache[t] = nil
             end
         end
@@ -498,16 +514,17 @@ function _M.make(node, ctx, out, store)
         if agg then
             -- the window's value per key: #agg as this batch leaves it
             m = {}
-            for k, s in pairs(agg.committed) do
-                local x = agg.staged[k]
+            local staged = agg.staged
+            each_committed(agg, function(k, s)
+                local x = staged[k]
                 if x == nil then
                     m[k] = plain(s)
                 elseif x ~= REMOVED then
                     m[k] = plain(x)
                 end
-            end
-            for k, x in pairs(agg.staged) do
-                if x ~= REMOVED and agg.committed[k] == nil then
+            end)
+            for k, x in pairs(staged) do
+                if x ~= REMOVED and committed_of(agg, k) == nil then
                     m[k] = plain(x)
                 end
             end
