@@ -511,22 +511,37 @@ function _M.make(node, ctx, out, store)
         end
 
         local m
-        if agg then
-            -- the window's value per key: #agg as this batch leaves it
-            m = {}
+        if agg and keyed then
+            -- the window's value per key: #agg as this batch leaves it,
+            -- straight to the output
             local staged = agg.staged
+            local function one(k, s)
+                local v = plain(s)
+                if not filter or filter(k, v) then
+                    rn = rn + 1
+                    rk[rn] = k
+                    rv[rn] = v
+                end
+            end
             each_committed(agg, function(k, s)
                 local x = staged[k]
                 if x == nil then
-                    m[k] = plain(s)
+                    one(k, s)
                 elseif x ~= REMOVED then
-                    m[k] = plain(x)
+                    one(k, x)
                 end
             end)
             for k, x in pairs(staged) do
                 if x ~= REMOVED and committed_of(agg, k) == nil then
-                    m[k] = plain(x)
+                    one(k, x)
                 end
+            end
+            return rk, rv, rn
+        elseif agg then
+            m = {}
+            local v = visible(agg, true)
+            if v ~= nil then
+                m[true] = plain(v)
             end
         else
             m = {}
