@@ -43,7 +43,6 @@ local pcall = pcall
 local next = next
 local getmetatable = getmetatable
 local setmetatable = setmetatable
-local math_huge = math.huge
 local math_floor = math.floor
 local io_open = io.open
 local str_format = string.format
