@@ -85,6 +85,38 @@ return job
         assert.same({ "a11", "a12", "a21", "a22", "b33" }, t)
     end)
 
+    it("joins two windows of the same slide (Spark's windowed join)", function()
+        local desc = assert(H.load(dir, [[
+local ember = require "ember"
+local sink = require "test_sink"
+local job = ember.job { name = "j", batch_interval = "1s" }
+local function kv(s) return s:match("^(%w+)=(%w+)$") end
+local a = job:generator {}:map(kv):window("3s", "1s")
+local b = job:generator {}:map(kv):window("2s", "1s")
+a:join(b):foreach_batch(function(r) sink.out = r end)
+return job
+]], "wj"))
+        assert(desc.restore(0))
+        local view = require "spec.unit.support.view"
+        local function batch(id, t, l, r)
+            local v = view.batch(t, l, r)
+            local ok, failed, e = desc.run_batch(v.ptr, id)
+            assert(ok and failed == 0, e)
+            assert(desc.prepare(id))
+            assert(desc.apply(id))
+            local out = {}
+            for _, p in ipairs(sink.out) do out[#out + 1] = p[1] .. p[2][1] .. p[2][2] end
+            table.sort(out)
+            return out
+        end
+        assert.same({}, batch(1, 1000, { source = 1, "a=1" }, { source = 2, "b=x" }))
+        assert.same({ "a1y" }, batch(2, 2000, { source = 1 }, { source = 2, "a=y" }))
+        -- a=1 is still in a's 3 s window; b's 2 s window still has a=y
+        assert.same({ "a1y", "a2y" }, batch(3, 3000, { source = 1, "a=2" }, { source = 2 }))
+        -- a=y left b's window
+        assert.same({}, batch(4, 4000, { source = 1 }, { source = 2 }))
+    end)
+
     it("refuses a stream of single values", function()
         local _, err = H.load(dir, [[
 local ember = require "ember"
