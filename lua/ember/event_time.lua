@@ -166,6 +166,11 @@ function _M.clock(ctx, store, job)
     -- batches of a Kafka group join after a restart make no partition idle,
     -- and a stream that stays quiet after a restart still closes its windows.
     local started, since_load = false, 0
+    -- The previous batch's time, in memory only: the first batch after a
+    -- load moves nothing by processing time, and a quiet job's commits
+    -- write nothing once its channels are idle (no fsync per empty batch).
+    -- A retry runs with the same batch time, and the same previous time.
+    local last_time, this_time = nil, nil
     local interval = job.interval_ms or 1000
     local C = { idle_ms = idle }
 
@@ -218,7 +223,11 @@ function _M.clock(ctx, store, job)
         advanced = true
         local now = ctx.time or 0
         local staged = op.staged
-        local prev = visible(op, "prev")
+        local fresh = now ~= this_time          -- not a retry of the same batch
+        if fresh then
+            last_time, this_time = this_time, now
+        end
+        local prev = last_time
         local step = 0
         if prev and now > prev then
             step = now - prev
@@ -227,7 +236,9 @@ function _M.clock(ctx, store, job)
             end
         end
         if not started then
-            since_load = since_load + step
+            if fresh then
+                since_load = since_load + step
+            end
             if next(maxes) ~= nil or since_load >= idle then
                 started = true
             else
@@ -267,7 +278,7 @@ function _M.clock(ctx, store, job)
             local ikey = "idle:" .. ch
             local old = visible(op, ikey) or 0
             local t = 0
-            if maxes[tonumber(ch)] == nil then
+            if maxes[tonumber(ch)] == nil and idle ~= math_huge then
                 t = old + step
                 if t > idle then
                     t = idle
@@ -294,9 +305,6 @@ function _M.clock(ctx, store, job)
         if cand and (wm == nil or cand > wm) then
             staged.wm = cand
             wm = cand
-        end
-        if prev ~= now then
-            staged.prev = now
         end
         return wm or -math_huge
     end

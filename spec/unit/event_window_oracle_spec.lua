@@ -177,7 +177,7 @@ local function model()
         return want
     end
     function M.loaded()
-        started, since_load = false, 0
+        started, since_load, prev = false, 0, nil
     end
     return M
 end
