@@ -1,7 +1,7 @@
 # ember — build, dependencies, run, test, bench.
 # Plain GNU make; every library through pkg-config. `make V=1` shows commands.
 
-PKGS      := luajit rdkafka librabbitmq hiredis zlib
+PKGS      := luajit rdkafka librabbitmq hiredis zlib libmicrohttpd
 CC        ?= cc
 CFLAGS    ?= -O2 -g
 CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
@@ -13,9 +13,10 @@ SRCS      := $(wildcard core/*.c) $(wildcard connectors/*.c)
 OBJS      := $(SRCS:%.c=build/%.o)
 
 # Debian packages: to build, to run the specs, and the servers they start.
-DEB_BUILD := gcc make pkg-config zlib1g-dev libluajit2-5.1-dev librdkafka-dev librabbitmq-dev libhiredis-dev
+DEB_BUILD := gcc make pkg-config zlib1g-dev libluajit2-5.1-dev librdkafka-dev librabbitmq-dev libhiredis-dev \
+             libmicrohttpd-dev
 DEB_TEST  := luajit2 lua-busted lua-cjson lua-posix lua-socket procps \
-             redis-server rabbitmq-server kcat amqp-tools
+             redis-server rabbitmq-server kcat amqp-tools prometheus chromium curl
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST)
 
 ifeq ($(V),1)
@@ -42,6 +43,9 @@ build/libember-json.so: core/json.c core/json.h
 	@mkdir -p build
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) -fPIC -shared -o $@ core/json.c
+
+# The web page is built into the binary (core/ui.c, .incbin).
+build/core/ui.o: ui/index.html
 
 build/%.o: %.c
 	@mkdir -p $(dir $@)

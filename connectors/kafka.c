@@ -70,6 +70,7 @@
 #define CLOSE_NOTE_MS 2000    /* consumer_close slower than this is logged */
 #define CORE_PAUSE_GRACE_MS 1000 /* a core pause this long reaches the partitions */
 #define SINK_TIMEOUT_MS "30000" /* a record the cluster did not take by then fails its batch */
+#define LAG_PERIOD_MS 1000    /* how often the consumer lag is told to the receiver */
 
 /* ------------------------------------------------------------------ */
 /* Source state                                                        */
@@ -142,6 +143,8 @@ typedef struct kafka_src {
         int64_t offset;
     } *resume;
     size_t nresume;
+
+    int64_t lag_at; /* when the lag was last reported (receiver thread) */
 
     /* logging an outage once: the error code logged, cleared when data flows */
     atomic_int outage;
@@ -1111,9 +1114,70 @@ static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *
 
 /* Reads at most max records, waiting at most timeout_ms. Rebalances are
  * served inside the consume call, on this thread. */
+/* Tells the receiver the consumer lag of every assigned partition, once a
+ * LAG_PERIOD_MS: the high watermark librdkafka last saw in a fetch (no
+ * request of its own) minus the offset committed in this assignment, or
+ * minus the fetch position before anything was committed. Receiver thread. */
+static void report_lag(kafka_src *k, em_receiver *r)
+{
+    int64_t now = em_clock_mono_ms();
+    if (now - k->lag_at < LAG_PERIOD_MS)
+        return;
+    k->lag_at = now;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    if (!l)
+        return;
+    pthread_mutex_lock(&k->lock);
+    EACH_ASSIGNED(k, p) {
+        rd_kafka_topic_partition_t *el = rd_kafka_topic_partition_list_add(l, p->topic->name,
+                                                                           p->partition);
+        el->offset = p->committed; /* replaced by the position below when -1 */
+        el->opaque = (void *)(intptr_t)(p->committed >= 0);
+    }
+    pthread_mutex_unlock(&k->lock);
+    rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_copy(l);
+    if (pos && rd_kafka_position(k->rk, pos) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_topic_partition_list_destroy(pos);
+        pos = NULL;
+    }
+    char json[1024];
+    size_t w = (size_t)snprintf(json, sizeof json, "[");
+    int64_t total = 0;
+    int known = 0;
+    for (int i = 0; i < l->cnt; i++) {
+        rd_kafka_topic_partition_t *el = &l->elems[i];
+        int64_t lo, hi, base = el->offset;
+        if (rd_kafka_get_watermark_offsets(k->rk, el->topic, el->partition, &lo, &hi) !=
+                RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0)
+            continue;
+        if (base < 0 && pos && pos->elems[i].offset >= 0)
+            base = pos->elems[i].offset;
+        if (base < 0)
+            base = lo;
+        int64_t lag = hi > base ? hi - base : 0;
+        total += lag;
+        known = 1;
+        if (w < sizeof json - 160)
+            w += (size_t)snprintf(json + w, sizeof json - w, "%s{\"topic\":\"%.60s\",\"partition\":%d,"
+                                  "\"highWatermark\":%lld,\"committed\":%lld,\"lag\":%lld}",
+                                  w > 1 ? "," : "", el->topic, (int)el->partition, (long long)hi,
+                                  el->opaque ? (long long)el->offset : -1LL, (long long)lag);
+    }
+    if (w < sizeof json - 1)
+        snprintf(json + w, sizeof json - w, "]");
+    else
+        json[0] = '\0'; /* too many partitions for the detail: the total only */
+    em_receiver_set_lag(r, known ? total : -1, json);
+    if (pos)
+        rd_kafka_topic_partition_list_destroy(pos);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
 {
     kafka_src *k = self;
+    if (k->subscribed)
+        report_lag(k, r);
     if (!k->subscribed && subscribe(k) != 0)
         return -1;
     if (atomic_load(&k->seeks_pending))

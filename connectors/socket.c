@@ -214,6 +214,7 @@ static int step_connect(sock_src *s, em_receiver *r, int64_t deadline)
             s->connecting = 0;
             drop_addrs(s);
             em_log(EM_LOG_INFO, em_receiver_job(r), "%s: connected", s->name);
+            em_receiver_recovered(r);
             return 1;
         }
         /* this address failed: try the next one (localhost may be ::1 then 127.0.0.1) */

@@ -61,16 +61,80 @@ static const em_option keys[] = {
     {"log.rolling.strategy", EM_OPT_STRING, "off", "off, or time: start a new log file every interval"},
     {"log.rolling.time.interval", EM_OPT_STRING, "daily", "minutely, hourly or daily"},
     {"log.rolling.maxRetainedFiles", EM_OPT_INT, "10", "rolled log files kept"},
+    {"log.batchSummaryInterval", EM_OPT_DURATION, "10s",
+     "one info line per job this often with its batches' figures; 0 for none"},
+    {"ui.enabled", EM_OPT_BOOL, "true", "serve the HTTP API, /metrics and the web UI"},
+    {"ui.host", EM_OPT_STRING, "127.0.0.1", "address the HTTP server listens on"},
+    {"ui.port", EM_OPT_INT, "4040", "port of the HTTP server (0: any free port, logged)"},
+    {"ui.token", EM_OPT_STRING, "",
+     "a POST needs 'Authorization: Bearer <token>' (required off loopback)"},
+    {"ui.health.receiverFailingFor", EM_OPT_DURATION, "30s",
+     "/readyz fails while a receiver has been failing this long"},
+    {"ui.health.lateBatches", EM_OPT_INT, "10",
+     "/readyz fails after this many batches in a row took longer than their interval"},
+    {"run.pidFile", EM_OPT_STRING, NULL, "the PID file ember run writes (default: <checkpoint.dir>/ember.pid)"},
+    {"run.supervise", EM_OPT_BOOL, "false",
+     "restart a job stopped by on_error = \"fail\" from its file (--supervise)"},
     {NULL, 0, NULL, NULL},
 };
+
+/* Spark keys with a counterpart under another name here. */
+static const struct {
+    const char *spark, *ember;
+} renamed[] = {
+    /* There are no executors: the driver is the process whose log rolls. */
+    {"executor.logs.rolling.strategy", "log.rolling.strategy"},
+    {"executor.logs.rolling.time.interval", "log.rolling.time.interval"},
+    {"executor.logs.rolling.maxRetainedFiles", "log.rolling.maxRetainedFiles"},
+    {"executor.memory", "memory.max"},
+    {"cores.max", "streaming.concurrentJobs"},
+    {"driver.supervise", "run.supervise"},
+    {NULL, NULL},
+};
+
+/* Spark keys that mean nothing here, and why: accepted with an info line. */
+static const struct {
+    const char *key, *why;
+} meaningless[] = {
+    {"cleaner.ttl", "ember bounds memory by construction: a block is freed when the last batch "
+     "or window holding it is done, so there is no metadata for a TTL to clean"},
+    {"streaming.unpersist", "blocks are freed as soon as their last batch is done"},
+    {"streaming.receiver.blockStoreTimeout", "blocks live in the driver's memory, not a block "
+     "store"},
+    {"serializer", "records stay bytes in the driver's memory; nothing is serialized between "
+     "processes"},
+    {"executor.instances", "one driver process runs every job; streaming.concurrentJobs sets "
+     "its worker threads"},
+    {"driver.memory", "memory.max bounds what receivers hold"},
+    {NULL, NULL},
+};
+
+static const char *const live_keys[] = {
+    "log.level", "log.batchSummaryInterval", "streaming.batch.maxRetries",
+    "ui.health.receiverFailingFor", "ui.health.lateBatches", "ui.token", "run.supervise",
+    NULL,
+};
+
+int em_config_live_key(const char *key)
+{
+    for (const char *const *k = live_keys; *k; k++)
+        if (strcmp(*k, key) == 0)
+            return 1;
+    return 0;
+}
 
 void em_config_init(em_config *c)
 {
     memset(c, 0, sizeof *c);
     em_props_init(&c->props);
+    em_props_init(&c->origin);
 }
 
-void em_config_free(em_config *c) { em_props_clear(&c->props); }
+void em_config_free(em_config *c)
+{
+    em_props_clear(&c->props);
+    em_props_clear(&c->origin);
+}
 
 static char *trim(char *s)
 {
@@ -87,8 +151,22 @@ static char *trim(char *s)
 static int set_checked(em_config *c, const char *key, const char *value, const char *what,
                        char *err, size_t errlen)
 {
-    if (strncmp(key, "spark.", 6) == 0)
+    int spark = strncmp(key, "spark.", 6) == 0;
+    if (spark)
         key += 6;
+    for (int i = 0; meaningless[i].key; i++)
+        if (strcmp(key, meaningless[i].key) == 0) {
+            em_log(EM_LOG_INFO, NULL, "%s: %s%s = %s accepted and ignored: %s", what,
+                   spark ? "spark." : "", key, value, meaningless[i].why);
+            return 0;
+        }
+    for (int i = 0; renamed[i].spark; i++)
+        if (strcmp(key, renamed[i].spark) == 0) {
+            em_log(EM_LOG_INFO, NULL, "%s: %s%s is %s here", what, spark ? "spark." : "", key,
+                   renamed[i].ember);
+            key = renamed[i].ember;
+            break;
+        }
     em_props one;
     em_props_init(&one);
     int rc = em_props_set(&one, key, value);
@@ -97,6 +175,8 @@ static int set_checked(em_config *c, const char *key, const char *value, const c
     em_props_clear(&one);
     if (rc == 0)
         rc = em_props_set(&c->props, key, value);
+    if (rc == 0)
+        rc = em_props_set(&c->origin, key, what);
     return rc;
 }
 
@@ -194,6 +274,19 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     snprintf(c->log_rolling_interval, sizeof c->log_rolling_interval, "%s",
              em_props_str(p, "log.rolling.time.interval", "daily"));
     c->log_rolling_max_retained = (int)em_props_int(p, "log.rolling.maxRetainedFiles", 10);
+    c->log_batch_summary_ms = em_props_ms(p, "log.batchSummaryInterval", 10000);
+    c->ui_enabled = em_props_bool(p, "ui.enabled", 1);
+    snprintf(c->ui_host, sizeof c->ui_host, "%s", em_props_str(p, "ui.host", "127.0.0.1"));
+    c->ui_port = (int)em_props_int(p, "ui.port", 4040);
+    snprintf(c->ui_token, sizeof c->ui_token, "%s", em_props_str(p, "ui.token", ""));
+    c->health_receiver_failing_ms = em_props_ms(p, "ui.health.receiverFailingFor", 30000);
+    c->health_late_batches = (int)em_props_int(p, "ui.health.lateBatches", 10);
+    const char *pid = em_props_str(p, "run.pidFile", NULL);
+    if (pid)
+        snprintf(c->pid_file, sizeof c->pid_file, "%s", pid);
+    else
+        snprintf(c->pid_file, sizeof c->pid_file, "%.1000s/ember.pid", c->checkpoint_dir);
+    c->supervise = em_props_bool(p, "run.supervise", 0);
 
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     static const char *const strategies[] = {"off", "time", NULL};
@@ -232,8 +325,15 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
         bad = "log.rolling.strategy", hint = "off or time";
     else if (!one_of(c->log_rolling_interval, intervals))
         bad = "log.rolling.time.interval", hint = "minutely, hourly or daily";
-    else if (strcmp(c->log_rolling_strategy, "time") == 0 && !c->log_file[0])
-        bad = "log.rolling.strategy", hint = "off unless log.file is set";
+    else if (c->ui_port < 0 || c->ui_port > 65535)
+        bad = "ui.port", hint = "between 0 and 65535";
+    else if (c->health_late_batches < 1)
+        bad = "ui.health.lateBatches", hint = "at least 1";
+    else if (!c->pid_file[0])
+        bad = "run.pidFile", hint = "a file name";
+    if (!bad && strcmp(c->log_rolling_strategy, "time") == 0 && !c->log_file[0])
+        em_log(EM_LOG_INFO, NULL, "log.rolling.strategy = time: the log goes to stderr, where "
+               "nothing rolls; set log.file to write rolling files");
     if (bad) {
         value = em_props_get(p, bad);
         snprintf(err, errlen, "configuration: %s = '%s' must be %s", bad, value ? value : "",
@@ -254,4 +354,39 @@ void em_config_print_keys(void)
     for (const em_option *o = keys; o->name; o++)
         printf("  %-38s %-8s %-14s %s\n", o->name, type_name(o->type),
                o->def ? (*o->def ? o->def : "\"\"") : "(see help)", o->help);
+}
+
+/* The keys with their effective values, sources and, for unset keys, their
+ * defaults: what `ember config` prints. */
+void em_config_print_effective(const em_config *c)
+{
+    for (const em_option *o = keys; o->name; o++) {
+        const char *v = em_props_get(&c->props, o->name);
+        const char *from = em_props_get(&c->origin, o->name);
+        if (!v && strcmp(o->name, "streaming.concurrentJobs") == 0) {
+            printf("%-48s %-24d (default: number of cores)\n", o->name, c->concurrent_jobs);
+            continue;
+        }
+        if (!v && strcmp(o->name, "run.pidFile") == 0) {
+            printf("%-48s %-24s (default: in checkpoint.dir)\n", o->name, c->pid_file);
+            continue;
+        }
+        char masked[300];
+        em_mask_secret(v ? v : "", masked, sizeof masked);
+        if (strcmp(o->name, "ui.token") == 0 && *masked)
+            snprintf(masked, sizeof masked, "***");
+        printf("%-48s %-24s (%s)\n", o->name, *masked ? masked : "\"\"",
+               from ? from : v ? "default" : "unset");
+    }
+}
+
+void em_config_diff(const em_config *a, const em_config *b,
+                    void (*fn)(const char *key, const char *old, const char *now, void *arg),
+                    void *arg)
+{
+    for (const em_option *o = keys; o->name; o++) {
+        const char *x = em_props_get(&a->props, o->name), *y = em_props_get(&b->props, o->name);
+        if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
+            fn(o->name, x ? x : "(unset)", y ? y : "(unset)", arg);
+    }
 }

@@ -39,7 +39,17 @@ typedef struct em_config {
     char log_rolling_strategy[16];
     char log_rolling_interval[16];
     int log_rolling_max_retained;
-    em_props props; /* every key, validated, defaults filled */
+    int64_t log_batch_summary_ms; /* one info line per job this often; 0: off */
+    int ui_enabled;
+    char ui_host[256];
+    int ui_port;
+    char ui_token[256]; /* empty: control calls need no token */
+    int64_t health_receiver_failing_ms;
+    int health_late_batches;
+    char pid_file[1100]; /* default <checkpoint.dir>/ember.pid */
+    int supervise;       /* restart a job stopped by on_error = fail */
+    em_props props;  /* every key, validated, defaults filled */
+    em_props origin; /* where each key given came from: "ember.conf:3", "--conf" */
 } em_config;
 
 void em_config_init(em_config *c);
@@ -52,5 +62,13 @@ int em_config_finish(em_config *c, char *err, size_t errlen);
 void em_config_free(em_config *c);
 /* Prints the table of keys with defaults and help, for --help. */
 void em_config_print_keys(void);
+/* Prints every key's effective value and where it came from (ember config). */
+void em_config_print_effective(const em_config *c);
+/* Whether a key takes effect on a SIGHUP without a restart. */
+int em_config_live_key(const char *key);
+/* Calls fn for each key whose value differs between a and b. */
+void em_config_diff(const em_config *a, const em_config *b,
+                    void (*fn)(const char *key, const char *old, const char *now, void *arg),
+                    void *arg);
 
 #endif

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,10 +14,13 @@
 #include "job.h"
 #include "log.h"
 #include "scheduler.h"
+#include "snapshot.h"
 
 typedef struct broken_file { /* a script that failed to load, until it changes */
     char *path;
     char *script;
+    char *error; /* why, for the API */
+    int disabled;
 } broken_file;
 
 struct em_driver {
@@ -30,7 +34,28 @@ struct em_driver {
     size_t nbroken;
     em_scheduler *sched;
     em_clock *clock;
+    em_snapshot_slot *snap; /* what the HTTP API reads */
+    int64_t published_ms, start_ms;
+    int stopping;
+    char last_error[512]; /* under lock, for the API */
+    int64_t last_error_ms;
 };
+
+/* Logs a driver-level error and keeps it for the API. */
+static void driver_error(em_driver *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void driver_error(em_driver *d, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    em_log(EM_LOG_ERROR, NULL, "%s", msg);
+    pthread_mutex_lock(&d->lock);
+    snprintf(d->last_error, sizeof d->last_error, "%s", msg);
+    d->last_error_ms = em_clock_now_ms();
+    pthread_mutex_unlock(&d->lock);
+}
 
 em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
 {
@@ -44,6 +69,12 @@ em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
     while (n > 1 && d->jobs_dir[n - 1] == '/') /* "jobs/" names files "jobs/x.lua" */
         d->jobs_dir[--n] = '\0';
     pthread_mutex_init(&d->lock, NULL);
+    d->snap = em_snapshot_slot_create();
+    d->start_ms = em_clock_now_ms();
+    if (!d->snap) {
+        free(d);
+        return NULL;
+    }
     return d;
 }
 
@@ -77,14 +108,23 @@ static void hold_receivers(em_driver *d, em_job *j)
 {
     int waiting = (int)em_scheduler_pending(d->sched, j);
     int too_many = waiting > d->cfg->max_waiting_batches;
-    int hold = too_many || j->nrecovered > 0;
+    int hold = too_many || j->nrecovered > 0 || j->paused;
     if (hold == j->held)
         return;
     j->held = hold;
     for (size_t i = 0; i < j->version->nreceivers; i++)
         em_receiver_hold(j->version->receivers[i], hold);
+    if (j->paused) /* the pause was logged by the command */
+        return;
+    /* A catch-up pauses and resumes once a batch: info once a minute, the
+     * rest at debug (the API and /metrics show the state all along). */
+    int64_t now = em_clock_mono_ms();
+    em_log_level level = !j->held_logged_ms || now - j->held_logged_ms >= 60000 ? EM_LOG_INFO
+                                                                                 : EM_LOG_DEBUG;
+    if (level == EM_LOG_INFO && !hold)
+        j->held_logged_ms = now;
     if (too_many || !hold)
-        em_log(hold ? EM_LOG_WARN : EM_LOG_INFO, j->name, hold
+        em_log(level, j->name, hold
                ? "%d batches waiting (streaming.maxWaitingBatches = %d): receivers paused"
                : "%d batches waiting (streaming.maxWaitingBatches = %d): receivers resumed",
                waiting, d->cfg->max_waiting_batches);
@@ -111,6 +151,31 @@ static void settle_failure(em_job *j, int64_t now)
     j->state = EM_JOB_FAILED;
 }
 
+/* Builds and swaps in the snapshot the HTTP API reads. Driver lock held. */
+static void publish(em_driver *d)
+{
+    em_snapshot *s = em_snapshot_build(d->jobs, d->njobs, d->sched, d->nbroken);
+    if (!s)
+        return;
+    s->start_ms = d->start_ms;
+    s->block_interval_ms = d->cfg->block_interval_ms;
+    s->batch_interval_ms = d->cfg->batch_interval_ms;
+    s->workers = d->cfg->concurrent_jobs;
+    s->max_waiting_batches = d->cfg->max_waiting_batches;
+    s->memory_max = (size_t)d->cfg->memory_max;
+    for (size_t i = 0; i < d->nbroken; i++) {
+        snprintf(s->broken[i].path, sizeof s->broken[i].path, "%s", d->broken[i].path);
+        snprintf(s->broken[i].error, sizeof s->broken[i].error, "%s",
+                 d->broken[i].error ? d->broken[i].error : "");
+        s->broken[i].disabled = d->broken[i].disabled;
+    }
+    s->state = d->stopping ? "stopping" : "running";
+    snprintf(s->last_error, sizeof s->last_error, "%s", d->last_error);
+    s->last_error_ms = d->last_error_ms;
+    d->published_ms = s->taken_ms;
+    em_snapshot_slot_put(d->snap, s);
+}
+
 /* The clock's work, every blockInterval. */
 static void tick(int64_t now, void *arg)
 {
@@ -119,13 +184,16 @@ static void tick(int64_t now, void *arg)
     for (size_t i = 0; i < d->njobs; i++) {
         em_job *j = d->jobs[i];
         settle_failure(j, now);
-        if (j->state == EM_JOB_FAILED)
+        if (j->state == EM_JOB_FAILED || j->state == EM_JOB_STOPPED)
             continue;
-        if (j->state == EM_JOB_REMOVING) {
+        if (j->state == EM_JOB_REMOVING || j->state == EM_JOB_STOPPING) {
             em_job_stop_receivers(j); /* seals their last records */
             submit(d, em_batch_cut(j, now));
-            j->state = EM_JOB_RETIRED;
-            em_log(EM_LOG_INFO, j->name, "stopped: %s was removed", j->path);
+            if (j->state == EM_JOB_STOPPING)
+                em_log(EM_LOG_INFO, j->name, "stopped through the API; its last batch is queued");
+            else
+                em_log(EM_LOG_INFO, j->name, "stopped: %s was removed", j->path);
+            j->state = j->state == EM_JOB_STOPPING ? EM_JOB_STOPPED : EM_JOB_RETIRED;
             continue;
         }
         if (j->state != EM_JOB_RUNNING)
@@ -155,6 +223,8 @@ static void tick(int64_t now, void *arg)
         }
         j->next_batch_ms = next_boundary(now, j->version->batch_interval_ms);
     }
+    if (now - d->published_ms >= EM_SNAPSHOT_PERIOD_MS)
+        publish(d);
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -229,19 +299,25 @@ static void forget_broken(em_driver *d, const char *path)
         return;
     free(b->path);
     free(b->script);
+    free(b->error);
     *b = d->broken[--d->nbroken];
 }
 
-static void remember_broken(em_driver *d, const char *path, const char *script)
+static void remember_broken(em_driver *d, const char *path, const char *script,
+                            const char *error, int disabled)
 {
+    pthread_mutex_lock(&d->lock); /* the clock publishes the list */
     forget_broken(d, path);
     broken_file *nb = realloc(d->broken, (d->nbroken + 1) * sizeof *nb);
-    if (!nb)
-        return;
-    d->broken = nb;
-    d->broken[d->nbroken].path = strdup(path);
-    d->broken[d->nbroken].script = strdup(script);
-    d->nbroken++;
+    if (nb) {
+        d->broken = nb;
+        d->broken[d->nbroken].path = strdup(path);
+        d->broken[d->nbroken].script = strdup(script);
+        d->broken[d->nbroken].error = strdup(error);
+        d->broken[d->nbroken].disabled = disabled;
+        d->nbroken++;
+    }
+    pthread_mutex_unlock(&d->lock);
 }
 
 static em_version *load_version(em_driver *d, const char *path, int64_t reload_ms,
@@ -255,11 +331,13 @@ static em_version *load_version(em_driver *d, const char *path, int64_t reload_m
             em_log(EM_LOG_INFO, NULL, "%s: not started: %s", path, err);
         else
             em_log(EM_LOG_ERROR, NULL, "%s", err);
-        remember_broken(d, path, script);
+        remember_broken(d, path, script, err, disabled);
         return NULL;
     }
     v->reload_ms = reload_ms;
+    pthread_mutex_lock(&d->lock);
     forget_broken(d, path);
+    pthread_mutex_unlock(&d->lock);
     return v;
 }
 
@@ -267,9 +345,11 @@ static void add_job(em_driver *d, const char *path, char *script, em_version *v)
 {
     em_job *other = find_job_by_name(d, v->desc->name);
     if (other) {
-        em_log(EM_LOG_ERROR, NULL, "%s: job name '%s' is already used by %s; not started", path,
-               v->desc->name, other->path);
-        remember_broken(d, path, script);
+        char why[2200];
+        snprintf(why, sizeof why, "%s: job name '%s' is already used by %s; not started", path,
+                 v->desc->name, other->path);
+        em_log(EM_LOG_ERROR, NULL, "%s", why);
+        remember_broken(d, path, script, why, 0);
         free(script);
         em_version_unref(v);
         return;
@@ -321,7 +401,7 @@ static void change_job(em_driver *d, em_job *j, char *script, int64_t reload_ms)
          * job at its first batch: keep the running version instead. */
         em_log(EM_LOG_ERROR, j->name, "%s", why);
         em_log(EM_LOG_WARN, j->name, "reload failed; the running version keeps running");
-        remember_broken(d, j->path, script);
+        remember_broken(d, j->path, script, why, 0);
         free(script);
         em_version_unref(v);
         return;
@@ -329,7 +409,8 @@ static void change_job(em_driver *d, em_job *j, char *script, int64_t reload_ms)
     if (strcmp(v->desc->name, j->name) != 0) {
         /* A rename is a new job: stop the old one, start the new one. */
         pthread_mutex_lock(&d->lock);
-        j->state = j->state == EM_JOB_FAILED ? EM_JOB_RETIRED : EM_JOB_REMOVING;
+        j->state = j->state == EM_JOB_FAILED || j->state == EM_JOB_STOPPED ? EM_JOB_RETIRED
+                                                                            : EM_JOB_REMOVING;
         pthread_mutex_unlock(&d->lock);
         add_job(d, j->path, script, v);
         return;
@@ -346,6 +427,11 @@ static void change_job(em_driver *d, em_job *j, char *script, int64_t reload_ms)
         j->next_batch_ms = next_boundary(em_clock_now_ms(), v->batch_interval_ms);
         start_version(d, v);
         em_log(EM_LOG_INFO, j->name, "restarted from its changed file");
+    } else if (j->state == EM_JOB_STOPPED || j->state == EM_JOB_STOPPING) {
+        /* Stopped through the API: the new version waits for a start. */
+        em_version_unref(j->next);
+        j->next = v;
+        em_log(EM_LOG_INFO, j->name, "new version loaded; the job stays stopped until started");
     } else {
         em_version_unref(j->next); /* a swap still pending is superseded */
         j->next = v;
@@ -377,7 +463,7 @@ void em_driver_reload(em_driver *d)
     errno = 0;
     char **files = scan(d->jobs_dir, &nfiles);
     if (!files && errno) {
-        em_log(EM_LOG_ERROR, NULL, "cannot read the jobs folder %s: %s", d->jobs_dir,
+        driver_error(d, "cannot read the jobs folder %s: %s", d->jobs_dir,
                strerror(errno));
         return;
     }
@@ -391,9 +477,9 @@ void em_driver_reload(em_driver *d)
         if (present)
             continue;
         pthread_mutex_lock(&d->lock);
-        if (j->state == EM_JOB_RUNNING)
+        if (j->state == EM_JOB_RUNNING || j->state == EM_JOB_STOPPING)
             j->state = EM_JOB_REMOVING;
-        else if (j->state == EM_JOB_FAILED)
+        else if (j->state == EM_JOB_FAILED || j->state == EM_JOB_STOPPED)
             j->state = EM_JOB_RETIRED;
         pthread_mutex_unlock(&d->lock);
     }
@@ -401,10 +487,13 @@ void em_driver_reload(em_driver *d)
         int present = 0;
         for (size_t k = 0; k < nfiles && !present; k++)
             present = strcmp(files[k], d->broken[i].path) == 0;
-        if (present)
+        if (present) {
             i++;
-        else
+        } else {
+            pthread_mutex_lock(&d->lock);
             forget_broken(d, d->broken[i].path);
+            pthread_mutex_unlock(&d->lock);
+        }
     }
     /* New and changed files. */
     for (size_t k = 0; k < nfiles; k++) {
@@ -430,6 +519,9 @@ void em_driver_reload(em_driver *d)
     for (size_t k = 0; k < nfiles; k++)
         free(files[k]);
     free(files);
+    pthread_mutex_lock(&d->lock);
+    publish(d);
+    pthread_mutex_unlock(&d->lock);
 }
 
 int em_driver_start(em_driver *d)
@@ -460,13 +552,18 @@ void em_driver_stop(em_driver *d, int graceful)
 {
     em_clock_stop(d->clock);
     d->clock = NULL;
+    pthread_mutex_lock(&d->lock);
+    d->stopping = 1;
+    publish(d); /* the last snapshot: the API says the driver is stopping */
+    pthread_mutex_unlock(&d->lock);
     em_log(EM_LOG_INFO, NULL, "stopping: receivers stop, %s", graceful
            ? "every received record is processed first" : "unprocessed records are not acknowledged");
     int64_t now = em_clock_now_ms();
     pthread_mutex_lock(&d->lock);
     for (size_t i = 0; i < d->njobs; i++) {
         em_job *j = d->jobs[i];
-        if (j->state != EM_JOB_RUNNING && j->state != EM_JOB_REMOVING)
+        if (j->state != EM_JOB_RUNNING && j->state != EM_JOB_REMOVING &&
+            j->state != EM_JOB_STOPPING)
             continue;
         em_job_stop_receivers(j);
         if (graceful && j->nrecovered) /* recovered records are older than the rest */
@@ -496,8 +593,100 @@ void em_driver_free(em_driver *d)
     while (d->nbroken)
         forget_broken(d, d->broken[0].path);
     free(d->broken);
+    em_snapshot_slot_free(d->snap);
     pthread_mutex_destroy(&d->lock);
     free(d);
+}
+
+em_snapshot *em_driver_snapshot(em_driver *d) { return em_snapshot_slot_get(d->snap); }
+
+/* A job taking commands: not retired, not being removed. */
+static em_job *find_controllable(em_driver *d, const char *name)
+{
+    em_job *j = find_job_by_name(d, name);
+    return j && j->state != EM_JOB_REMOVING ? j : NULL;
+}
+
+/* Starts a stopped or failed job again from its file's latest text: the
+ * version a reload loaded meanwhile, else a fresh load. Driver lock held;
+ * loading a script runs outside it. */
+static int start_job(em_driver *d, em_job *j, char *msg, size_t len)
+{
+    if (j->state == EM_JOB_RUNNING || j->state == EM_JOB_STOPPING) {
+        snprintf(msg, len, "job '%s' is %s", j->name,
+                 j->state == EM_JOB_RUNNING ? "already running" : "stopping");
+        return 1;
+    }
+    em_version *v = j->next;
+    j->next = NULL;
+    if (!v) {
+        pthread_mutex_unlock(&d->lock);
+        char *script = em_read_file(j->path);
+        v = script ? load_version(d, j->path, em_clock_now_ms(), script) : NULL;
+        pthread_mutex_lock(&d->lock);
+        if (v && script) {
+            free(j->script);
+            j->script = script;
+        } else {
+            free(script);
+        }
+        if (!v) {
+            snprintf(msg, len, "job '%s': %s does not load; see the log", j->name, j->path);
+            return 1;
+        }
+    }
+    em_version_unref(j->version);
+    j->version = v;
+    atomic_store(&j->failed, 0);
+    j->state = EM_JOB_RUNNING;
+    j->next_batch_ms = next_boundary(em_clock_now_ms(), v->batch_interval_ms);
+    start_version(d, v);
+    em_log(EM_LOG_INFO, j->name, "started through the API");
+    snprintf(msg, len, "job '%s' started", j->name);
+    return 0;
+}
+
+int em_driver_control(em_driver *d, em_driver_command cmd, const char *name, char *msg,
+                      size_t len)
+{
+    if (cmd == EM_DRIVER_RELOAD) {
+        em_driver_reload(d);
+        snprintf(msg, len, "reloaded %s", d->jobs_dir);
+        return 0;
+    }
+    pthread_mutex_lock(&d->lock);
+    em_job *j = find_controllable(d, name);
+    int rc = 0;
+    if (!j) {
+        snprintf(msg, len, "no job named '%s'", name);
+        rc = -1;
+    } else if (cmd == EM_DRIVER_STOP_JOB) {
+        settle_failure(j, em_clock_now_ms());
+        if (j->state == EM_JOB_RUNNING) {
+            j->state = EM_JOB_STOPPING; /* the clock cuts its last batch */
+            j->paused = 0;
+            snprintf(msg, len, "job '%s' stops after its last batch", j->name);
+        } else {
+            snprintf(msg, len, "job '%s' is not running", j->name);
+            rc = 1;
+        }
+    } else if (cmd == EM_DRIVER_START_JOB) {
+        settle_failure(j, em_clock_now_ms());
+        rc = start_job(d, j, msg, len);
+    } else if (j->state != EM_JOB_RUNNING) {
+        snprintf(msg, len, "job '%s' is not running", j->name);
+        rc = 1;
+    } else {
+        int on = cmd == EM_DRIVER_PAUSE_JOB;
+        if (j->paused != on)
+            em_log(EM_LOG_INFO, j->name, on ? "paused through the API: receivers stop reading, "
+                   "batches keep their times" : "resumed through the API");
+        j->paused = on;
+        snprintf(msg, len, "job '%s' %s", j->name, on ? "paused" : "resumed");
+    }
+    publish(d);
+    pthread_mutex_unlock(&d->lock);
+    return rc;
 }
 
 const char *em_driver_id(const em_driver *d) { return d->cfg->ember_id; }

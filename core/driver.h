@@ -30,4 +30,22 @@ void em_driver_free(em_driver *d); /* accepts NULL */
  * the HTTP API and status output). */
 const char *em_driver_id(const em_driver *d);
 
+/* The snapshot the clock last published (snapshot.h), a reference; NULL
+ * before the first. Any thread. */
+struct em_snapshot *em_driver_snapshot(em_driver *d);
+
+typedef enum em_driver_command {
+    EM_DRIVER_RELOAD,
+    EM_DRIVER_STOP_JOB,   /* receivers stop, a last batch runs, the job stays listed */
+    EM_DRIVER_START_JOB,  /* a stopped or failed job, from its file */
+    EM_DRIVER_PAUSE_JOB,  /* receivers hold; batches go on, empty */
+    EM_DRIVER_RESUME_JOB,
+} em_driver_command;
+
+/* Runs one command on the main thread (control.h). Returns 0 when done, -1
+ * when there is no such job, 1 when the job is not in a state that allows
+ * it; msg says what happened. */
+int em_driver_control(em_driver *d, em_driver_command cmd, const char *name, char *msg,
+                      size_t len);
+
 #endif

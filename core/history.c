@@ -2,13 +2,21 @@
 #include "history.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+const double em_history_bucket_le[EM_HISTORY_BUCKETS] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
+};
 
 struct em_history {
+    atomic_int refs;
     pthread_mutex_t lock;
     em_batch_info *ring;
     size_t cap, next, count;
-    uint64_t batches, records, failed;
+    em_history_sum t;
 };
 
 em_history *em_history_create(size_t capacity)
@@ -22,8 +30,26 @@ em_history *em_history_create(size_t capacity)
         free(h);
         return NULL;
     }
+    atomic_init(&h->refs, 1);
     pthread_mutex_init(&h->lock, NULL);
     return h;
+}
+
+em_history *em_history_ref(em_history *h)
+{
+    if (h)
+        atomic_fetch_add(&h->refs, 1);
+    return h;
+}
+
+static void observe(uint64_t *buckets, double *sum, int64_t ms)
+{
+    double s = (double)ms / 1000.0;
+    *sum += s;
+    for (int i = 0; i < EM_HISTORY_BUCKETS; i++)
+        if (s <= em_history_bucket_le[i])
+            buckets[i]++;
+    buckets[EM_HISTORY_BUCKETS]++;
 }
 
 void em_history_add(em_history *h, const em_batch_info *info)
@@ -33,9 +59,26 @@ void em_history_add(em_history *h, const em_batch_info *info)
     h->next = (h->next + 1) % h->cap;
     if (h->count < h->cap)
         h->count++;
-    h->batches++;
-    h->records += info->records;
-    h->failed += (uint64_t)info->failed;
+    h->t.batches++;
+    h->t.records += info->records;
+    h->t.failed += (uint64_t)info->failed;
+    h->t.failed_batches += !info->ok;
+    observe(h->t.processing, &h->t.processing_sum_s, info->processing_ms);
+    observe(h->t.total_delay, &h->t.total_delay_sum_s, info->total_delay_ms);
+    if (info->interval_ms > 0 && info->processing_ms > info->interval_ms)
+        h->t.late_in_a_row++;
+    else
+        h->t.late_in_a_row = 0;
+    pthread_mutex_unlock(&h->lock);
+}
+
+void em_history_set_error(em_history *h, int64_t when_ms, const char *err)
+{
+    if (!err || !*err)
+        return;
+    pthread_mutex_lock(&h->lock);
+    snprintf(h->t.last_error, sizeof h->t.last_error, "%s", err);
+    h->t.last_error_ms = when_ms;
     pthread_mutex_unlock(&h->lock);
 }
 
@@ -49,18 +92,27 @@ size_t em_history_recent(em_history *h, em_batch_info *out, size_t max)
     return n;
 }
 
+size_t em_history_capacity(const em_history *h) { return h->cap; }
+
 void em_history_totals(em_history *h, uint64_t *batches, uint64_t *records, uint64_t *failed)
 {
     pthread_mutex_lock(&h->lock);
-    *batches = h->batches;
-    *records = h->records;
-    *failed = h->failed;
+    *batches = h->t.batches;
+    *records = h->t.records;
+    *failed = h->t.failed;
+    pthread_mutex_unlock(&h->lock);
+}
+
+void em_history_summary(em_history *h, em_history_sum *out)
+{
+    pthread_mutex_lock(&h->lock);
+    *out = h->t;
     pthread_mutex_unlock(&h->lock);
 }
 
 void em_history_free(em_history *h)
 {
-    if (!h)
+    if (!h || atomic_fetch_sub(&h->refs, 1) != 1)
         return;
     pthread_mutex_destroy(&h->lock);
     free(h->ring);

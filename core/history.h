@@ -1,7 +1,10 @@
 /* history.h — the last N completed batches of one job, for metrics and the API.
  *
  * A fixed ring (streaming.ui.retainedBatches) so memory does not grow with
- * uptime. Written by the worker that finished a batch, read by anyone.
+ * uptime. Written by the worker that finished a batch, read by anyone: the
+ * lock is held for a copy only. Totals and the histograms /metrics serves
+ * count every batch since start, not only the retained ones. Reference
+ * counted, so a published snapshot (snapshot.h) can outlive its job.
  */
 #ifndef EMBER_HISTORY_H
 #define EMBER_HISTORY_H
@@ -23,17 +26,39 @@ typedef struct em_batch_info {
     int64_t pool_wait_ms;        /* time those waits took */
     int64_t commit_ms;           /* the commit: state files, checkpoint, apply */
     uint64_t state_written;      /* bytes of state the commit wrote */
+    int64_t interval_ms;         /* the batch interval of the version that ran it */
+    uint32_t retries;            /* runs after the first (an output failed) */
     int ok;
 } em_batch_info;
+
+/* Upper bounds (seconds) of the histogram buckets, then +Inf. */
+#define EM_HISTORY_BUCKETS 14
+extern const double em_history_bucket_le[EM_HISTORY_BUCKETS];
+
+typedef struct em_history_sum {
+    uint64_t batches, records, failed, failed_batches;
+    /* cumulative counts per bucket (le), the last one +Inf */
+    uint64_t processing[EM_HISTORY_BUCKETS + 1], total_delay[EM_HISTORY_BUCKETS + 1];
+    double processing_sum_s, total_delay_sum_s;
+    uint32_t late_in_a_row; /* latest batches in a row whose processing took over their interval */
+    char last_error[512];   /* "" when no batch failed yet */
+    int64_t last_error_ms;
+} em_history_sum;
 
 typedef struct em_history em_history;
 
 em_history *em_history_create(size_t capacity);
+em_history *em_history_ref(em_history *h);
 void em_history_add(em_history *h, const em_batch_info *info);
+/* The first error of a batch that had one (a failed record, an output that
+ * could not deliver): kept as the job's last error. */
+void em_history_set_error(em_history *h, int64_t when_ms, const char *err);
 /* Copies up to max of the newest entries, newest first; returns the count. */
 size_t em_history_recent(em_history *h, em_batch_info *out, size_t max);
+size_t em_history_capacity(const em_history *h);
 /* Totals since start. */
 void em_history_totals(em_history *h, uint64_t *batches, uint64_t *records, uint64_t *failed);
-void em_history_free(em_history *h); /* accepts NULL */
+void em_history_summary(em_history *h, em_history_sum *out);
+void em_history_free(em_history *h); /* drops a reference; accepts NULL */
 
 #endif

@@ -37,6 +37,8 @@ typedef enum em_job_state {
     EM_JOB_REMOVING, /* file removed: cut a last batch, then retire */
     EM_JOB_RETIRED,  /* no more batches; freed once its last one finished */
     EM_JOB_FAILED,   /* on_error = fail met an error; waits for a changed file */
+    EM_JOB_STOPPING, /* stopped through the API: cut a last batch, then STOPPED */
+    EM_JOB_STOPPED,  /* stopped through the API; kept until started again */
 } em_job_state;
 
 typedef struct em_job {
@@ -57,6 +59,8 @@ typedef struct em_job {
                                 (set by workers, read by the clock) */
     em_pid pid;              /* workers only */
     int held;                /* receivers held: too many batches waiting (clock only) */
+    int paused;              /* paused through the API: receivers held (driver lock) */
+    int64_t held_logged_ms;  /* last pause/resume logged at info (clock only) */
     /* Blocks recovered from the write-ahead log, cut into batches before
      * new input (clock only). */
     em_block **recovered;

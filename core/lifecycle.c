@@ -188,7 +188,9 @@ static void record(em_batch *b, const em_batch_result *res, int ok, int64_t end,
                    int64_t commit_ms, uint64_t written)
 {
     em_job *j = b->job;
-    em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks};
+    em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks,
+                          .interval_ms = b->version->batch_interval_ms,
+                          .retries = (uint32_t)b->attempts};
     info.scheduling_delay_ms = b->started_ms - b->time_ms;
     info.processing_ms = end - b->started_ms;
     info.total_delay_ms = end - b->time_ms;
@@ -206,6 +208,7 @@ static void record(em_batch *b, const em_batch_result *res, int ok, int64_t end,
     info.pool_waits = pools.waits;
     info.pool_wait_ms = pools.wait_ms;
     em_history_add(j->history, &info);
+    em_history_set_error(j->history, end, res->err);
     if (b->first_of_reload)
         em_log(EM_LOG_INFO, j->name, "first batch of the new version done %lld ms after the reload",
                (long long)(end - b->version->reload_ms));
@@ -234,6 +237,7 @@ static void retry_later(em_batch *b, const char *why)
     em_job *j = b->job;
     const em_config *cfg = j->rt->cfg;
     b->attempts++;
+    em_history_set_error(j->history, em_clock_now_ms(), why);
     int64_t backoff = cfg->batch_max_backoff_ms;
     if (b->attempts < 40 && ((int64_t)RETRY_BACKOFF_MS << (b->attempts - 1)) < backoff)
         backoff = (int64_t)RETRY_BACKOFF_MS << (b->attempts - 1);

@@ -97,8 +97,18 @@ void em_log_close(void)
     pthread_mutex_unlock(&file_lock);
 }
 
+static _Thread_local char thread_last[256];
+
+const char *em_log_thread_last(void) { return thread_last; }
+
 void em_log(em_log_level level, const char *job, const char *fmt, ...)
 {
+    if (level >= EM_LOG_WARN) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(thread_last, sizeof thread_last, fmt, ap);
+        va_end(ap);
+    }
     if (level < min_level)
         return;
     struct timespec ts;

@@ -10,6 +10,10 @@ typedef enum { EM_LOG_DEBUG, EM_LOG_INFO, EM_LOG_WARN, EM_LOG_ERROR } em_log_lev
 
 void em_log(em_log_level level, const char *job, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The text of the last warn or error line this thread logged (even below
+ * log.level), without time and level; "" if none. A receiver keeps it as its
+ * last error when its connector's poll() fails. */
+const char *em_log_thread_last(void);
 void em_log_set_level(em_log_level level);
 /* Names the driver on every line, after the time (ember.id); set once at
  * start, before other threads log. NULL or "" leaves it out. */

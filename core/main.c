@@ -8,8 +8,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "cli.h"
+#include "clock.h"
+#include "control.h"
+#include "http.h"
+#include "metrics.h"
+#include "snapshot.h"
 #include "config.h"
 #include "driver.h"
 #include "identity.h"
@@ -28,17 +36,30 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: ember run [--config FILE] [--conf key=value]... [--log-level LEVEL] [JOBS_DIR]\n"
+            "       ember status [--watch]\n"
+            "       ember reload\n"
+            "       ember stop [JOB]\n"
+            "       ember config\n"
             "       ember check JOB.lua\n"
             "       ember version\n"
             "       ember --help\n"
             "\n"
             "run     runs every job script in JOBS_DIR (default: jobs/). SIGHUP reloads changed\n"
             "        scripts; SIGTERM or SIGINT stops after every received record is processed.\n"
+            "status  the jobs, receivers and latest batches of the running driver (its HTTP API);\n"
+            "        --watch refreshes every 2 s.\n"
+            "reload  makes the running driver re-read ember.conf and its jobs folder.\n"
+            "stop    stops one job of the running driver, or the driver itself (SIGTERM to the\n"
+            "        pid in run.pidFile) when no job is named.\n"
+            "config  prints the effective configuration and where each value came from.\n"
             "check   loads a job script, validates its graph and prints its sources and outputs.\n"
+            "        (status, reload, stop and config read ember.conf and --conf like run)\n"
             "\n"
             "--config FILE  key = value lines (default: ./ember.conf when it exists)\n"
             "--conf k=v     one configuration key, overriding the file\n"
             "--log-level    debug, info, warn or error (overrides log.level)\n"
+            "--supervise, --executor-memory SIZE, --total-executor-cores N: spark-submit's,\n"
+            "               as run.supervise, memory.max and streaming.concurrentJobs\n"
             "\n"
             "configuration keys:\n");
     em_config_print_keys();
@@ -98,69 +119,258 @@ static int check(const char *path)
     return 0;
 }
 
-typedef struct stop_args {
+/* What `ember run` holds while it runs: the main thread owns it. */
+typedef struct runtime {
+    int argc;
+    char **argv;
+    const char *config_file, *jobs_dir;
+    em_config cfg;
     em_driver *driver;
-    int graceful;
-} stop_args;
+    em_control *control;
+    em_http *http;
+    em_summary *summary;
+    int stopping;
+} runtime;
+
+static runtime rt;
+
+/* Reads the configuration: ember.conf (or --config), then the flags in
+ * order. Spark's submit flags are taken where they have a meaning here. */
+static int load_config(em_config *cfg, int argc, char **argv, const char **config_file,
+                       const char **positional, char *err, size_t errlen)
+{
+    const char *level = NULL;
+    *config_file = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            *config_file = argv[++i];
+        } else if ((strcmp(argv[i], "--conf") == 0 || strcmp(argv[i], "--executor-memory") == 0 ||
+                    strcmp(argv[i], "--total-executor-cores") == 0) && i + 1 < argc) {
+            i++; /* applied after the file, below */
+        } else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
+            level = argv[++i];
+        } else if (strcmp(argv[i], "--supervise") == 0 || strcmp(argv[i], "--watch") == 0) {
+            continue;
+        } else if (argv[i][0] == '-') {
+            snprintf(err, errlen, "unknown option '%s' (see ember --help)", argv[i]);
+            return 2;
+        } else if (positional) {
+            *positional = argv[i];
+        } else {
+            snprintf(err, errlen, "unexpected argument '%s' (see ember --help)", argv[i]);
+            return 2;
+        }
+    }
+    if (!*config_file && access("ember.conf", R_OK) == 0)
+        *config_file = "ember.conf";
+    if (*config_file && em_config_load_file(cfg, *config_file, err, errlen) != 0)
+        return -1;
+    char kv[1200];
+    for (int i = 0; i < argc; i++) {
+        const char *flag = argv[i], *key = NULL;
+        if (strcmp(flag, "--conf") == 0 && i + 1 < argc) {
+            if (em_config_set(cfg, argv[++i], err, errlen) != 0)
+                return -1;
+            continue;
+        }
+        if (strcmp(flag, "--supervise") == 0) {
+            em_log(EM_LOG_INFO, NULL, "--supervise: run.supervise = true (a job stopped by "
+                   "on_error = \"fail\" is restarted from its file)");
+            if (em_config_set(cfg, "run.supervise=true", err, errlen) != 0)
+                return -1;
+            continue;
+        }
+        if (strcmp(flag, "--executor-memory") == 0)
+            key = "memory.max";
+        else if (strcmp(flag, "--total-executor-cores") == 0)
+            key = "streaming.concurrentJobs";
+        if (!key || i + 1 >= argc)
+            continue;
+        em_log(EM_LOG_INFO, NULL, "%s %s: %s = %s here (the driver runs the jobs itself)", flag,
+               argv[i + 1], key, argv[i + 1]);
+        snprintf(kv, sizeof kv, "%s=%.1000s", key, argv[++i]);
+        if (em_config_set(cfg, kv, err, errlen) != 0)
+            return -1;
+    }
+    if (level) {
+        snprintf(kv, sizeof kv, "log.level=%.1000s", level);
+        if (em_config_set(cfg, kv, err, errlen) != 0)
+            return -1;
+    }
+    return em_config_finish(cfg, err, errlen);
+}
+
+static void health_limits(const em_config *c, em_health_limits *lim)
+{
+    lim->receiver_failing_ms = c->health_receiver_failing_ms;
+    lim->late_batches = c->health_late_batches;
+}
+
+typedef struct diff_ctx {
+    em_config *now;
+    int changed, restart;
+} diff_ctx;
+
+static void changed_key(const char *key, const char *old, const char *now, void *arg)
+{
+    diff_ctx *x = arg;
+    int live = em_config_live_key(key);
+    x->changed++;
+    x->restart += !live;
+    int secret = strcmp(key, "ui.token") == 0;
+    em_log(live ? EM_LOG_INFO : EM_LOG_WARN, NULL, "configuration: %s changed from '%s' to '%s'%s",
+           key, secret ? "***" : old, secret ? "***" : now,
+           live ? ": in effect now" : ": needs a restart, the running value stays");
+    if (live)
+        em_props_set(&rt.cfg.props, key, now);
+}
+
+/* SIGHUP and POST /api/v1/reload: read ember.conf and the flags again,
+ * apply the keys that can change at run time, name the others. */
+static void reload_config(void)
+{
+    em_config fresh;
+    em_config_init(&fresh);
+    char err[2048];
+    const char *file, *pos = NULL;
+    if (load_config(&fresh, rt.argc, rt.argv, &file, &pos, err, sizeof err) != 0) {
+        em_log(EM_LOG_ERROR, NULL, "configuration not reloaded: %s", err);
+        em_config_free(&fresh);
+        return;
+    }
+    diff_ctx x = {&fresh, 0, 0};
+    em_config_diff(&rt.cfg, &fresh, changed_key, &x);
+    if (!x.changed)
+        em_log(EM_LOG_INFO, NULL, "configuration: no key changed");
+    em_config *c = &rt.cfg;
+    snprintf(c->log_level, sizeof c->log_level, "%s", fresh.log_level);
+    em_log_set_level((em_log_level)em_log_parse_level(c->log_level));
+    c->batch_max_retries = fresh.batch_max_retries; /* lifecycle.c reads it per batch */
+    c->log_batch_summary_ms = fresh.log_batch_summary_ms;
+    c->health_receiver_failing_ms = fresh.health_receiver_failing_ms;
+    c->health_late_batches = fresh.health_late_batches;
+    c->supervise = fresh.supervise;
+    if (rt.http && (!fresh.ui_token[0] && !em_http_host_is_loopback(c->ui_host))) {
+        em_log(EM_LOG_ERROR, NULL, "configuration: ui.token cannot be removed while ui.host is "
+               "not loopback; the old token stays");
+    } else {
+        snprintf(c->ui_token, sizeof c->ui_token, "%s", fresh.ui_token);
+    }
+    if (rt.http) {
+        em_health_limits lim;
+        health_limits(c, &lim);
+        em_http_configure(rt.http, c->ui_token, &lim);
+    }
+    em_config_free(&fresh);
+}
 
 static void *stopper(void *arg)
 {
-    stop_args *a = arg;
-    em_driver_stop(a->driver, a->graceful);
-    if (!a->graceful) /* a batch may still run; its records stay unacknowledged */
+    int graceful = *(int *)arg;
+    em_driver_stop(rt.driver, graceful);
+    em_pidfile_remove(rt.cfg.pid_file);
+    if (!graceful) /* a batch may still run; its records stay unacknowledged */
         _exit(0);
-    em_driver_free(a->driver);
+    em_http_stop(rt.http);
+    em_driver_free(rt.driver);
     em_log_close();
     exit(0);
 }
 
+static void begin_stop(const char *why)
+{
+    static int graceful;
+    if (rt.stopping) {
+        em_log(EM_LOG_WARN, NULL, "second signal: exiting now; unprocessed records stay unacknowledged");
+        em_pidfile_remove(rt.cfg.pid_file);
+        _exit(1);
+    }
+    rt.stopping = 1;
+    graceful = rt.cfg.stop_gracefully;
+    em_log(EM_LOG_INFO, NULL, "%s: stopping%s", why,
+           graceful ? " gracefully (a second signal stops at once)" : "");
+    pthread_t t;
+    pthread_create(&t, NULL, stopper, &graceful);
+}
+
+/* A command the HTTP thread posted, run on the main thread. */
+static int exec_command(em_driver_command cmd, const char *job, char *msg, size_t len, void *arg)
+{
+    (void)arg;
+    if (rt.stopping) {
+        snprintf(msg, len, "the driver is stopping");
+        return 1;
+    }
+    if (cmd == EM_DRIVER_RELOAD) {
+        em_log(EM_LOG_INFO, NULL, "reload requested through the API: reloading %s", rt.jobs_dir);
+        reload_config();
+    }
+    return em_driver_control(rt.driver, cmd, job, msg, len);
+}
+
+/* Every second: the per-job summary line when due, and with run.supervise
+ * a restart of jobs that on_error = "fail" stopped. */
+static void housekeeping(int64_t now, int64_t *next_summary, int64_t *next_supervise)
+{
+    if (rt.stopping)
+        return;
+    int summary = rt.cfg.log_batch_summary_ms > 0 && now >= *next_summary;
+    int supervise = rt.cfg.supervise && now >= *next_supervise;
+    if (!summary && !supervise)
+        return;
+    em_snapshot *s = em_driver_snapshot(rt.driver);
+    if (summary) {
+        if (s)
+            em_summary_log(rt.summary, s);
+        *next_summary = now + rt.cfg.log_batch_summary_ms;
+    }
+    for (size_t i = 0; supervise && s && i < s->njobs; i++) {
+        if (strcmp(s->jobs[i].state, "failed") != 0)
+            continue;
+        char msg[512];
+        em_log(EM_LOG_INFO, s->jobs[i].name, "run.supervise: restarting the job stopped by "
+               "on_error = \"fail\"");
+        em_driver_control(rt.driver, EM_DRIVER_START_JOB, s->jobs[i].name, msg, sizeof msg);
+    }
+    if (supervise)
+        *next_supervise = now + 5000;
+    em_snapshot_unref(s);
+}
+
 static int run(int argc, char **argv)
 {
-    em_config cfg;
-    em_config_init(&cfg);
+    rt.argc = argc;
+    rt.argv = argv;
+    rt.jobs_dir = "jobs";
+    em_config_init(&rt.cfg);
     char err[2048];
-    const char *config_file = NULL, *jobs_dir = "jobs", *level = NULL;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-            config_file = argv[++i];
-        } else if (strcmp(argv[i], "--conf") == 0 && i + 1 < argc) {
-            i++; /* applied after the file, below */
-        } else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
-            level = argv[++i];
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr, "ember run: unknown option '%s' (see ember --help)\n", argv[i]);
-            return 2;
-        } else {
-            jobs_dir = argv[i];
-        }
-    }
-    if (!config_file && access("ember.conf", R_OK) == 0)
-        config_file = "ember.conf";
-    if (config_file && em_config_load_file(&cfg, config_file, err, sizeof err) != 0)
+    int rc = load_config(&rt.cfg, argc, argv, &rt.config_file, &rt.jobs_dir, err, sizeof err);
+    if (rc != 0)
         goto bad;
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "--conf") == 0 && i + 1 < argc &&
-            em_config_set(&cfg, argv[++i], err, sizeof err) != 0)
-            goto bad;
-    if (level && em_config_set(&cfg, (snprintf(err, sizeof err, "log.level=%s", level), err),
-                               err, sizeof err) != 0)
-        goto bad;
-    if (em_config_finish(&cfg, err, sizeof err) != 0)
-        goto bad;
-    em_log_set_level((em_log_level)em_log_parse_level(cfg.log_level));
-    em_identity_set(cfg.ember_id);
-    em_log_set_id(cfg.ember_id);
-    em_pool_set_default_size(cfg.pool_size);
-    if (cfg.log_file[0] && em_log_open_file(cfg.log_file, cfg.log_rolling_strategy,
-                                            cfg.log_rolling_interval,
-                                            cfg.log_rolling_max_retained) != 0) {
-        snprintf(err, sizeof err, "configuration: log.file = '%s': %s", cfg.log_file,
+    em_config *cfg = &rt.cfg;
+    em_log_set_level((em_log_level)em_log_parse_level(cfg->log_level));
+    em_identity_set(cfg->ember_id);
+    em_log_set_id(cfg->ember_id);
+    em_pool_set_default_size(cfg->pool_size);
+    if (cfg->log_file[0] && em_log_open_file(cfg->log_file, cfg->log_rolling_strategy,
+                                             cfg->log_rolling_interval,
+                                             cfg->log_rolling_max_retained) != 0) {
+        snprintf(err, sizeof err, "configuration: log.file = '%s': %s", cfg->log_file,
                  strerror(errno));
         goto bad;
     }
+    if (cfg->ui_enabled && !cfg->ui_token[0] && !em_http_host_is_loopback(cfg->ui_host)) {
+        snprintf(err, sizeof err, "configuration: ui.host = '%s' is not a loopback address: set "
+                 "ui.token, or anyone who reaches the port can reload and stop jobs",
+                 cfg->ui_host);
+        goto bad;
+    }
+    if (em_pidfile_write(cfg->pid_file, 0, err, sizeof err) != 0)
+        goto bad;
 
-    /* Signals are taken by sigwait below, never by a handler, so every
-     * thread started after this inherits the mask. */
+    /* Signals arrive on a signalfd, never in a handler, so every thread
+     * started after this inherits the mask; commands from the HTTP thread
+     * arrive on the control eventfd. One loop handles both. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGHUP);
@@ -168,43 +378,104 @@ static int run(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-
     /* One driver per checkpoint.dir: its dead letters, write-ahead logs and
      * checkpoints are this process's alone. */
-    if (em_identity_lock(cfg.checkpoint_dir, err, sizeof err) != 0)
-        goto bad;
-    em_log(EM_LOG_INFO, NULL, "driver %s (pid %ld) holds checkpoint.dir %s", cfg.ember_id,
-           (long)getpid(), cfg.checkpoint_dir);
-
-    em_driver *d = em_driver_create(&cfg, jobs_dir);
-    if (!d || em_driver_start(d) != 0)
-        return 1;
-    int stopping = 0;
-    for (;;) {
-        int sig;
-        if (sigwait(&set, &sig) != 0)
-            continue;
-        if (sig == SIGHUP && !stopping) {
-            em_log(EM_LOG_INFO, NULL, "SIGHUP: reloading %s", jobs_dir);
-            em_driver_reload(d);
-        } else if (sig != SIGHUP && !stopping) {
-            stopping = 1;
-            em_log(EM_LOG_INFO, NULL, "%s: stopping%s", strsignal(sig),
-                   cfg.stop_gracefully ? " gracefully (a second signal stops at once)" : "");
-            static stop_args args;
-            args.driver = d;
-            args.graceful = cfg.stop_gracefully;
-            pthread_t t;
-            pthread_create(&t, NULL, stopper, &args);
-        } else if (sig != SIGHUP) {
-            em_log(EM_LOG_WARN, NULL, "second signal: exiting now; unprocessed records stay unacknowledged");
-            _exit(1);
-        }
+    if (em_identity_lock(cfg->checkpoint_dir, err, sizeof err) != 0)
+        goto bad_pid;
+    em_log(EM_LOG_INFO, NULL, "driver %s (pid %ld) holds checkpoint.dir %s", cfg->ember_id,
+           (long)getpid(), cfg->checkpoint_dir);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    rt.control = em_control_create();
+    rt.summary = em_summary_create();
+    if (sfd < 0 || !rt.control || !rt.summary) {
+        snprintf(err, sizeof err, "cannot set up the main loop: %s", strerror(errno));
+        goto bad_pid;
     }
+
+    rt.driver = em_driver_create(cfg, rt.jobs_dir);
+    if (!rt.driver || em_driver_start(rt.driver) != 0) {
+        em_pidfile_remove(cfg->pid_file);
+        return 1;
+    }
+    if (cfg->ui_enabled) {
+        rt.http = em_http_start(cfg->ui_host, cfg->ui_port, rt.driver, rt.control, err,
+                                sizeof err);
+        if (!rt.http) {
+            em_log(EM_LOG_ERROR, NULL, "HTTP: %s", err);
+            em_driver_stop(rt.driver, 1);
+            em_pidfile_remove(cfg->pid_file);
+            return 1;
+        }
+        em_health_limits lim;
+        health_limits(cfg, &lim);
+        em_http_configure(rt.http, cfg->ui_token, &lim);
+        em_log(EM_LOG_INFO, NULL, "HTTP API and web UI on http://%s:%d/%s", cfg->ui_host,
+               em_http_port(rt.http), cfg->ui_token[0] ? " (control calls need ui.token)" : "");
+        if (em_pidfile_write(cfg->pid_file, em_http_port(rt.http), err, sizeof err) != 0)
+            em_log(EM_LOG_WARN, NULL, "%s", err);
+    }
+    int64_t next_summary = em_clock_mono_ms() + cfg->log_batch_summary_ms, next_supervise = 0;
+    for (;;) {
+        struct pollfd fds[2] = {{.fd = sfd, .events = POLLIN},
+                                {.fd = em_control_fd(rt.control), .events = POLLIN}};
+        int n = poll(fds, 2, 1000);
+        if (n < 0 && errno != EINTR)
+            em_log(EM_LOG_ERROR, NULL, "main loop: %s", strerror(errno));
+        if (n > 0 && (fds[0].revents & POLLIN)) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if (si.ssi_signo == SIGHUP && !rt.stopping) {
+                    em_log(EM_LOG_INFO, NULL, "SIGHUP: reloading ember.conf and %s", rt.jobs_dir);
+                    reload_config();
+                    em_driver_reload(rt.driver);
+                } else if (si.ssi_signo != SIGHUP) {
+                    begin_stop(strsignal((int)si.ssi_signo));
+                }
+            }
+        }
+        if (n > 0 && (fds[1].revents & POLLIN))
+            em_control_run(rt.control, exec_command, NULL);
+        housekeeping(em_clock_mono_ms(), &next_summary, &next_supervise);
+    }
+bad_pid:
+    em_pidfile_remove(rt.cfg.pid_file);
 bad:
     fprintf(stderr, "ember: %s\n", err);
-    em_config_free(&cfg);
+    em_config_free(&rt.cfg);
     return 2;
+}
+
+/* status, reload, stop, config: read the same configuration as run. */
+static int client(const char *cmd, int argc, char **argv)
+{
+    em_config cfg;
+    em_config_init(&cfg);
+    char err[2048];
+    const char *file, *job = NULL;
+    int watch = 0;
+    for (int i = 0; i < argc; i++)
+        watch |= strcmp(argv[i], "--watch") == 0;
+    int takes_arg = strcmp(cmd, "stop") == 0;
+    int rc = load_config(&cfg, argc, argv, &file, takes_arg ? &job : NULL, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "ember %s: %s\n", cmd, err);
+        em_config_free(&cfg);
+        return 2;
+    }
+    if (strcmp(cmd, "config") == 0) {
+        if (file)
+            printf("# from %s and the command line\n", file);
+        em_config_print_effective(&cfg);
+        rc = 0;
+    } else if (strcmp(cmd, "status") == 0) {
+        rc = em_cli_status(&cfg, watch);
+    } else if (strcmp(cmd, "reload") == 0) {
+        rc = em_cli_reload(&cfg);
+    } else {
+        rc = em_cli_stop(&cfg, job);
+    }
+    em_config_free(&cfg);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -235,6 +506,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "run") == 0)
         return run(argc - 2, argv + 2);
+    if (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "reload") == 0 ||
+        strcmp(argv[1], "stop") == 0 || strcmp(argv[1], "config") == 0)
+        return client(argv[1], argc - 2, argv + 2);
     fprintf(stderr, "ember: unknown command '%s' (see ember --help)\n", argv[1]);
     return 2;
 }

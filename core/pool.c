@@ -18,6 +18,9 @@ struct em_pool {
     pthread_cond_t freed;
     void **idle;
     int nidle, size, max;
+    uint64_t borrows, waits, connect_failures, broken; /* under lock */
+    int64_t last_error_ms;
+    char last_error[256];
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -72,6 +75,7 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
     int waited = 0;
     usage.borrows++;
     pthread_mutex_lock(&p->lock);
+    p->borrows++;
     for (;;) {
         if (p->nidle > 0) {
             void *c = p->idle[--p->nidle];
@@ -86,6 +90,9 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
             void *c = p->ops->connect(p->endpoint, err, errlen);
             if (!c) {
                 pthread_mutex_lock(&p->lock);
+                p->connect_failures++;
+                p->last_error_ms = em_clock_now_ms();
+                snprintf(p->last_error, sizeof p->last_error, "%s", err);
                 p->size--;
                 pthread_cond_signal(&p->freed);
                 pthread_mutex_unlock(&p->lock);
@@ -95,14 +102,17 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
         if (!waited) {
             waited = 1;
             usage.waits++;
+            p->waits++;
         }
         if (pthread_cond_timedwait(&p->freed, &p->lock, &until) != 0) {
             note_wait(waited, started);
-            pthread_mutex_unlock(&p->lock);
             char masked[1024];
             em_mask_secret(p->endpoint, masked, sizeof masked);
             snprintf(err, errlen, "%s %s: all %d pooled connections busy for %d ms", p->kind,
                      masked, p->max, timeout_ms);
+            p->last_error_ms = em_clock_now_ms();
+            snprintf(p->last_error, sizeof p->last_error, "%s", err);
+            pthread_mutex_unlock(&p->lock);
             return NULL;
         }
     }
@@ -114,6 +124,7 @@ void em_pool_return(em_pool *p, void *conn, int broken)
         return;
     pthread_mutex_lock(&p->lock);
     if (broken || p->nidle >= p->max) {
+        p->broken += broken != 0;
         p->size--;
         pthread_mutex_unlock(&p->lock);
         p->ops->close(conn);
@@ -125,3 +136,29 @@ void em_pool_return(em_pool *p, void *conn, int broken)
     pthread_mutex_unlock(&p->lock);
 }
 
+
+size_t em_pool_list(em_pool_stats *out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (em_pool *p = pools; p; p = p->next, n++) {
+        if (n >= max)
+            continue;
+        em_pool_stats *o = &out[n];
+        snprintf(o->kind, sizeof o->kind, "%s", p->kind);
+        em_mask_secret(p->endpoint, o->endpoint, sizeof o->endpoint);
+        pthread_mutex_lock(&p->lock);
+        o->open = p->size;
+        o->idle = p->nidle;
+        o->max = p->max;
+        o->borrows = p->borrows;
+        o->waits = p->waits;
+        o->connect_failures = p->connect_failures;
+        o->broken = p->broken;
+        o->last_error_ms = p->last_error_ms;
+        snprintf(o->last_error, sizeof o->last_error, "%s", p->last_error);
+        pthread_mutex_unlock(&p->lock);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return n;
+}

@@ -39,4 +39,18 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen);
 /* Gives it back; broken = 1 closes it instead (after an I/O error). */
 void em_pool_return(em_pool *p, void *conn, int broken);
 
+/* A pool's status for the API: its connections, counts, and its last
+ * error (a failed connect, or every connection busy past the deadline). */
+typedef struct em_pool_stats {
+    char kind[32];
+    char endpoint[512]; /* password masked */
+    int open, idle, max;
+    uint64_t borrows, waits, connect_failures, broken;
+    int64_t last_error_ms; /* 0: none */
+    char last_error[256];
+} em_pool_stats;
+
+/* Copies the stats of up to max pools into out; returns how many exist. */
+size_t em_pool_list(em_pool_stats *out, size_t max);
+
 #endif

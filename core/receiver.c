@@ -25,7 +25,7 @@ struct em_receiver {
     char *signature, *describe, *job;
     pthread_t thread;
     int started;
-    atomic_int stopping;
+    atomic_int stopping, exhausted;
     uint64_t records, bytes; /* taken in so far; under lock, read by the receiver thread */
     uint32_t last_count, last_bytes; /* of the last sealed block, to size the next */
 
@@ -45,6 +45,15 @@ struct em_receiver {
     pthread_cond_t done_cond; /* signalled when done grows */
 
     em_ratelimit rl; /* receiver thread only */
+
+    /* Status for the API: flags written by the receiver thread, the error
+     * under lock. */
+    atomic_int throttled, over_memory;
+    atomic_llong failing_since_ms;
+    int64_t last_error_ms;
+    char last_error[256];
+    int64_t lag;          /* under lock; -1: unknown */
+    char *lag_detail;
 };
 
 static const em_option core_options[] = {
@@ -119,6 +128,7 @@ em_receiver *em_receiver_create(const em_connector *c, em_props *props, const ch
     r->wal_fsync = (em_wal_fsync)em_wal_parse_fsync(cfg->wal_fsync);
     r->wal_fsync_interval_ms = cfg->wal_fsync_interval_ms;
     r->applied_rate = -1;
+    r->lag = -1;
     pthread_mutex_init(&r->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -190,6 +200,49 @@ static uint32_t within_memory(em_receiver *r, uint32_t allow, size_t room)
     return fit < 1 ? 1 : fit < allow ? (uint32_t)fit : allow;
 }
 
+/* poll() reported a fault: the connector logged why on this thread. */
+static void failed(em_receiver *r)
+{
+    int64_t now = em_clock_now_ms();
+    long long zero = 0;
+    atomic_compare_exchange_strong(&r->failing_since_ms, &zero, (long long)now);
+    pthread_mutex_lock(&r->lock);
+    r->last_error_ms = now;
+    snprintf(r->last_error, sizeof r->last_error, "%s", em_log_thread_last());
+    pthread_mutex_unlock(&r->lock);
+}
+
+void em_receiver_recovered(em_receiver *r) { atomic_store(&r->failing_since_ms, 0); }
+
+void em_receiver_set_lag(em_receiver *r, int64_t total, const char *json)
+{
+    char *copy = json && strlen(json) < 1024 ? strdup(json) : NULL; /* longer: no detail */
+    pthread_mutex_lock(&r->lock);
+    free(r->lag_detail);
+    r->lag_detail = copy;
+    r->lag = total;
+    pthread_mutex_unlock(&r->lock);
+}
+
+void em_receiver_get_stats(em_receiver *r, em_receiver_stats *out)
+{
+    pthread_mutex_lock(&r->lock);
+    out->records = r->records;
+    out->bytes = r->bytes;
+    out->rate = effective_rate(r->max_rate, r->bp_rate);
+    out->max_rate = r->max_rate;
+    out->last_error_ms = r->last_error_ms;
+    snprintf(out->last_error, sizeof out->last_error, "%s", r->last_error);
+    out->lag = r->lag;
+    snprintf(out->lag_detail, sizeof out->lag_detail, "%s", r->lag_detail ? r->lag_detail : "");
+    pthread_mutex_unlock(&r->lock);
+    out->active = r->started && !atomic_load(&r->stopping) && !atomic_load(&r->exhausted);
+    out->held = atomic_load(&r->held);
+    out->throttled = atomic_load(&r->throttled);
+    out->over_memory = atomic_load(&r->over_memory);
+    out->failing_since_ms = atomic_load(&r->failing_since_ms);
+}
+
 static void *run(void *arg)
 {
     em_receiver *r = arg;
@@ -208,6 +261,8 @@ static void *run(void *arg)
                    full ? "memory.max reached: reading paused until batches free blocks"
                         : "below memory.max again: reading resumed");
         over_memory = full;
+        atomic_store(&r->over_memory, full);
+        atomic_store(&r->throttled, allow == 0 && !full);
         if (full || atomic_load(&r->held))
             allow = 0;
         if (allow == 0) {
@@ -226,6 +281,8 @@ static void *run(void *arg)
             r->conn->resume(r->self);
         paused = 0;
         int n = r->conn->poll(r->self, r, allow, POLL_WAIT_MS);
+        if (n > 0 && atomic_load(&r->failing_since_ms))
+            em_receiver_recovered(r);
         if (n > 0) {
             em_ratelimit_consume(&r->rl, (uint32_t)n);
             if (r->wal) { /* hand what this poll read to the kernel: a kill -9 keeps it */
@@ -235,8 +292,10 @@ static void *run(void *arg)
             }
         } else if (n == -2) {
             em_log(EM_LOG_INFO, r->job, "%s: source exhausted", r->describe);
+            atomic_store(&r->exhausted, 1);
             break;
         } else if (n < 0) {
+            failed(r);
             em_clock_sleep_ms(100); /* the connector logged the fault and reconnects next call */
         }
     }
@@ -292,6 +351,7 @@ void em_receiver_unref(em_receiver *r)
         em_block_unref(r->sealed[i]);
     free(r->sealed);
     em_wal_close(r->wal);
+    free(r->lag_detail);
     em_props_clear(&r->props);
     pthread_mutex_destroy(&r->lock);
     pthread_cond_destroy(&r->done_cond);
@@ -512,6 +572,7 @@ int em_receiver_enable_wal(em_receiver *r, const char *dir, char *err, size_t er
     r->wal = em_wal_open(dir, r->wal_fsync, r->wal_fsync_interval_ms, err, errlen);
     return r->wal ? 0 : -1;
 }
+const char *em_receiver_connector(const em_receiver *r) { return r->conn->name; }
 const char *em_receiver_signature(const em_receiver *r) { return r->signature; }
 const char *em_receiver_describe(const em_receiver *r) { return r->describe; }
 const char *em_receiver_job(const em_receiver *r) { return r->job; }

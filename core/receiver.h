@@ -82,6 +82,32 @@ void em_receiver_hold(em_receiver *r, int on);
 int em_receiver_enable_wal(em_receiver *r, const char *dir, char *err, size_t errlen);
 int em_receiver_acknowledges(const em_receiver *r);
 
+/* What the API shows of a receiver (status and last error, hiredis'
+ * err/errstr habit). Taken under the receiver's lock, a copy. */
+typedef struct em_receiver_stats {
+    uint64_t records, bytes;  /* taken in since it started */
+    double rate, max_rate;    /* in force / configured, records/s; 0: unlimited */
+    int active;               /* its thread runs */
+    int held;                 /* the driver holds it (waiting batches, recovery, a paused job) */
+    int throttled;            /* out of tokens (max_rate or backpressure) */
+    int over_memory;          /* paused by memory.max */
+    int64_t failing_since_ms; /* first fault of the current streak; 0: not failing */
+    int64_t last_error_ms;    /* 0: never failed */
+    char last_error[256];
+    int64_t lag;              /* records the broker holds beyond what was acknowledged; -1: unknown */
+    char lag_detail[1024];    /* JSON the connector wrote (per partition, ...); "" when none */
+} em_receiver_stats;
+
+/* For connectors, from their thread: the lag the broker tells (Kafka:
+ * high watermark minus committed offset, per partition), total records and
+ * a JSON value with the detail; total -1 when it cannot be told. */
+void em_receiver_set_lag(em_receiver *r, int64_t total, const char *json);
+
+void em_receiver_get_stats(em_receiver *r, em_receiver_stats *out);
+/* For connectors: the fault is over (reconnected) before any record came. */
+void em_receiver_recovered(em_receiver *r);
+const char *em_receiver_connector(const em_receiver *r);
+
 const char *em_receiver_signature(const em_receiver *r); /* connector + props */
 const char *em_receiver_describe(const em_receiver *r);  /* "socket localhost:9999" */
 const char *em_receiver_job(const em_receiver *r);

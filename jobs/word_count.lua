@@ -28,6 +28,6 @@ job:socket { host = host, port = tonumber(port) }
   end)
   :map(function(w) return w, 1 end)
   :reduce_by_key(function(a, b) return a + b end)
-  :print()
+  :print(10, { empty = false }) -- no empty headers while nothing is typed or nc is not up
 
 return job

@@ -201,7 +201,9 @@ local function add_output(self, kind, where_)
 end
 
 
-function DStream:print(n)
+-- print(n, opts): opts.empty = false prints nothing for an empty batch
+-- (Spark prints the header of every batch, the default here too).
+function DStream:print(n, opts)
     check_self(self, "print")
     if n == nil then
         n = 10
@@ -209,7 +211,12 @@ function DStream:print(n)
         error("bad argument #1 to 'print' (positive integer expected, got "
               .. tostring(n) .. ")", 2)
     end
-    add_output(self, "print", where(2)).n = n
+    if opts ~= nil and (type(opts) ~= "table" or (opts.empty ~= nil and type(opts.empty) ~= "boolean")) then
+        error("bad argument #2 to 'print' (table with a boolean 'empty' expected)", 2)
+    end
+    local node = add_output(self, "print", where(2))
+    node.n = n
+    node.print_empty = not (opts and opts.empty == false)
     return self
 end
 

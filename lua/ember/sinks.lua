@@ -131,6 +131,9 @@ end
 -- that the outputs of jobs sharing stdout do not interleave mid-batch.
 function _M.print(node, ka, vb, n, info)
     local shape, limit = node.shape, node.n
+    if n == 0 and node.print_empty == false then
+        return
+    end
     local buf = { DASHES, "\n", "Time: ", str_format("%d", info.time), " ms (",
                   info.job, ")\n", DASHES, "\n" }
     local m = #buf

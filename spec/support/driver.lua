@@ -290,7 +290,7 @@ end
 -- Starts `ember run`. opts.conf: { key = value } or { "key=value", ... }
 -- added as --conf flags (sorted, so the command line is stable);
 -- opts.args: more arguments before the jobs folder; opts.log_level
--- (default "debug"); opts.jobs_dir (default <tmp>/jobs); opts.env:
+-- (default "debug", false for no --log-level); opts.jobs_dir (default <tmp>/jobs); opts.env:
 -- { NAME = "value" } set, { NAME = false } unset, in ember's environment
 -- only (the rest is inherited, as without it). Returns the pid.
 function Driver:start(opts)
@@ -298,8 +298,14 @@ function Driver:start(opts)
     if self.pid and not self.status then
         error("ember is already running (pid " .. self.pid .. ")", 2)
     end
-    local argv = { "run", "--conf", "checkpoint.dir=" .. self.checkpoint_dir,
-                   "--log-level", opts.log_level or "debug" }
+    -- ui.port=0: the kernel picks a free port for the HTTP server, so specs
+    -- running side by side never meet on 4040 (a spec's own ui.port wins:
+    -- its --conf comes later). http_port() reads it from the log.
+    local argv = { "run", "--conf", "checkpoint.dir=" .. self.checkpoint_dir, "--conf", "ui.port=0" }
+    if opts.log_level ~= false then -- false: none, log.level comes from the configuration
+        argv[#argv + 1] = "--log-level"
+        argv[#argv + 1] = opts.log_level or "debug"
+    end
     local conf = {}
     for k, v in pairs(opts.conf or _M.conf()) do
         if type(k) == "number" then
@@ -603,6 +609,13 @@ end
 function Driver:file_lines(name)
     local path = str_sub(name, 1, 1) == "/" and name or (self.dir .. "/" .. name)
     return lines_of(read_file(path))
+end
+
+
+-- The port of ember's HTTP server, from its start-up line (waits for it).
+function Driver:http_port(timeout)
+    local line = self:wait_for_log("HTTP API and web UI on http://", timeout or 20, { plain = true })
+    return tonumber(str_match(line, "http://[^/]*:(%d+)/"))
 end
 
 

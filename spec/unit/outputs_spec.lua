@@ -129,6 +129,14 @@ describe("print", function()
         assert.equal("-------------------------------------------\nTime: 5 ms (p)\n"
                      .. "-------------------------------------------\n\n", out)
     end)
+
+    it("prints nothing for an empty batch with empty = false, and the batch when it has records", function()
+        local desc = job([[src:print(10, { empty = false })]], "p")
+        assert.equal("", H.capture(function() run(desc, 5) end))
+        local out = H.capture(function() run(desc, 6, "x") end)
+        assert.equal("-------------------------------------------\nTime: 6 ms (p)\n"
+                     .. "-------------------------------------------\nx\n\n", out)
+    end)
 end)
 
 

@@ -1,0 +1,96 @@
+-- The web page at / in a real browser: headless Chromium from Debian loads
+-- it against a running driver; the spec reads the DOM the page's script
+-- rendered and keeps a screenshot in build/spec-artifacts/.
+
+local driver = require "support.driver"
+local http = require "support.http"
+local stdlib = require "posix.stdlib"
+
+
+local GEN_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = {{name}}, batch_interval = "200ms" }
+job:generator { kind = "sequence", rate = {{rate}} }
+   :foreach_batch(function() end)
+return job
+]]
+
+local ARTIFACTS = driver.root .. "/build/spec-artifacts"
+
+
+-- Runs chromium headless on url with a fresh profile; extra: its action
+-- (--dump-dom, --screenshot=...). Returns its stdout.
+local function chromium(d, url, extra)
+    local profile = assert(stdlib.mkdtemp(d:path("chromium-XXXXXX")))
+    local cmd = table.concat({
+        "timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-quic",
+        "--no-first-run --disable-background-networking --disable-component-update",
+        "--disable-sync --user-data-dir=" .. profile,
+        -- the page's fetches and first draw happen within this much virtual time
+        "--virtual-time-budget=10000 --window-size=1280,1600", extra, "'" .. url .. "'",
+        "2>" .. d:path("chromium.log") }, " ")
+    local p = io.popen(cmd)
+    local out = p:read("*a")
+    p:close()
+    return out
+end
+
+
+describe("the web UI", function()
+    local d
+
+    setup(function()
+        d = driver.new()
+        d:write_job("fast.lua", driver.render(GEN_JOB, { name = driver.quote("fast"), rate = 500 }))
+        d:write_job("slow.lua", driver.render(GEN_JOB, { name = driver.quote("slow"), rate = 20 }))
+        d:start()
+    end)
+
+    teardown(function()
+        d:stop()
+    end)
+
+    it("renders every job with charts that have points, the receivers and health", function()
+        local port = d:http_port()
+        -- Batches retained before the page loads, so the charts have points.
+        d:wait_until(function()
+            local s = http.json(port, "/api/v1/statistics")
+            return s.numRetainedCompletedBatches >= 10, s.numRetainedCompletedBatches
+        end, 30, 0.1, "10 retained batches")
+        local code, page, headers = http.request(port, "GET", "/")
+        assert.equal(200, code)
+        assert.truthy(headers["content-type"]:find("text/html", 1, true))
+        -- It loads nothing from the network: the one URL in it is SVG's namespace name.
+        for url in page:gmatch("https?://[^\"'%s]*") do
+            assert.equal("http://www.w3.org/2000/svg", url)
+        end
+
+        local dom = chromium(d, "http://127.0.0.1:" .. port .. "/", "--dump-dom")
+        assert.truthy(dom:find('data-loaded="true"', 1, true),
+                      "the page's script did not finish:\n" .. dom:sub(1, 2000))
+        for _, name in ipairs({ "fast", "slow" }) do
+            local section = dom:match('<section class="job" data%-job="' .. name .. '">(.-)</section>')
+            assert.truthy(section, "no section for job " .. name)
+            for _, metric in ipairs({ "input-rate", "scheduling-delay", "processing-time", "total-delay" }) do
+                local svg = section:match('data%-metric="' .. metric:gsub("%-", "%%-") .. '"(.-)</svg>')
+                assert.truthy(svg, name .. ": no " .. metric .. " chart")
+                local n = tonumber(svg:match('data%-points="(%d+)"'))
+                assert.truthy(n and n >= 10, name .. " " .. metric .. ": " .. tostring(n) .. " points")
+                local pts = svg:match('points="([^"]*)"')
+                local count = select(2, pts:gsub("[%d.]+,[%d.]+", ""))
+                assert.equal(n, count)
+            end
+            assert.truthy(dom:find('<tr class="job%-row" data%-job="' .. name .. '"><td>' .. name
+                                   .. '</td><td class="state%-running">running</td>'), name .. " row")
+        end
+        assert.truthy(dom:find("fast/1 generator", 1, true))
+        assert.truthy(dom:find('class="health-ok">ready<', 1, true))
+
+        os.execute("mkdir -p '" .. ARTIFACTS .. "'")
+        local shot = ARTIFACTS .. "/ui.png"
+        os.remove(shot)
+        chromium(d, "http://127.0.0.1:" .. port .. "/", "--screenshot=" .. shot)
+        local png = driver.read_file(shot)
+        assert.truthy(png and #png > 10000 and png:sub(2, 4) == "PNG", "no screenshot at " .. shot)
+    end)
+end)
