@@ -183,7 +183,7 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     }
     lua_getfield(L, -1, "load");
     lua_pushstring(L, path);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
     lua_pushcfunction(L, host_log);
     lua_setfield(L, -2, "log");
     lua_pushstring(L, cfg->checkpoint_dir);
@@ -192,6 +192,8 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     lua_setfield(L, -2, "state_max");
     lua_pushinteger(L, cfg->state_snapshot_interval);
     lua_setfield(L, -2, "snapshot_interval");
+    lua_pushnumber(L, (lua_Number)cfg->batch_interval_ms);
+    lua_setfield(L, -2, "batch_interval_ms");
     lua_pushstring(L, path);
     lua_setfield(L, -2, "file");
     if (lua_pcall(L, 2, 2, 0) != 0 || !lua_istable(L, -2)) {

@@ -45,11 +45,13 @@ local wide = require "ember.wide"
 local collect = require "ember.collect"
 local records = require "ember.records"
 local state_ops = require "ember.state_ops"
+local join_ops = require "ember.join_ops"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
 local view_ptr_t = eff.view_ptr_t
 local pcall = pcall
+local type = type
 local error = error
 local tostring = tostring
 local tonumber = tonumber
@@ -153,9 +155,18 @@ function _M.compile(job, host, store)
         local node = nodes[i]
         if live[node] then
             local outs = {}
+            local joined = {}
             for _, c in ipairs(node.children) do
-                if live[c] then
-                    outs[#outs + 1] = input[c]
+                if live[c] and not c.side then      -- late() is fed by its op
+                    local inp = input[c]
+                    if type(inp) == "table" then    -- a join: one push per side, and a
+                        if not joined[c] then       -- stream joined with itself pushes once
+                            joined[c] = true
+                            outs[#outs + 1] = inp[node]
+                        end
+                    else
+                        outs[#outs + 1] = inp
+                    end
                 end
             end
             local out = fanout(outs)
@@ -178,6 +189,10 @@ function _M.compile(job, host, store)
             elseif state_ops.is_stateful(op) then
                 local w = state_ops.make(node, ctx, out, store)
                 input[node] = w.push
+                wides[#wides + 1] = { node = node, w = w, out = out }
+            elseif join_ops.is_join(op) then
+                local w = join_ops.make(node, ctx)
+                input[node] = w.inputs
                 wides[#wides + 1] = { node = node, w = w, out = out }
             elseif wide.is_wide(op) then
                 local w = wide.make(node, ctx)
@@ -203,6 +218,26 @@ function _M.compile(job, host, store)
 
     -- The index of the element in hand, read by the error handlers.
     local cur = 0
+    -- The block in hand, so that event time knows a record's source and
+    -- Kafka partition (ctx.source, ctx.partition()).
+    local cur_blk, cur_run = nil, 0
+    function ctx.partition()
+        local blk = cur_blk
+        if not blk or blk.nruns == 0 then
+            return -1
+        end
+        -- The run holding record cur: mostly the one before (runs are
+        -- stretches of one partition, read in order).
+        local k = cur_run
+        if k >= blk.nruns or blk.runs[k].first > cur then
+            k = 0
+        end
+        while k + 1 < blk.nruns and blk.runs[k + 1].first <= cur do
+            k = k + 1
+        end
+        cur_run = k
+        return blk.runs[k].partition
+    end
 
     local function source_loop(push, recs, arena, from, n)
         for i = from, n - 1 do
@@ -280,6 +315,7 @@ function _M.compile(job, host, store)
             local n = blk.count
             if push and n > 0 then
                 local recs, arena = blk.records, blk.arena
+                ctx.source, cur_blk, cur_run = s, blk, 0
                 local from = 0
                 local loop = LOOPS[source_format[s]]
                 while true do
@@ -300,6 +336,8 @@ function _M.compile(job, host, store)
                 end
             end
         end
+
+        ctx.source, cur_blk = 0, nil
 
         -- wide operations, in topological order
         for i = 1, #wides do

@@ -5,8 +5,9 @@
 --   local v = view.batch(1000, { source = 1, "a", "b" }, { source = 2, "c" })
 --   desc.run_batch(v.ptr)
 --
--- A block's records are strings (the value) or { value = , key = }. The
--- returned table anchors every allocation: keep it alive while the view is used.
+-- A block's records are strings (the value) or { value = , key = ,
+-- partition = }. The returned table anchors every allocation: keep it alive
+-- while the view is used.
 
 local ffi = require "ffi"
 require "ember.ffi"
@@ -22,9 +23,9 @@ local _M = {}
 
 
 -- One em_block holding the records, in the compact layout of
--- core/block.h: one run (partition -1, no meta), a key length word in
--- front of each value when any record has a key. Returns the cdata and
--- its anchors.
+-- core/block.h: one run per stretch of records of one partition (-1 when
+-- they name none; no meta), a key length word in front of each value when
+-- any record has a key. Returns the cdata and its anchors.
 function _M.block(records)
     local n = #records
     local keyed = false
@@ -43,10 +44,26 @@ function _M.block(records)
     end
     local arena = ffi_new("char[?]", size + 1)
     local recs = ffi_new("em_record[?]", n + 1)
-    local runs = ffi_new("em_run[1]")
-    runs[0].base_offset, runs[0].base_ts, runs[0].first = 0, 0, 0
-    runs[0].partition, runs[0].meta_off, runs[0].meta_len = -1, 0, 0
-    runs[0].flags = keyed and RUN_KEYS or 0
+    local function partition_of(r)
+        return type(r) == "table" and r.partition or -1
+    end
+    local firsts = {}
+    for i = 1, n do
+        if i == 1 or partition_of(records[i]) ~= partition_of(records[i - 1]) then
+            firsts[#firsts + 1] = i - 1
+        end
+    end
+    if #firsts == 0 then
+        firsts[1] = 0
+    end
+    local runs = ffi_new("em_run[?]", #firsts)
+    for k, first in ipairs(firsts) do
+        local run = runs[k - 1]
+        run.base_offset, run.base_ts, run.first = 0, 0, first
+        run.partition = n > 0 and partition_of(records[first + 1]) or -1
+        run.meta_off, run.meta_len = 0, 0
+        run.flags = keyed and RUN_KEYS or 0
+    end
     local off = 0
     local function put_len(len)
         for b = 0, 3 do
@@ -75,7 +92,7 @@ function _M.block(records)
     end
     local blk = ffi_new("em_block")
     blk.records, blk.arena, blk.count, blk.arena_len = recs, arena, n, off
-    blk.runs, blk.nruns = runs, 1
+    blk.runs, blk.nruns = runs, #firsts
     return blk, { arena, recs, runs }
 end
 
