@@ -38,6 +38,7 @@ typedef struct tailed {
     ino_t ino;
     int fd;             /* -1: could not be opened; tried again each scan */
     char *name;         /* its latest matching name in the folder, handed as meta */
+    size_t name_len;
     int64_t read_off;   /* next byte to read; the buffer ends there */
     em_linebuf lines;
     int seen;               /* found by the current scan */
@@ -105,6 +106,7 @@ static void track(file_src *s, em_receiver *r, int dfd, const char *name,
         free(t);
         return;
     }
+    t->name_len = strlen(name);
     t->dev = st->st_dev;
     t->ino = st->st_ino;
     t->fd = -1;
@@ -175,6 +177,7 @@ static void scan(file_src *s, em_receiver *r)
             if (n) {
                 free(t->name);
                 t->name = n;
+                t->name_len = strlen(n);
             }
         }
         if (t->fd < 0) { /* failed to open before: try again, quietly */
@@ -209,10 +212,12 @@ static int drain(file_src *s, tailed *t, em_receiver *r, uint32_t max, uint32_t 
     const char *line;
     size_t n;
     int cut;
+    int64_t now = em_clock_now_ms(); /* one arrival time per read, not a clock read per line */
     while (*pushed < max && em_linebuf_next(&t->lines, t->closing, &line, &n, &cut)) {
         int64_t off = t->read_off - (int64_t)em_linebuf_pending(&t->lines);
-        if (em_receiver_push(r, line, n, NULL, 0, em_clock_now_ms(), -1, off, t->name,
-                             strlen(t->name)) != 0) {
+        em_push rec = {.value = line, .value_len = n, .ts_ms = now, .partition = -1,
+                       .offset = off, .meta = t->name, .meta_len = t->name_len};
+        if (em_receiver_push(r, &rec) != 0) {
             em_log(EM_LOG_ERROR, em_receiver_job(r),
                    "file %s/%s: receiver refused the line at offset %lld",
                    s->path, t->name, (long long)off);

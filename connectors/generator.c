@@ -160,7 +160,9 @@ static int poll_gen(void *self, struct em_receiver *r, uint32_t max, int timeout
             len = text(g);
         else
             len = air_quality(g, now);
-        if (em_receiver_push(r, g->buf, (size_t)len, NULL, 0, now, -1, (int64_t)seq, NULL, 0) != 0)
+        em_push rec = {.value = g->buf, .value_len = (size_t)len, .ts_ms = now, .partition = -1,
+                       .offset = (int64_t)seq};
+        if (em_receiver_push(r, &rec) != 0)
             return (int)i;
         g->produced++;
     }

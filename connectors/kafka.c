@@ -28,10 +28,12 @@
  * partition's life is begin_partition() / end_partition(); a partition's
  * state, when there is some, is restored in the first.
  *
- * Record meta: the topic, then NUL `name=value` per header (a null value is
- * empty), then NUL `#epoch`. Lua's format = "record" reads the topic and
- * the headers from it (lua/ember/executor.lua) and skips the tag, which has
- * no '='. See docs/connectors/kafka.md.
+ * Record meta, shared by a run of records of one partition (core/block.h):
+ * the topic, then NUL `#epoch`. With format = "record" each record also
+ * carries its headers as extra bytes, NUL `name=value` per header (a null
+ * value is empty); otherwise headers are not read at all. Lua's
+ * lua/ember/records.lua reads the topic and the headers. See
+ * docs/connectors/kafka.md.
  *
  * Rate cap. max_rate_per_partition is a token bucket per assigned partition;
  * a partition out of tokens is paused with rd_kafka_pause_partitions(), so
@@ -134,6 +136,8 @@ typedef struct kafka_src {
     char *meta;
     size_t meta_cap;
     int header_warned;
+    int headers;        /* format = "record": records carry their headers */
+    size_t queued_bytes; /* queued.max.messages.kbytes, counted under memory.max */
 
     /* Positions of the job's checkpoint (resume_from), each applied at the
      * first assignment of its partition; receiver thread only after start. */
@@ -279,10 +283,9 @@ static part *message_part(kafka_src *k, const rd_kafka_message_t *m)
 
 /* Reads a record's meta (topic, headers, epoch tag last; see the top of
  * this file). Returns its part or NULL; *epoch 0 when untagged. */
-static part *record_part(kafka_src *k, const em_block *b, const em_record *rec, uint32_t *epoch,
-                         topic **cache)
+static part *record_part(kafka_src *k, const em_push *rec, uint32_t *epoch, topic **cache)
 {
-    const char *meta = b->arena + rec->meta_off;
+    const char *meta = rec->meta;
     const char *nul = rec->meta_len ? memchr(meta, '\0', rec->meta_len) : NULL;
     const char *tag = rec->meta_len ? memrchr(meta, '\0', rec->meta_len) : NULL;
     *epoch = 0;
@@ -788,6 +791,7 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
     pthread_mutex_init(&k->lock, NULL);
     pthread_mutex_init(&k->commit_lock, NULL);
     k->r = r;
+    k->headers = strcmp(em_props_str(props, "format", "value"), "record") == 0;
     k->job = strdup(em_receiver_job(r));
     k->brokers = strdup(em_props_get(props, "brokers"));
     k->topics_opt = strdup(em_props_get(props, "topic"));
@@ -822,6 +826,12 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
               *c == '-' || *c == '_' || *c == '.'))
             *c = '_';
+    /* The prefetch counts under memory.max: 32 MiB, or a quarter of the cap
+     * when that is less, so the blocks keep most of it. */
+    size_t cap_kb = em_receiver_memory_max(r) / 4 / 1024;
+    char queue_kb[24];
+    snprintf(queue_kb, sizeof queue_kb, "%zu",
+             cap_kb && cap_kb < 32768 ? (cap_kb < 1024 ? 1024 : cap_kb) : (size_t)32768);
     /* ember's defaults, which kafka.<property> may override: a deeper
      * prefetch than librdkafka's 100000 messages, which stalls for about
      * a second at a time under load; memory stays bounded by
@@ -831,7 +841,7 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
     if (conf_set(conf, "client.id", client, "kafka.client.id", err, errlen) ||
         conf_set(conf, "queued.min.messages", "1000000", "kafka.queued.min.messages", err,
                  errlen) ||
-        conf_set(conf, "queued.max.messages.kbytes", "32768", "kafka.queued.max.messages.kbytes",
+        conf_set(conf, "queued.max.messages.kbytes", queue_kb, "kafka.queued.max.messages.kbytes",
                  err, errlen) ||
         conf_set(conf, "fetch.max.bytes", "16777216", "kafka.fetch.max.bytes", err, errlen) ||
         conf_set(conf, "log.connection.close", "false", "kafka.log.connection.close", err,
@@ -896,12 +906,23 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
 
+    /* librdkafka's prefetch holds records too: memory.max counts its bound,
+     * up to half the cap (a larger kafka.queued.max.messages.kbytes set by
+     * hand must not stop every receiver for good) */
+    char kb[32];
+    size_t kbn = sizeof kb;
+    size_t queued = rd_kafka_conf_get(conf, "queued.max.messages.kbytes", kb, &kbn) ==
+                            RD_KAFKA_CONF_OK ? (size_t)strtoull(kb, NULL, 10) * 1024 : 0;
+    if (em_receiver_memory_max(r) && queued > em_receiver_memory_max(r) / 2)
+        queued = em_receiver_memory_max(r) / 2;
     char why[512];
     k->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
     if (!k->rk) {
         snprintf(err, errlen, "kafka source: %s", why);
         goto fail; /* rd_kafka_new frees conf only on success */
     }
+    k->queued_bytes = queued;
+    em_block_reserve((ptrdiff_t)queued);
     rd_kafka_poll_set_consumer(k->rk);
     k->queue = rd_kafka_queue_get_consumer(k->rk);
     return k;
@@ -1032,18 +1053,30 @@ static int put(kafka_src *k, size_t *w, const void *src, size_t n)
     return 0;
 }
 
-/* The meta of one record (see the top of this file); its length, or -1.
- * A header that this layout cannot hold (a NUL anywhere, '=' in its name)
- * is left out, and that is logged once. */
+/* The meta of one record (see the top of this file), then its headers
+ * when the job reads records whole (format = "record"); the meta's length
+ * (the headers' in *hlen), or -1. A header that this layout cannot hold (a
+ * NUL anywhere, '=' in its name) is left out, and that is logged once. */
 static ssize_t build_meta(kafka_src *k, const rd_kafka_message_t *m, const part *p,
-                          uint32_t epoch)
+                          uint32_t epoch, size_t *hlen)
 {
     const char *name = p ? p->topic->name : rd_kafka_topic_name(m->rkt);
     size_t w = 0;
     if (put(k, &w, name, p ? p->topic->len : strlen(name)))
         return -1;
+    /* NUL '#' digits, written backwards: no printf per record */
+    char tag[16], *t = tag + sizeof tag;
+    do
+        *--t = (char)('0' + epoch % 10);
+    while (epoch /= 10);
+    *--t = '#';
+    *--t = '\0';
+    if (put(k, &w, t, (size_t)(tag + sizeof tag - t)))
+        return -1;
+    size_t mlen = w;
+    *hlen = 0;
     rd_kafka_headers_t *hdrs;
-    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (k->headers && rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         const char *hname;
         const void *val;
         size_t size;
@@ -1061,17 +1094,9 @@ static ssize_t build_meta(kafka_src *k, const rd_kafka_message_t *m, const part 
                 (val && put(k, &w, val, size)))
                 return -1;
         }
+        *hlen = w - mlen;
     }
-    /* NUL '#' digits, written backwards: no printf per record */
-    char tag[16], *t = tag + sizeof tag;
-    do
-        *--t = (char)('0' + epoch % 10);
-    while (epoch /= 10);
-    *--t = '#';
-    *--t = '\0';
-    if (put(k, &w, t, (size_t)(tag + sizeof tag - t)))
-        return -1;
-    return (ssize_t)w;
+    return (ssize_t)mlen;
 }
 
 /* Pushes one message. Returns 1 when pushed, 0 when not (it will be read
@@ -1087,14 +1112,18 @@ static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *
     if (p && !p->assigned)
         return 0; /* fetched before its partition was revoked: the new owner reads it */
     uint32_t epoch = p && p->assigned && p->assigned_at <= since ? p->epoch : 0;
-    ssize_t mlen = build_meta(k, m, p, epoch);
+    size_t hlen = 0;
+    ssize_t mlen = build_meta(k, m, p, epoch, &hlen);
     int64_t ts = rd_kafka_message_timestamp(m, NULL);
     if (ts < 0)
         ts = em_clock_now_ms();
-    const char *value = m->payload ? m->payload : ""; /* a null value (tombstone) reads as "" */
-    if (mlen >= 0 && em_receiver_push(r, value, m->payload ? m->len : 0, m->key,
-                                      m->key ? m->key_len : 0, ts, m->partition, m->offset,
-                                      k->meta, (size_t)mlen) == 0) {
+    em_push rec = {.value = m->payload ? m->payload : "", /* a null value (tombstone) reads as "" */
+                   .value_len = m->payload ? m->len : 0, .key = m->key,
+                   .key_len = m->key ? m->key_len : 0, .ts_ms = ts, .partition = m->partition,
+                   .offset = m->offset, .meta = k->meta, .meta_len = mlen > 0 ? (size_t)mlen : 0,
+                   .extra = k->headers ? k->meta + (mlen > 0 ? mlen : 0) : NULL,
+                   .extra_len = hlen};
+    if (mlen >= 0 && em_receiver_push(r, &rec) == 0) {
         if (p && k->rate > 0 && (p->tokens -= 1) < 1)
             p->rate_paused = 1;
         return 1;
@@ -1262,10 +1291,11 @@ static void commit_blocks(kafka_src *k, em_block *const *blocks, size_t n)
     pthread_mutex_lock(&k->lock);
     topic *cache = NULL;
     for (size_t b = 0; b < n; b++)
-        for (uint32_t i = 0; i < blocks[b]->count; i++) {
-            const em_record *rec = &blocks[b]->records[i];
+        for (uint32_t i = 0, run = 0; i < blocks[b]->count; i++) {
+            em_push one, *rec = &one;
+            em_block_read(blocks[b], i, &run, rec);
             uint32_t epoch;
-            part *p = record_part(k, blocks[b], rec, &epoch, &cache);
+            part *p = record_part(k, rec, &epoch, &cache);
             if (!p || !p->assigned || epoch == 0 || epoch != p->live)
                 continue;
             if (rec->offset + 1 > p->done) /* never move a committed offset back */
@@ -1289,10 +1319,11 @@ static void rewind_blocks(kafka_src *k, em_block *const *blocks, size_t n)
     topic *cache = NULL;
     k->ntouched = 0;
     for (size_t b = 0; b < n; b++)
-        for (uint32_t i = 0; i < blocks[b]->count; i++) {
-            const em_record *rec = &blocks[b]->records[i];
+        for (uint32_t i = 0, run = 0; i < blocks[b]->count; i++) {
+            em_push one, *rec = &one;
+            em_block_read(blocks[b], i, &run, rec);
             uint32_t epoch;
-            part *p = record_part(k, blocks[b], rec, &epoch, &cache);
+            part *p = record_part(k, rec, &epoch, &cache);
             if (!p || !p->assigned || (epoch != 0 && epoch != p->epoch))
                 continue;
             if (!p->touched) {
@@ -1324,10 +1355,11 @@ static void kafka_positions(void *self, em_block *const *blocks, size_t n, FILE 
     topic *cache = NULL;
     k->ntouched = 0;
     for (size_t b = 0; b < n; b++)
-        for (uint32_t i = 0; i < blocks[b]->count; i++) {
-            const em_record *rec = &blocks[b]->records[i];
+        for (uint32_t i = 0, run = 0; i < blocks[b]->count; i++) {
+            em_push one, *rec = &one;
+            em_block_read(blocks[b], i, &run, rec);
             uint32_t epoch;
-            part *p = record_part(k, blocks[b], rec, &epoch, &cache);
+            part *p = record_part(k, rec, &epoch, &cache);
             if (!p)
                 continue;
             if (!p->touched) {
@@ -1428,6 +1460,7 @@ static void kafka_free(void *self)
         if (k->queue)
             rd_kafka_queue_destroy(k->queue);
         rd_kafka_destroy(k->rk);
+        em_block_reserve(-(ptrdiff_t)k->queued_bytes);
         if (em_clock_mono_ms() - t0 > CLOSE_NOTE_MS)
             em_log(EM_LOG_INFO, k->job, "%s: leaving the group took %lldms", k->name,
                    (long long)(em_clock_mono_ms() - t0));

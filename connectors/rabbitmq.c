@@ -610,9 +610,12 @@ static int take(rmq_src *s, em_receiver *r, const amqp_envelope_t *e, char *why,
     const amqp_basic_properties_t *p = &e->message.properties;
     int64_t ts = (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG) ? (int64_t)p->timestamp * 1000
                                                            : em_clock_now_ms();
-    if (em_receiver_push(r, e->message.body.bytes, e->message.body.len, e->routing_key.bytes,
-                         e->routing_key.len, ts, s->gen, (int64_t)e->delivery_tag,
-                         e->exchange.bytes, e->exchange.len) == 0)
+    em_push rec = {.value = e->message.body.bytes, .value_len = e->message.body.len,
+                   .key = e->routing_key.bytes,
+                   .key_len = e->routing_key.len, .ts_ms = ts, .partition = s->gen,
+                   .offset = (int64_t)e->delivery_tag, .meta = e->exchange.bytes,
+                   .meta_len = e->exchange.len};
+    if (em_receiver_push(r, &rec) == 0)
         return 1;
     em_log(EM_LOG_ERROR, job_of(s), "%s: the receiver refused a %zu-byte message; requeued it",
            s->name, e->message.body.len);
@@ -787,8 +790,10 @@ static void rmq_batch_done(void *self, em_block *const *blocks, size_t n, int ok
     int oom = 0;
     for (size_t b = 0; b < n && !oom; b++) {
         const em_block *blk = blocks[b];
+        uint32_t run = 0;
         for (uint32_t i = 0; i < blk->count; i++) {
-            const em_record *rec = &blk->records[i];
+            em_push one, *rec = &one;
+            em_block_read(blk, i, &run, rec);
             uint64_t tag = (uint64_t)rec->offset;
             if (nops && ops[nops - 1].gen == rec->partition && ops[nops - 1].hi + 1 == tag) {
                 ops[nops - 1].hi = tag;

@@ -982,7 +982,17 @@ static int push(redis_src *s, em_receiver *r, const char *v, size_t vlen, int64_
             return -1;
         }
     }
-    if (em_receiver_push(r, v, vlen, NULL, 0, ts, -1, s->seq + 1, meta, mlen) != 0) {
+    /* a stream entry's id is its own (extra); a channel is shared by a run (meta) */
+    em_push rec = {.value = v, .value_len = vlen, .ts_ms = ts, .partition = -1,
+                   .offset = s->seq + 1};
+    if (s->mode == STREAM) {
+        rec.extra = meta;
+        rec.extra_len = mlen;
+    } else {
+        rec.meta = meta;
+        rec.meta_len = mlen;
+    }
+    if (em_receiver_push(r, &rec) != 0) {
         if (tracked) {
             pthread_mutex_lock(&s->track->lock);
             iset_del(&s->track->set, k);
@@ -1476,7 +1486,7 @@ static int flush_acks_locked(redis_src *s)
  * ok: they stay where they are and leave the in-flight set, so that they
  * come again — a list's after the next reconnect or restart, a stream's
  * through XAUTOCLAIM once idle for claim_idle. */
-/* Stream mode: the highest entry id these blocks hold (the record meta),
+/* Stream mode: the highest entry id these blocks hold (the records' extra bytes),
  * as "<key> <id>". Lists and pub/sub cannot be rewound: nothing. */
 static void redis_positions(void *self, em_block *const *blocks, size_t n, FILE *out)
 {
@@ -1486,10 +1496,11 @@ static void redis_positions(void *self, em_block *const *blocks, size_t n, FILE 
     ikey max = {0, 0};
     int any = 0;
     for (size_t b = 0; b < n; b++)
-        for (uint32_t i = 0; i < blocks[b]->count; i++) {
-            const em_record *rec = &blocks[b]->records[i];
+        for (uint32_t i = 0, run = 0; i < blocks[b]->count; i++) {
+            em_push rec;
+            em_block_read(blocks[b], i, &run, &rec);
             ikey k;
-            if (parse_id(blocks[b]->arena + rec->meta_off, rec->meta_len, &k) != 0)
+            if (!rec.extra || parse_id(rec.extra, rec.extra_len, &k) != 0)
                 continue;
             if (!any || k.a > max.a || (k.a == max.a && k.b > max.b))
                 max = k;
@@ -1527,13 +1538,16 @@ static void redis_batch_done(void *self, em_block *const *blocks, size_t n, int 
         total += blocks[b]->count;
     ackitem *items = malloc((total ? total : 1) * sizeof *items);
     size_t k = 0;
-    for (size_t b = 0; b < n && items; b++)
+    for (size_t b = 0; b < n && items; b++) {
+        uint32_t run = 0;
         for (uint32_t i = 0; i < blocks[b]->count; i++, k++) {
-            const em_record *rec = &blocks[b]->records[i];
+            em_push rec;
+            em_block_read(blocks[b], i, &run, &rec);
             int list = s->mode == LIST;
-            items[k].s = blocks[b]->arena + (list ? rec->value_off : rec->meta_off);
-            items[k].len = list ? rec->value_len : rec->meta_len;
+            items[k].s = (char *)(list ? rec.value : rec.extra); /* into the block's arena */
+            items[k].len = list ? rec.value_len : rec.extra_len;
         }
+    }
     if (!items) {
         em_log(EM_LOG_ERROR, s->job, "%s: out of memory: %zu records are not acknowledged and "
                "will be delivered again", s->name, total);

@@ -112,9 +112,11 @@ static int drain(sock_src *s, em_receiver *r, uint32_t max, uint32_t *pushed)
     const char *line;
     size_t n;
     int cut;
+    int64_t now = em_clock_now_ms(); /* one arrival time per read, not a clock read per line */
     while (*pushed < max && em_linebuf_next(&s->lines, s->peer_closed, &line, &n, &cut)) {
-        if (em_receiver_push(r, line, n, NULL, 0, em_clock_now_ms(), -1, s->line_no + 1,
-                             NULL, 0) != 0) {
+        em_push rec = {.value = line, .value_len = n, .ts_ms = now, .partition = -1,
+                       .offset = s->line_no + 1};
+        if (em_receiver_push(r, &rec) != 0) {
             em_log(EM_LOG_ERROR, em_receiver_job(r), "%s: receiver refused line %lld", s->name,
                    (long long)(s->line_no + 1));
             return -1;

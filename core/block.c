@@ -10,6 +10,14 @@ static atomic_size_t total_bytes;
 
 size_t em_block_total_bytes(void) { return atomic_load(&total_bytes); }
 
+void em_block_reserve(ptrdiff_t bytes)
+{
+    if (bytes >= 0)
+        atomic_fetch_add(&total_bytes, (size_t)bytes);
+    else
+        atomic_fetch_sub(&total_bytes, (size_t)-bytes);
+}
+
 static int reserve_arena(em_block *b, size_t more);
 static int reserve_records(em_block *b, uint32_t cap);
 
@@ -64,49 +72,152 @@ static int reserve_records(em_block *b, uint32_t cap)
     return 0;
 }
 
-static uint32_t copy_in(em_block *b, const char *bytes, size_t len)
+static int reserve_runs(em_block *b)
 {
-    uint32_t off = b->arena_len;
-    if (len)
-        memcpy(b->arena + off, bytes, len);
-    b->arena_len += (uint32_t)len;
-    return off;
+    if (b->nruns < b->runs_cap)
+        return 0;
+    uint32_t cap = b->runs_cap ? b->runs_cap * 2 : 4;
+    em_run *r = realloc(b->runs, cap * sizeof *r);
+    if (!r)
+        return -1;
+    atomic_fetch_add(&total_bytes, (size_t)(cap - b->runs_cap) * sizeof *r);
+    b->runs = r;
+    b->runs_cap = cap;
+    return 0;
 }
 
-int em_block_append(em_block *b, const char *value, size_t value_len, const char *key,
-                    size_t key_len, int64_t ts_ms, int32_t partition, int64_t offset,
-                    const char *meta, size_t meta_len)
+static void copy_in(em_block *b, const char *bytes, size_t len)
+{
+    if (len)
+        memcpy(b->arena + b->arena_len, bytes, len);
+    b->arena_len += (uint32_t)len;
+}
+
+static void put_len(em_block *b, uint32_t len)
+{
+    unsigned char w[4] = {(unsigned char)len, (unsigned char)(len >> 8),
+                          (unsigned char)(len >> 16), (unsigned char)(len >> 24)};
+    copy_in(b, (const char *)w, 4);
+}
+
+static uint32_t get_len(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+static uint32_t flags_of(const em_push *p)
+{
+    return (p->key ? EM_RUN_KEYS : 0) | (p->extra ? EM_RUN_EXTRA : 0);
+}
+
+size_t em_block_record_bytes(const em_push *p)
+{
+    return p->value_len + (p->key ? p->key_len + 4 : 0) + (p->extra ? p->extra_len + 4 : 0);
+}
+
+/* Whether p continues the block's last run: same partition and meta, no
+ * key or extra bytes the run has no room for, deltas that fit. */
+static int continues(const em_block *b, const em_push *p)
+{
+    if (b->nruns == 0)
+        return 0;
+    const em_run *run = &b->runs[b->nruns - 1];
+    if (run->partition != p->partition || (flags_of(p) & ~run->flags) != 0)
+        return 0;
+    if (p->offset < run->base_offset || p->offset - run->base_offset > (int64_t)UINT32_MAX)
+        return 0;
+    int64_t dt = p->ts_ms - run->base_ts;
+    if (dt < INT32_MIN || dt > INT32_MAX)
+        return 0;
+    size_t mlen = p->meta ? p->meta_len : 0;
+    return run->meta_len == mlen &&
+           (mlen == 0 || memcmp(b->arena + run->meta_off, p->meta, mlen) == 0);
+}
+
+int em_block_append(em_block *b, const em_push *p)
 {
     if (b->count == b->cap && reserve_records(b, b->cap ? b->cap * 2 : 1024) != 0)
         return -1;
-    size_t klen = key ? key_len : 0;
-    if (reserve_arena(b, value_len + klen + meta_len) != 0)
+    int fresh = !continues(b, p);
+    size_t mlen = p->meta ? p->meta_len : 0;
+    if (reserve_arena(b, em_block_record_bytes(p) + (fresh ? mlen : 0)) != 0)
         return -1;
+    if (fresh) {
+        if (reserve_runs(b) != 0)
+            return -1;
+        em_run *run = &b->runs[b->nruns++];
+        *run = (em_run){.base_offset = p->offset, .base_ts = p->ts_ms, .first = b->count,
+                        .partition = p->partition, .meta_off = b->arena_len,
+                        .meta_len = (uint32_t)mlen, .flags = flags_of(p)};
+        copy_in(b, p->meta, mlen);
+    }
+    const em_run *run = &b->runs[b->nruns - 1];
+    if (run->flags & EM_RUN_EXTRA) {
+        size_t elen = p->extra ? p->extra_len : 0;
+        copy_in(b, p->extra, elen);
+        put_len(b, (uint32_t)elen);
+    }
+    if (run->flags & EM_RUN_KEYS) {
+        copy_in(b, p->key, p->key ? p->key_len : 0);
+        put_len(b, p->key ? (uint32_t)p->key_len : EM_NO_KEY);
+    }
     em_record *r = &b->records[b->count++];
-    r->value_len = (uint32_t)value_len;
-    r->value_off = copy_in(b, value, value_len);
-    r->key_len = (uint32_t)klen;
-    r->key_off = key ? copy_in(b, key, klen) : EM_NO_KEY;
-    r->meta_len = (uint32_t)meta_len;
-    r->meta_off = copy_in(b, meta, meta_len);
-    r->ts_ms = ts_ms;
-    r->partition = partition;
-    r->offset = offset;
+    r->value_off = b->arena_len;
+    r->value_len = (uint32_t)p->value_len;
+    r->offset_delta = (uint32_t)(p->offset - run->base_offset);
+    r->ts_delta = (int32_t)(p->ts_ms - run->base_ts);
+    copy_in(b, p->value, p->value_len);
     if (b->first_offset < 0)
-        b->first_offset = offset;
-    b->last_offset = offset;
+        b->first_offset = p->offset;
+    b->last_offset = p->offset;
     return 0;
+}
+
+void em_block_read(const em_block *b, uint32_t i, uint32_t *run, em_push *out)
+{
+    uint32_t k = *run < b->nruns ? *run : 0;
+    if (b->runs[k].first > i)
+        k = 0;
+    while (k + 1 < b->nruns && b->runs[k + 1].first <= i)
+        k++;
+    *run = k;
+    const em_run *rn = &b->runs[k];
+    const em_record *r = &b->records[i];
+    *out = (em_push){.value = b->arena + r->value_off, .value_len = r->value_len,
+                     .offset = rn->base_offset + r->offset_delta,
+                     .ts_ms = rn->base_ts + r->ts_delta, .partition = rn->partition,
+                     .meta = rn->meta_len ? b->arena + rn->meta_off : NULL,
+                     .meta_len = rn->meta_len};
+    const char *at = b->arena + r->value_off;
+    if (rn->flags & EM_RUN_KEYS) {
+        uint32_t klen = get_len(at - 4);
+        at -= 4;
+        if (klen != EM_NO_KEY) {
+            at -= klen;
+            out->key = at;
+            out->key_len = klen;
+        }
+    }
+    if (rn->flags & EM_RUN_EXTRA) {
+        uint32_t elen = get_len(at - 4);
+        at -= 4 + elen;
+        out->extra = at;
+        out->extra_len = elen;
+    }
 }
 
 void em_block_unref(em_block *b)
 {
     if (!b || atomic_fetch_sub(&b->refs, 1) != 1)
         return;
-    atomic_fetch_sub(&total_bytes, (size_t)b->cap * sizeof(em_record) + b->arena_cap);
+    atomic_fetch_sub(&total_bytes, (size_t)b->cap * sizeof(em_record) + b->arena_cap +
+                                       (size_t)b->runs_cap * sizeof(em_run));
+    em_receiver_block_freed(b->receiver, b->count);
     em_receiver_unref(b->receiver);
     free(b->wal_path);
+    free(b->runs);
     free(b->records);
     free(b->arena);
     free(b);
 }
-

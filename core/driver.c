@@ -80,12 +80,45 @@ em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
 
 static int64_t next_boundary(int64_t now, int64_t interval) { return (now / interval + 1) * interval; }
 
+/* The read-ahead bound (docs/internals.md, "Read-ahead"): a job's
+ * receivers hold at most what its workers process in READ_AHEAD_BATCHES
+ * batch intervals, measured on its last batches (records / processing
+ * time), so a source read faster than the job processes it keeps its
+ * backlog at the source. Until a batch with records is measured, a
+ * receiver may hold READ_AHEAD_MIN records per block interval of the batch
+ * interval (the first batch of a job with hour-long batches needs an
+ * hour's records); a batch cut under the bound measures the rate again,
+ * so the bound follows the job up as well as down. Never below
+ * READ_AHEAD_MIN. */
+#define READ_AHEAD_BATCHES 2
+#define READ_AHEAD_MIN 65536
+#define READ_AHEAD_HISTORY 4
+
+/* Splits a job's bound over its receivers, none below READ_AHEAD_MIN. */
+static void set_read_ahead(em_version *v, double bound)
+{
+    size_t nr = v->nreceivers;
+    double each = nr ? bound / (double)nr : bound;
+    if (each < READ_AHEAD_MIN)
+        each = READ_AHEAD_MIN;
+    for (size_t i = 0; i < nr; i++)
+        em_receiver_set_read_ahead(v->receivers[i], (uint64_t)each);
+}
+
+static uint64_t unmeasured_bound(const em_version *v)
+{
+    int64_t block = em_clock_block_interval_ms();
+    int64_t blocks = block > 0 ? v->batch_interval_ms / block : 1;
+    return (uint64_t)READ_AHEAD_MIN * (uint64_t)(blocks > 1 ? blocks : 1);
+}
+
 /* Starts a version's receivers; with backpressure, at the initial rate
- * until the estimator has one. */
+ * until the estimator has one; with the unmeasured read-ahead bound. */
 static void start_version(em_driver *d, em_version *v)
 {
     for (size_t i = 0; d->cfg->backpressure && d->cfg->initial_rate > 0 && i < v->nreceivers; i++)
         em_receiver_set_rate(v->receivers[i], d->cfg->initial_rate);
+    set_read_ahead(v, (double)unmeasured_bound(v));
     em_version_start(v);
 }
 
@@ -128,6 +161,25 @@ static void hold_receivers(em_driver *d, em_job *j)
                ? "%d batches waiting (streaming.maxWaitingBatches = %d): receivers paused"
                : "%d batches waiting (streaming.maxWaitingBatches = %d): receivers resumed",
                waiting, d->cfg->max_waiting_batches);
+}
+
+static void bound_read_ahead(em_job *j)
+{
+    em_batch_info recent[READ_AHEAD_HISTORY];
+    size_t n = em_history_recent(j->history, recent, READ_AHEAD_HISTORY);
+    uint64_t records = 0;
+    int64_t ms = 0;
+    for (size_t i = 0; i < n; i++)
+        if (recent[i].records > 0) {
+            records += recent[i].records;
+            ms += recent[i].processing_ms > 0 ? recent[i].processing_ms : 1;
+        }
+    double bound = (double)unmeasured_bound(j->version);
+    if (records > 0) {
+        double rate = (double)records * 1000.0 / (double)ms;
+        bound = rate * (double)j->version->batch_interval_ms / 1000.0 * READ_AHEAD_BATCHES;
+    }
+    set_read_ahead(j->version, bound);
 }
 
 static void submit(em_driver *d, em_batch *b)
@@ -200,6 +252,7 @@ static void tick(int64_t now, void *arg)
             continue;
         em_job_seal(j, now);
         hold_receivers(d, j);
+        bound_read_ahead(j);
         if (now < j->next_batch_ms)
             continue;
         if (atomic_load(&j->blocked) && j->held) {

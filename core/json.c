@@ -100,17 +100,33 @@ static cursor number(cursor p, cursor end, double *out, cursor *bad)
 }
 
 /* A string whose opening quote is at p. Fills t; returns the byte after the
- * closing quote, or NULL when it does not end. */
+ * closing quote, or NULL when it does not end. Keys and most values are
+ * short: the first 32 bytes are scanned inline for the closing quote and a
+ * backslash at once, without a library call; a longer string goes on with
+ * memchr. */
+#define INLINE_SCAN 32
+
 static cursor string(cursor s, cursor p, cursor end, em_json_tok *t)
 {
-    cursor from = p + 1;
-    cursor q = memchr(from, '"', (size_t)(end - from));
-    if (!q)
+    cursor from = p + 1, q = from;
+    cursor stop = end - from > INLINE_SCAN ? from + INLINE_SCAN : end;
+    while (q < stop && *q != '"' && *q != '\\')
+        q++;
+    if (q < stop && *q == '"') {
+        t->type = EM_JSON_STRING;
+    } else if (q == stop && stop < end) {
+        cursor nq = memchr(q, '"', (size_t)(end - q));
+        if (!nq)
+            return NULL;
+        t->type = memchr(q, '\\', (size_t)(nq - q)) ? EM_JSON_STRING_ESC : EM_JSON_STRING;
+        q = nq;
+    } else if (q >= end) {
         return NULL;
-    t->type = EM_JSON_STRING;
-    if (memchr(from, '\\', (size_t)(q - from))) {
+    } else {
+        t->type = EM_JSON_STRING_ESC; /* a backslash first */
+    }
+    if (t->type == EM_JSON_STRING_ESC) {
         /* A quote may be escaped: walk to the real end. */
-        t->type = EM_JSON_STRING_ESC;
         for (q = from; q < end && *q != '"'; q++)
             if (*q == '\\')
                 q++;

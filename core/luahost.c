@@ -239,6 +239,8 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     lua_setfield(L, -2, "state_max");
     lua_pushinteger(L, cfg->state_snapshot_interval);
     lua_setfield(L, -2, "snapshot_interval");
+    lua_pushnumber(L, (lua_Number)cfg->batch_interval_ms);
+    lua_setfield(L, -2, "batch_interval_ms");
     lua_pushstring(L, path);
     lua_setfield(L, -2, "file");
     em_budget_begin(h->budget);

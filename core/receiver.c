@@ -35,6 +35,13 @@ struct em_receiver {
     size_t nsealed, capsealed;
     double max_rate, bp_rate, applied_rate;
     atomic_int held;
+    /* Records of its blocks not yet freed (read, or in a batch) are pushed -
+     * freed: pushed grows under lock (a relaxed store, no locked add per
+     * record), freed when a worker frees a block. */
+    atomic_uint_fast64_t pushed, freed;
+    atomic_uint_fast64_t read_ahead; /* records it may hold so (0: no bound); set by the driver */
+    int memory_warned;           /* memory.max changes logged: the first pause and resume
+                                    at warn and info, later ones at debug */
     int64_t batch_interval_ms;
     size_t memory_max;      /* memory.max (0: no cap) */
     em_wal_fsync wal_fsync; /* streaming.receiver.writeAheadLog.fsync ... */
@@ -58,6 +65,8 @@ struct em_receiver {
 
 static const em_option core_options[] = {
     {"max_rate", EM_OPT_DOUBLE, NULL, "records/s cap of this source (0: unlimited)"},
+    /* checked by lua/ember/job.lua; a connector may read less when it is not "record" */
+    {"format", EM_OPT_STRING, "value", "what an element is: value, record or json"},
     {NULL, 0, NULL, NULL},
 };
 
@@ -245,10 +254,28 @@ void em_receiver_get_stats(em_receiver *r, em_receiver_stats *out)
     out->failing_since_ms = atomic_load(&r->failing_since_ms);
 }
 
+/* Freed first: a block is freed only after its records were pushed, so
+ * pushed read after it is never the smaller one. */
+static uint64_t live_records(em_receiver *r)
+{
+    uint64_t freed = atomic_load(&r->freed);
+    uint64_t pushed = atomic_load(&r->pushed);
+    return pushed > freed ? pushed - freed : 0;
+}
+
+/* Whether the read-ahead bound holds this receiver: it has as many
+ * records in blocks not yet freed as the driver allows (about what the job
+ * processes in two batch intervals). */
+static int ahead_of_workers(em_receiver *r)
+{
+    uint64_t bound = atomic_load(&r->read_ahead);
+    return bound && live_records(r) >= bound;
+}
+
 static void *run(void *arg)
 {
     em_receiver *r = arg;
-    int paused = 0, over_memory = 0;
+    int paused = 0, over_memory = 0, ahead = 0;
     em_ratelimit_init(&r->rl, 0, em_clock_block_interval_ms());
     while (!atomic_load(&r->stopping)) {
         apply_rate(r);
@@ -258,14 +285,30 @@ static void *run(void *arg)
         int full = memory_max && used > memory_max;
         if (!full && memory_max && allow > 0)
             allow = within_memory(r, allow, memory_max - used);
-        if (full != over_memory)
-            em_log(full ? EM_LOG_WARN : EM_LOG_INFO, r->job, "%s: %s", r->describe,
+        if (full != over_memory) {
+            /* A backlog read faster than it is processed meets the cap as a
+             * matter of course: warn once, not once per batch. */
+            int level = r->memory_warned > 1 ? EM_LOG_DEBUG : full ? EM_LOG_WARN : EM_LOG_INFO;
+            em_log(level, r->job, "%s: %s", r->describe,
                    full ? "memory.max reached: reading paused until batches free blocks"
                         : "below memory.max again: reading resumed");
+            r->memory_warned++;
+        }
         over_memory = full;
         atomic_store(&r->over_memory, full);
         atomic_store(&r->throttled, allow == 0 && !full);
-        if (full || atomic_load(&r->held))
+        int is_ahead = ahead_of_workers(r);
+        if (is_ahead != ahead)
+            em_log(EM_LOG_DEBUG, r->job, "%s: %s", r->describe,
+                   is_ahead ? "read ahead of the workers: the backlog stays at the source"
+                            : "reading again");
+        ahead = is_ahead;
+        if (!full && !ahead && allow > 0) { /* one poll does not overshoot the bound by much */
+            uint64_t bound = atomic_load(&r->read_ahead), live = live_records(r);
+            if (bound && bound - live < allow)
+                allow = (uint32_t)(bound - live);
+        }
+        if (full || ahead || atomic_load(&r->held))
             allow = 0;
         if (allow == 0) {
             /* Out of tokens: stop reading so the sender feels it. */
@@ -276,7 +319,7 @@ static void *run(void *arg)
              * finished batches and keep its connection alive. */
             r->conn->poll(r->self, r, 0, 0);
             int wait = em_ratelimit_wait_ms(&r->rl);
-            em_clock_sleep_ms(wait > 0 ? wait : 10);
+            em_clock_sleep_ms(wait > 0 ? wait : ahead ? 2 : 10);
             continue;
         }
         if (paused && r->conn->resume)
@@ -365,12 +408,10 @@ void em_receiver_unref(em_receiver *r)
 
 static void seal_locked(em_receiver *r, int64_t now_ms);
 
-int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const char *key,
-                     size_t key_len, int64_t ts_ms, int32_t partition, int64_t offset,
-                     const char *meta, size_t meta_len)
+int em_receiver_push(em_receiver *r, const em_push *rec)
 {
+    size_t len = em_block_record_bytes(rec);
     pthread_mutex_lock(&r->lock);
-    size_t len = value_len + (key ? key_len : 0) + meta_len;
     if (r->current && r->current->arena_len + len > EM_BLOCK_BYTES_MAX)
         seal_locked(r, em_clock_now_ms());
     if (!r->current) {
@@ -386,15 +427,16 @@ int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const 
         if (r->wal)
             wal_result(r, em_wal_begin(r->wal, r->current));
     }
-    int rc = em_block_append(r->current, value, value_len, key, key_len, ts_ms, partition,
-                             offset, meta, meta_len);
+    int rc = em_block_append(r->current, rec);
     if (rc == 0) {
         r->records++;
-        r->bytes += value_len + key_len + meta_len;
+        r->bytes += len;
+        atomic_store_explicit(&r->pushed,
+                              atomic_load_explicit(&r->pushed, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
     }
     if (rc == 0 && r->wal)
-        wal_result(r, em_wal_append(r->wal, r->current,
-                                    &r->current->records[r->current->count - 1]));
+        wal_result(r, em_wal_append(r->wal, rec));
     pthread_mutex_unlock(&r->lock);
     return rc;
 }
@@ -505,20 +547,22 @@ int64_t em_receiver_batch_interval_ms(const em_receiver *r) { return r->batch_in
 static em_block *without_partition(em_block *b, int32_t p, int *changed)
 {
     uint32_t keep = 0;
-    for (uint32_t i = 0; i < b->count; i++)
-        keep += b->records[i].partition != p;
+    for (uint32_t k = 0; k < b->nruns; k++) {
+        uint32_t end = k + 1 < b->nruns ? b->runs[k + 1].first : b->count;
+        if (b->runs[k].partition != p)
+            keep += end - b->runs[k].first;
+    }
     *changed = keep != b->count;
     if (!*changed)
         return b;
     em_block *nb = keep ? em_block_create(0, 0) : NULL;
+    uint32_t run = 0;
     for (uint32_t i = 0; nb && i < b->count; i++) {
-        const em_record *rec = &b->records[i];
-        if (rec->partition == p)
+        em_push rec;
+        em_block_read(b, i, &run, &rec);
+        if (rec.partition == p)
             continue;
-        if (em_block_append(nb, b->arena + rec->value_off, rec->value_len,
-                            rec->key_off == EM_NO_KEY ? NULL : b->arena + rec->key_off,
-                            rec->key_len, rec->ts_ms, rec->partition, rec->offset,
-                            b->arena + rec->meta_off, rec->meta_len) != 0) {
+        if (em_block_append(nb, &rec) != 0) {
             em_block_unref(nb);
             *changed = 0;
             return b;
@@ -527,6 +571,8 @@ static em_block *without_partition(em_block *b, int32_t p, int *changed)
     if (nb) {
         nb->sealed_ms = b->sealed_ms;
         nb->receiver = b->receiver ? em_receiver_ref(b->receiver) : NULL;
+        if (nb->receiver) /* b's records leave the count when b is freed */
+            atomic_fetch_add(&nb->receiver->pushed, nb->count); /* under its lock too */
     }
     em_block_unref(b);
     return nb;
@@ -561,6 +607,21 @@ size_t em_receiver_discard(em_receiver *r, int32_t partition)
 }
 
 void em_receiver_hold(em_receiver *r, int on) { atomic_store(&r->held, on); }
+
+size_t em_receiver_memory_max(const em_receiver *r) { return r->memory_max; }
+
+void em_receiver_set_read_ahead(em_receiver *r, uint64_t records)
+{
+    atomic_store(&r->read_ahead, records);
+}
+
+uint64_t em_receiver_read_ahead(const em_receiver *r) { return atomic_load(&r->read_ahead); }
+
+void em_receiver_block_freed(em_receiver *r, uint32_t records)
+{
+    if (r)
+        atomic_fetch_add(&r->freed, records);
+}
 
 int em_receiver_acknowledges(const em_receiver *r)
 {

@@ -33,10 +33,9 @@ void em_receiver_stop(em_receiver *r);
 em_receiver *em_receiver_ref(em_receiver *r);
 void em_receiver_unref(em_receiver *r); /* accepts NULL */
 
-/* Called by connectors inside poll(): one record, copied. key may be NULL. */
-int em_receiver_push(em_receiver *r, const char *value, size_t value_len, const char *key,
-                     size_t key_len, int64_t ts_ms, int32_t partition, int64_t offset,
-                     const char *meta, size_t meta_len);
+/* Called by connectors inside poll(): one record, copied (see em_push in
+ * block.h: meta is what a run of records shares, extra a record's own). */
+int em_receiver_push(em_receiver *r, const em_push *rec);
 
 /* Clock side: seal the current block (if it holds records) into the
  * sealed list. */
@@ -76,6 +75,16 @@ int64_t em_receiver_batch_interval_ms(const em_receiver *r);
 size_t em_receiver_discard(em_receiver *r, int32_t partition);
 /* Holds the receiver (no reading) while on, e.g. too many batches wait. */
 void em_receiver_hold(em_receiver *r, int on);
+/* The read-ahead bound: the receiver stops reading while its blocks not
+ * yet freed (read, waiting, or in a running batch) hold this many records;
+ * 0: no bound. The driver sets it from what the job's batches process. */
+void em_receiver_set_read_ahead(em_receiver *r, uint64_t records);
+uint64_t em_receiver_read_ahead(const em_receiver *r);
+/* Called by em_block_unref(): a block of this receiver with that many
+ * records was freed. Accepts NULL. */
+void em_receiver_block_freed(em_receiver *r, uint32_t records);
+/* memory.max (0: no cap), for a connector's own buffers (Kafka's prefetch). */
+size_t em_receiver_memory_max(const em_receiver *r);
 
 /* Writes every block to a write-ahead log under dir before it can join a
  * batch, unless the source acknowledges by itself. Call before start. */

@@ -143,12 +143,12 @@ static void put64(char *p, int64_t v) { memcpy(p, &v, 8); }
 static uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static int64_t get64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return v; }
 
-int em_wal_append(em_wal *w, const em_block *b, const em_record *r)
+int em_wal_append(em_wal *w, const em_push *r)
 {
     if (!w->f)
         return outcome(w, -1);
-    size_t klen = r->key_off == EM_NO_KEY ? 0 : r->key_len;
-    size_t payload = FIXED + r->value_len + klen + r->meta_len;
+    size_t klen = r->key ? r->key_len : 0, mlen = r->meta ? r->meta_len : 0;
+    size_t payload = FIXED + r->value_len + klen + mlen;
     if (HEADER + payload > w->cap) {
         size_t cap = (HEADER + payload) * 2;
         char *buf = realloc(w->buf, cap);
@@ -161,17 +161,17 @@ int em_wal_append(em_wal *w, const em_block *b, const em_record *r)
     put64(p, r->ts_ms);
     put64(p + 8, r->offset);
     put32(p + 16, (uint32_t)r->partition);
-    put32(p + 20, r->value_len);
-    put32(p + 24, r->key_off == EM_NO_KEY ? NO_KEY : r->key_len);
-    put32(p + 28, r->meta_len);
+    put32(p + 20, (uint32_t)r->value_len);
+    put32(p + 24, r->key ? (uint32_t)r->key_len : NO_KEY);
+    put32(p + 28, (uint32_t)mlen);
     char *q = p + FIXED;
-    memcpy(q, b->arena + r->value_off, r->value_len);
+    memcpy(q, r->value, r->value_len);
     q += r->value_len;
     if (klen)
-        memcpy(q, b->arena + r->key_off, klen);
+        memcpy(q, r->key, klen);
     q += klen;
-    if (r->meta_len)
-        memcpy(q, b->arena + r->meta_off, r->meta_len);
+    if (mlen)
+        memcpy(q, r->meta, mlen);
     memcpy(w->buf, MAGIC, 4);
     put32(w->buf + 4, (uint32_t)payload);
     put32(w->buf + 8, (uint32_t)crc32(0, (const Bytef *)p, (uInt)payload));
@@ -300,8 +300,11 @@ static em_block *read_segment(const char *dir, const char *name, const char *qdi
         uint32_t vlen = get32(p + 20), klen = get32(p + 24), mlen = get32(p + 28);
         size_t k = klen == NO_KEY ? 0 : klen;
         const char *v = (const char *)p + FIXED;
-        em_block_append(b, v, vlen, klen == NO_KEY ? NULL : v + vlen, k, get64(p),
-                        (int32_t)get32(p + 16), get64(p + 8), v + vlen + k, mlen);
+        em_push rec = {.value = v, .value_len = vlen, .key = klen == NO_KEY ? NULL : v + vlen,
+                       .key_len = k, .ts_ms = get64(p), .partition = (int32_t)get32(p + 16),
+                       .offset = get64(p + 8), .meta = mlen ? v + vlen + k : NULL,
+                       .meta_len = mlen};
+        em_block_append(b, &rec);
         pos += flen;
     }
     free(data);

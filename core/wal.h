@@ -35,8 +35,10 @@ em_wal *em_wal_open(const char *dir, em_wal_fsync policy, int64_t interval_ms, c
                     size_t errlen);
 /* Starts the segment of a new block; the block keeps its path. */
 int em_wal_begin(em_wal *w, em_block *b);
-/* Appends one record (the last one appended to b). */
-int em_wal_append(em_wal *w, const em_block *b, const em_record *r);
+/* Appends one record. Its extra bytes are not logged: only sources that
+ * the broker redelivers have any (Kafka headers, Redis stream ids), and
+ * those need no write-ahead log. */
+int em_wal_append(em_wal *w, const em_push *r);
 /* After a poll: hands buffered bytes to the kernel (and fsyncs under the
  * always and interval policies). */
 int em_wal_flush(em_wal *w);

@@ -124,6 +124,103 @@ local function make_streamer(node, ctx, fails)
 end
 
 
+-- Runs push over ka/vb[1..n], applying on_error to an element whose
+-- push raised and resuming after it; returns true when on_error says
+-- stop. Each guard keeps its own index of the element in hand, so a guard
+-- may run inside another one's loop (an output's chunk written while a
+-- wide operation flushes).
+local function make_guard(fails)
+    local cur = 0
+    local function loop(push, ka, vb, from, n)
+        for i = from, n do
+            cur = i
+            push(ka[i], vb[i])
+        end
+    end
+    return function(push, ka, vb, n, shape)
+        local from = 1
+        while from <= n do
+            local ok, err = pcall(loop, push, ka, vb, from, n)
+            if ok then
+                return false
+            end
+            local i = cur
+            local _, text = pcall(describe, ka[i], vb[i], shape)  -- __tostring may raise
+            if fails:add(err, text) then
+                return true
+            end
+            from = i + 1
+        end
+        return false
+    end
+end
+
+
+-- An output of ember's own that streams (save_as_text_files, print,
+-- foreach_record): h.chunk(ka, vb, n, info) gets the elements in chunks of
+-- SINK_CHUNK while the batch is computed, h.finish(info, total) ends the
+-- batch, h.abort() drops what a failed or stopped batch left. chunk may
+-- return true (on_error said stop) or raise: the output then takes no
+-- more chunks this batch, and finish() reports the error for the job's
+-- on_error policy, as a failure of the whole batch of this output.
+local function make_chunked(node, ctx, h)
+    local total, err, stop, open = 0, nil, false, false
+    local info = { job = ctx.job, shape = node.shape }
+    local c
+
+    local function flush()
+        local ka, vb, n = c.get()
+        if n > 0 and not err and not stop then
+            open = true
+            info.time, info.count, info.first = ctx.time, n, total + 1
+            info.batch_id = ctx.batch_id
+            local ok, res = pcall(h.chunk, ka, vb, n, info)
+            if not ok then
+                err = res
+            elseif res then
+                stop = true
+            end
+            if err or stop then
+                pcall(h.abort)
+                open = false
+            end
+        end
+        total = total + n
+        c.clear()
+    end
+    c = make_collector(node, SINK_CHUNK, flush)
+
+    local s = { push = c.push }
+    function s.reset()
+        c.clear()
+        total, err, stop, open = 0, nil, false, false
+    end
+    -- After the pass: the last chunk, then the end of the batch. Returns
+    -- stop, err, the element count.
+    function s.finish()
+        flush()
+        if not err and not stop then
+            info.time, info.count, info.batch_id = ctx.time, total, ctx.batch_id
+            local ok, res = pcall(h.finish, info, total)
+            if not ok then
+                err = res
+                pcall(h.abort)
+            end
+        end
+        open = false
+        return stop, err, total
+    end
+    -- A batch that stopped early leaves no temp file behind.
+    function s.close()
+        if open then
+            pcall(h.abort)
+        end
+        open = false
+    end
+    return s
+end
+
+
 -- foreach_record's call of the user function, by shape.
 local function record_caller(node)
     local f, shape = node.fn, node.shape
@@ -146,6 +243,8 @@ end
 _M.collector = make_collector
 _M.streamer = make_streamer
 _M.record_caller = record_caller
+_M.guard = make_guard
+_M.chunked = make_chunked
 
 
 return _M

@@ -291,6 +291,11 @@ DStream.to_rabbitmq = sink_method("to_rabbitmq", "rabbitmq")
 
 -- Operators that keep state across batches (update_state_by_key,
 -- map_with_state, state_snapshots) are declared by ember.state_ops.
+-- Joins of two keyed streams within a batch (ember.join_ops).
+require("ember.join_ops").declare(DStream, {
+    new_node = new_node, check_self = check_self, need_pairs = need_pairs, where = where,
+})
+
 require("ember.state_ops").declare(DStream, {
     new_node = new_node, check_self = check_self, check_fn = check_fn,
     need_pairs = need_pairs, where = where,

@@ -45,11 +45,13 @@ local wide = require "ember.wide"
 local collect = require "ember.collect"
 local records = require "ember.records"
 local state_ops = require "ember.state_ops"
+local join_ops = require "ember.join_ops"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
 local view_ptr_t = eff.view_ptr_t
 local pcall = pcall
+local type = type
 local error = error
 local tostring = tostring
 local tonumber = tonumber
@@ -61,10 +63,59 @@ local fanout = narrow.fanout
 local make_collector = collect.collector
 local make_streamer = collect.streamer
 local record_caller = collect.record_caller
+local make_guard = collect.guard
+local make_chunked = collect.chunked
 
 
 local _M = {}
 _M.SINK_CHUNK = collect.SINK_CHUNK
+
+
+-- The outputs of ember's own that stream: each gives the handlers
+-- collect.chunked calls (chunk, finish, abort).
+local CHUNKED = {
+    save_as_text_files = function(node)
+        local w = sinks.text_files(node)
+        return { chunk = w.chunk, finish = w.finish, abort = w.abort }
+    end,
+    -- print(n) keeps the first n elements and counts the rest.
+    print = function(node)
+        local limit, shape = node.n, node.shape
+        local pa, pb, kept = {}, {}, 0
+        local h = {}
+        function h.chunk(ka, vb, n)
+            for i = 1, n do
+                if kept >= limit then
+                    break
+                end
+                kept = kept + 1
+                pa[kept], pb[kept] = ka[i], vb[i]
+            end
+        end
+        function h.finish(info, total)
+            local ok, err = pcall(sinks.print, node, pa, pb, total, info)
+            pa, pb, kept = {}, {}, 0
+            if not ok then
+                error(err, 0)
+            end
+        end
+        function h.abort()
+            pa, pb, kept = {}, {}, 0
+        end
+        h.shape = shape
+        return h
+    end,
+    -- foreach_record: the user function per element, on_error per element.
+    foreach_record = function(node, fails)
+        local call, shape = record_caller(node), node.shape
+        local guard = make_guard(fails)
+        return {
+            chunk = function(ka, vb, n) return guard(call, ka, vb, n, shape) end,
+            finish = function() end,
+            abort = function() end,
+        }
+    end,
+}
 
 
 -- Compiles a loaded job. Returns run(view_ptr, batch_id) -> ok, failed,
@@ -98,14 +149,24 @@ function _M.compile(job, host, store)
     local wides = {}            -- { node, w, out } in creation order
     local collectors = {}       -- output node -> collector
     local streamers = {}        -- sink output node -> streamer
+    local chunked = {}          -- streaming output of ember's own -> its writer
 
     for i = #nodes, 1, -1 do
         local node = nodes[i]
         if live[node] then
             local outs = {}
+            local joined = {}
             for _, c in ipairs(node.children) do
-                if live[c] then
-                    outs[#outs + 1] = input[c]
+                if live[c] and not c.side then      -- late() is fed by its op
+                    local inp = input[c]
+                    if type(inp) == "table" then    -- a join: one push per side, and a
+                        if not joined[c] then       -- stream joined with itself pushes once
+                            joined[c] = true
+                            outs[#outs + 1] = inp[node]
+                        end
+                    else
+                        outs[#outs + 1] = inp
+                    end
                 end
             end
             local out = fanout(outs)
@@ -117,6 +178,10 @@ function _M.compile(job, host, store)
                 local w = make_streamer(node, ctx, fails)
                 streamers[node] = w
                 input[node] = w.push
+            elseif node.is_output and CHUNKED[op] then
+                local w = make_chunked(node, ctx, CHUNKED[op](node, fails))
+                chunked[node] = w
+                input[node] = w.push
             elseif node.is_output then
                 local c = make_collector(node)
                 collectors[node] = c
@@ -124,6 +189,10 @@ function _M.compile(job, host, store)
             elseif state_ops.is_stateful(op) then
                 local w = state_ops.make(node, ctx, out, store)
                 input[node] = w.push
+                wides[#wides + 1] = { node = node, w = w, out = out }
+            elseif join_ops.is_join(op) then
+                local w = join_ops.make(node, ctx)
+                input[node] = w.inputs
                 wides[#wides + 1] = { node = node, w = w, out = out }
             elseif wide.is_wide(op) then
                 local w = wide.make(node, ctx)
@@ -149,6 +218,26 @@ function _M.compile(job, host, store)
 
     -- The index of the element in hand, read by the error handlers.
     local cur = 0
+    -- The block in hand, so that event time knows a record's source and
+    -- Kafka partition (ctx.source, ctx.partition()).
+    local cur_blk, cur_run = nil, 0
+    function ctx.partition()
+        local blk = cur_blk
+        if not blk or blk.nruns == 0 then
+            return -1
+        end
+        -- The run holding record cur: mostly the one before (runs are
+        -- stretches of one partition, read in order).
+        local k = cur_run
+        if k >= blk.nruns or blk.runs[k].first > cur then
+            k = 0
+        end
+        while k + 1 < blk.nruns and blk.runs[k + 1].first <= cur do
+            k = k + 1
+        end
+        cur_run = k
+        return blk.runs[k].partition
+    end
 
     local function source_loop(push, recs, arena, from, n)
         for i = from, n - 1 do
@@ -160,10 +249,17 @@ function _M.compile(job, host, store)
 
     -- format = "record": each element is a table with the record's value,
     -- key, timestamp, position and the source's own metadata.
-    local function record_loop(push, recs, arena, from, n, kind)
-        for i = from, n - 1 do
-            cur = i
-            push(record_table(recs[i], arena, kind), nil)
+    -- A block's records come in runs (core/block.h): each run's shared
+    -- fields are read once for its records.
+    local function record_loop(push, recs, arena, from, n, kind, runs, nruns)
+        for k = 0, nruns - 1 do
+            local run = runs[k]
+            local last = k + 1 < nruns and runs[k + 1].first or n
+            local first = run.first
+            for i = (from > first and from or first), last - 1 do
+                cur = i
+                push(record_table(recs[i], run, arena, kind), nil)
+            end
         end
     end
     -- format = "json": each element is the value decoded, straight from
@@ -185,30 +281,8 @@ function _M.compile(job, host, store)
         source_kind[i], source_format[i] = src.type, src.format
     end
 
-    local function push_loop(push, ka, vb, from, n)
-        for i = from, n do
-            cur = i
-            push(ka[i], vb[i])
-        end
-    end
-
-    -- Runs push over ka/vb[from..n] under the policy; true means stop.
-    local function guarded_push(push, ka, vb, n, shape)
-        local from = 1
-        while from <= n do
-            local ok, err = pcall(push_loop, push, ka, vb, from, n)
-            if ok then
-                return false
-            end
-            local i = cur
-            local _, text = pcall(describe, ka[i], vb[i], shape)  -- __tostring may raise
-            if fails:add(err, text) then
-                return true
-            end
-            from = i + 1
-        end
-        return false
-    end
+    -- Pushes a wide operation's results under the policy; true means stop.
+    local guarded_push = make_guard(fails)
 
     local function batch_note(n)
         return "<batch of " .. n .. " record" .. (n == 1 and "" or "s") .. ">"
@@ -224,7 +298,7 @@ function _M.compile(job, host, store)
         end
         for i = 1, #outputs do
             local o = outputs[i]
-            local c = collectors[o] or streamers[o]
+            local c = collectors[o] or streamers[o] or chunked[o]
             c.reset()
         end
 
@@ -241,10 +315,12 @@ function _M.compile(job, host, store)
             local n = blk.count
             if push and n > 0 then
                 local recs, arena = blk.records, blk.arena
+                ctx.source, cur_blk, cur_run = s, blk, 0
                 local from = 0
                 local loop = LOOPS[source_format[s]]
                 while true do
-                    local ok, err = pcall(loop, push, recs, arena, from, n, source_kind[s])
+                    local ok, err = pcall(loop, push, recs, arena, from, n, source_kind[s],
+                                          blk.runs, blk.nruns)
                     if ok then
                         break
                     end
@@ -260,6 +336,8 @@ function _M.compile(job, host, store)
                 end
             end
         end
+
+        ctx.source, cur_blk = 0, nil
 
         -- wide operations, in topological order
         for i = 1, #wides do
@@ -293,9 +371,10 @@ function _M.compile(job, host, store)
                 if err then
                     return false, node.op .. " (" .. node.where .. "): " .. err
                 end
-            elseif kind == "foreach_record" then
-                local ka, vb, n = collectors[node].get()
-                if guarded_push(record_caller(node), ka, vb, n, node.shape) then
+            elseif chunked[node] then
+                -- Written chunk by chunk during the pass; this ends it.
+                local stop, err, n = chunked[node].finish()
+                if stop or (err and fails:add(err, batch_note(n))) then
                     return false
                 end
             else
@@ -319,7 +398,7 @@ function _M.compile(job, host, store)
         local ok, res, sink_err = pcall(run, view)
         -- A batch that stopped early leaves no sink waiting on its server.
         for i = 1, #outputs do
-            local w = streamers[outputs[i]]
+            local w = streamers[outputs[i]] or chunked[outputs[i]]
             if w then
                 w.close()
             end

@@ -164,8 +164,9 @@ for _, kind in ipairs(SOURCES) do
             error("cannot add a source to job '" .. tostring(self.name)
                   .. "' once it is loaded", 2)
         end
-        -- format is Lua's business: what an element of the source is. The
-        -- rest goes to the connector in C, which checks every key.
+        -- format is Lua's business: what an element of the source is. It
+        -- goes to C too (a connector reads less when it is not "record":
+        -- Kafka skips headers), with the rest, which the connector checks.
         local format = options.format
         if format ~= nil and format ~= "value" and format ~= "record" and format ~= "json" then
             error("bad option 'format' to '" .. kind .. "' (\"value\", \"record\" or \"json\" "
@@ -173,9 +174,7 @@ for _, kind in ipairs(SOURCES) do
         end
         local passed = {}
         for k, v in pairs(options) do
-            if k ~= "format" then
-                passed[k] = v
-            end
+            passed[k] = v
         end
         local where = dstream.where(2)
         local n = #self.sources + 1

@@ -16,12 +16,14 @@ local job_mod = require "ember.job"
 local executor = require "ember.executor"
 local state = require "ember.state"
 local state_ops = require "ember.state_ops"
+local window_ops = require "ember.window_ops"
 
 local loadfile = loadfile
 local pcall = pcall
 local error = error
 local ipairs = ipairs
 local type = type
+local tonumber = tonumber
 local tostring = tostring
 local str_match = string.match
 local str_find = string.find
@@ -87,6 +89,12 @@ local function load_job(path, host)
     if #job.outputs == 0 then
         error(job.where .. ": job '" .. job.name .. "' has no output operation", 0)
     end
+    -- Windows are multiples of the batch interval (the job's, else the
+    -- configuration's streaming.batchInterval).
+    local interval = job.batch_interval and state_ops.duration_ms(job.batch_interval)
+                     or tonumber(host.batch_interval_ms) or 1000
+    window_ops.check_intervals(job, interval)
+    job.interval_ms = interval
     job.sealed = true
     return job
 end
@@ -154,6 +162,11 @@ function _M.load(path, host)
             return store:check_migrate(committed, old_version)
         end,
         state_bytes = function() return store:state_bytes() end,
+        -- records event-time windows found late, since the job's state began
+        late_records = function()
+            local op = store.ops["event_time#clock"]
+            return op and (state.committed_of(op, "late") or 0) or 0
+        end,
     }
 end
 

@@ -26,6 +26,7 @@ local str_match = string.match
 local str_sub = string.sub
 local tbl_concat = table.concat
 local tbl_sort = table.sort
+local tbl_clear = require "table.clear"
 
 
 local _M = {}
@@ -187,62 +188,94 @@ local function dirname(path)
 end
 
 
--- Writes content to path atomically: path.tmp, flush, close, rename.
--- Raises on failure (the executor applies the job's error policy).
-function _M.write_atomic(path, content)
-    local tmp = path .. ".tmp"
-    local f, err = io_open(tmp, "wb")
-    if not f then
-        error("save_as_text_files: " .. tostring(err), 0)
-    end
-    local ok, werr = f:write(content)
-    if ok then
-        ok, werr = f:flush()
-    end
-    f:close()
-    if ok then
-        ok, werr = os_rename(tmp, path)
-    end
-    if not ok then
-        os_remove(tmp)
-        error("save_as_text_files: " .. tostring(werr), 0)
-    end
-end
-
-
 -- save_as_text_files(prefix, suffix): <prefix>-<time_ms>[.<suffix>], one
 -- element per line, a pair as key<TAB>value. Empty batches write nothing.
-function _M.save_as_text_files(node, ka, vb, n, info)
-    if n == 0 then
-        return
+--
+-- The file is written chunk by chunk as the executor hands elements over
+-- (chunk..., finish): each chunk's lines go out in one write(2) to
+-- <name>.tmp (a chunk of 8192 lines is a large write already), renamed to <name> once the batch is complete, so a
+-- reader never sees half a batch and the output holds one chunk, not one
+-- batch. The functions raise on failure (the executor applies the job's
+-- error policy); abort() removes what a failed batch left.
+function _M.text_files(node)
+    local shape = node.shape
+    local f, tmp, name
+    local lines = {}
+    local w = {}
+
+    local function fail(err)
+        w.abort()
+        error("save_as_text_files: " .. tostring(err), 0)
     end
-    if not node.dir_made then
-        local dir = dirname(node.prefix)
-        if dir then
-            local ok, err = _M.mkdir_p(dir)
-            if not ok then
-                error("save_as_text_files: " .. tostring(err), 0)
+
+    function w.chunk(ka, vb, n, info)
+        if not f then
+            if not node.dir_made then
+                local dir = dirname(node.prefix)
+                if dir then
+                    local ok, err = _M.mkdir_p(dir)
+                    if not ok then
+                        fail(err)
+                    end
+                end
+                node.dir_made = true
+            end
+            name = node.prefix .. "-" .. str_format("%d", info.time)
+            if node.suffix then
+                name = name .. "." .. node.suffix
+            end
+            tmp = name .. ".tmp"
+            local err
+            f, err = io_open(tmp, "wb")
+            if not f then
+                fail(err)
+            end
+            f:setvbuf("no")     -- each chunk is one write(2) of its own
+        end
+        for i = 1, n do
+            local a, b = ka[i], vb[i]
+            if is_pair(shape, b) then
+                lines[i] = render(a) .. "\t" .. render(b)
+            else
+                lines[i] = type(a) == "string" and a or render(a)
             end
         end
-        node.dir_made = true
-    end
-    local shape = node.shape
-    local lines = {}
-    for i = 1, n do
-        local b = vb[i]
-        if is_pair(shape, b) then
-            lines[i] = render(ka[i]) .. "\t" .. render(b)
-        else
-            lines[i] = render(ka[i])
+        lines[n + 1] = ""
+        local ok, err = f:write(tbl_concat(lines, "\n", 1, n + 1))
+        tbl_clear(lines)
+        if not ok then
+            fail(err)
         end
     end
-    lines[n + 1] = ""
-    local name = node.prefix .. "-" .. str_format("%d", info.time)
-    if node.suffix then
-        name = name .. "." .. node.suffix
+
+    -- Ends the batch: flush, close, rename. Returns the file's name, or
+    -- nil when the batch wrote nothing.
+    function w.finish()
+        if not f then
+            return nil
+        end
+        local ok, err = f:flush()
+        f:close()
+        f = nil
+        if ok then
+            ok, err = os_rename(tmp, name)
+        end
+        if not ok then
+            os_remove(tmp)
+            error("save_as_text_files: " .. tostring(err), 0)
+        end
+        return name
     end
-    _M.write_atomic(name, tbl_concat(lines, "\n"))
-    return name
+
+    function w.abort()
+        if f then
+            f:close()
+            f = nil
+            os_remove(tmp)
+        end
+        tbl_clear(lines)
+    end
+    return w
 end
 
 

@@ -15,6 +15,7 @@
 -- { push = , reset = , finish = () -> ka, vb, n }.
 
 local state = require "ember.state"
+local window_ops = require "ember.window_ops"
 
 local error = error
 local type = type
@@ -43,7 +44,7 @@ local STATEFUL = { update_state_by_key = true, map_with_state = true, state_snap
 
 
 function _M.is_stateful(op)
-    return STATEFUL[op] == true
+    return STATEFUL[op] == true or window_ops.is_window(op)
 end
 
 
@@ -63,6 +64,7 @@ local function duration_ms(v)
     end
     return num * mul
 end
+_M.duration_ms = duration_ms
 
 
 local function callable(f)
@@ -99,6 +101,7 @@ local function state_name(node, kind, name, method)
     end
     return name
 end
+_M.state_name = state_name
 
 
 -- Adds the stateful methods to DStream. h: dstream's helpers.
@@ -170,6 +173,9 @@ function _M.declare(DStream, h)
         node.state_name = self.state_name
         return node
     end
+
+    window_ops.declare(DStream, setmetatable({ state_name = state_name, duration_ms = duration_ms },
+                                             { __index = h }))
 end
 
 
@@ -179,6 +185,8 @@ function _M.register(job, store)
     for _, node in ipairs(job.nodes) do
         if node.op == "update_state_by_key" or node.op == "map_with_state" then
             store:add(node.state_name, node.op, node.where, node.timeout_ms)
+        elseif window_ops.is_window(node.op) then
+            window_ops.register(node, store)
         end
     end
 end
@@ -508,6 +516,9 @@ local MAKERS = {
 
 -- The per-batch object of a stateful node; out: the push of its consumers.
 function _M.make(node, ctx, out, store)
+    if window_ops.is_window(node.op) then
+        return window_ops.make(node, ctx, out, store)
+    end
     return MAKERS[node.op](node, ctx, out, store)
 end
 

@@ -94,6 +94,31 @@ describe("the file source", function()
         assert.same(numbered("web", 1, 200), of_tag(got, "web"))
     end)
 
+    it("with format = \"record\", gives each line's file, byte offset and arrival time", function()
+        driver.append_file(logs .. "/a.log", "one\ntwo\n")
+        driver.append_file(logs .. "/b.log", "three\n")
+        d:write_job("tail", driver.render([[
+local ember = require "ember"
+local job = ember.job { name = "tail", batch_interval = "200ms" }
+job:file { path = {{dir}}, pattern = "*.log", format = "record" }
+   :map(function(r)
+       return table.concat({ r.file, r.offset, r.value, type(r.timestamp),
+                             tostring(r.timestamp > 1.6e12), tostring(r.key),
+                             tostring(r.partition) }, " ")
+   end)
+   :save_as_text_files({{out}})
+return job
+]], { dir = driver.quote(logs), out = driver.quote(d:path("out/lines")) }))
+        d:start()
+        d:wait_for_log("%[tail%] started from", 5)
+        driver.append_file(logs .. "/a.log", "four\n")
+        local got = wait_lines(4)
+        table.sort(got)
+        assert.same({ "a.log 0 one number true nil nil", "a.log 4 two number true nil nil",
+                      "a.log 8 four number true nil nil", "b.log 0 three number true nil nil" },
+                    got)
+    end)
+
     it("ignores files whose names do not match the pattern", function()
         start()
         driver.append_file(logs .. "/app.txt", text(numbered("txt", 1, 10)))

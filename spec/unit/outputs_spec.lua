@@ -180,3 +180,78 @@ describe("save_as_text_files", function()
         assert.is_nil(H.read(dir .. "/r-1.txt.tmp"))
     end)
 end)
+
+
+describe("outputs that stream, on a batch of several chunks", function()
+    local CHUNK = require("ember.executor").SINK_CHUNK
+    local N = CHUNK * 2 + 5
+
+    local function records()
+        local recs = {}
+        for i = 1, N do recs[i] = "r" .. i end
+        return recs
+    end
+
+    local function run_big(desc, time)
+        local ok, failed, err, fatal = H.run(desc, time, records())
+        assert.is_true(ok)
+        assert.equal(0, failed, err)
+        assert.is_false(fatal)
+    end
+
+    it("save_as_text_files writes every element in order, to the temp file while the batch runs", function()
+        -- The map runs before the output of the same element: when it sees
+        -- the last one, the earlier chunks must already be in the file.
+        local desc = job([[
+local seen
+src:map(function(s)
+        if s == "r]] .. N .. [[" then
+            local f = io.open("]] .. dir .. [[/o/big-3.tmp", "rb")
+            seen = f and #f:read("*a") or -1
+            if f then f:close() end
+            table.insert(sink.log, seen)
+        end
+        return s
+    end)
+   :save_as_text_files("]] .. dir .. [[/o/big")]])
+        run_big(desc, 3)
+        local want = table.concat(records(), "\n") .. "\n"
+        assert.equal(want, H.read(dir .. "/o/big-3"))
+        assert.is_nil(H.read(dir .. "/o/big-3.tmp"))
+        -- two whole chunks were written before the last element came
+        local two_chunks = #table.concat(records(), "\n", 1, CHUNK * 2) + 1
+        assert.equal(two_chunks, sink.log[1])
+    end)
+
+    it("save_as_text_files that cannot write leaves no temp file and follows on_error", function()
+        H.write(dir .. "/blocker", "a file where a folder should be")
+        local desc = job([[src:save_as_text_files("]] .. dir .. [[/blocker/x")]])
+        local ok, failed, err = H.run(desc, 4, records())
+        assert.is_true(ok)                -- on_error = "skip": the output's batch is skipped
+        assert.equal(1, failed)
+        assert.matches("save_as_text_files", err)
+    end)
+
+    it("print shows the first n elements and '...' for the rest", function()
+        local desc = job([[src:print(3)]], "p")
+        local out = H.capture(function() run_big(desc, 5) end)
+        assert.equal("-------------------------------------------\nTime: 5 ms (p)\n"
+                     .. "-------------------------------------------\nr1\nr2\nr3\n...\n\n", out)
+    end)
+
+    it("foreach_record sees every element once, and skips only the one that raised", function()
+        local desc = job([[
+src:foreach_record(function(s)
+    if s == "r]] .. (CHUNK + 7) .. [[" then error("bad record") end
+    sink.log[#sink.log + 1] = s
+end)]])
+        local ok, failed, err = H.run(desc, 6, records())
+        assert.is_true(ok)
+        assert.equal(1, failed)
+        assert.matches("bad record", err)
+        assert.equal(N - 1, #sink.log)
+        assert.equal("r" .. (CHUNK + 6), sink.log[CHUNK + 6])
+        assert.equal("r" .. (CHUNK + 8), sink.log[CHUNK + 7])
+        assert.equal("r" .. N, sink.log[N - 1])
+    end)
+end)

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# bench/kafka_ysb.sh — the Yahoo streaming benchmark's events through Kafka,
+# default settings: 3M events (bench/ysb_gen.lua) in 32 partitions,
+# zstd-compressed, on librdkafka's mock cluster (tools/kafka-mock); the job
+# (format = "json") keeps the views, maps each ad to its campaign and counts
+# views per campaign per batch. The counted views are checked against the
+# generator's.
+#
+#   YSB_EVENTS=1000000 bench/kafka_ysb.sh
+#   YSB_CONF="--conf memory.max=64m" bench/kafka_ysb.sh
+#
+# Prints events per CPU-second of the ember process (all its threads,
+# utime + stime from /proc, from the partitions' assignment to the last
+# event counted), events/s wall clock over the same span, and the peak RSS
+# /usr/bin/time -v reports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${YSB_EVENTS:-3000000}
+PARTS=32
+CONF=${YSB_CONF:-}
+work=$(mktemp -d /tmp/ember-bench-ysb.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    cp "$work/ember.log" /tmp/ember-bench-ysb.log 2>/dev/null || true   # for a look afterwards
+    rm -rf "$work"
+}
+trap cleanup EXIT
+[ -x tools/kafka-mock ] && [ -x ./ember ] || make --no-print-directory all >/dev/null
+hz=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+wait_for() { # file pattern seconds
+    local deadline=$((SECONDS + $3))
+    until grep -q -- "$2" "$1" 2>/dev/null; do
+        (( SECONDS < deadline )) || { echo "timed out waiting for '$2' in $1" >&2; exit 1; }
+        sleep 0.02
+    done
+}
+
+mkfifo "$work/mock.in"
+sleep 100000 > "$work/mock.in" &
+pids+=($!)
+tools/kafka-mock --topic "ysb:$PARTS" < "$work/mock.in" > "$work/mock.out" 2> "$work/mock.log" &
+pids+=($!)
+wait_for "$work/mock.out" BOOTSTRAP= 10
+B=$(sed -n 's/^BOOTSTRAP=//p' "$work/mock.out")
+
+mkdir -p "$work/jobs"
+luajit bench/ysb_gen.lua "$N" "$work/events.jsonl" "$work/jobs/campaigns.lua" 2> "$work/expected"
+views=$(awk '$1 == "views" {print $2}' "$work/expected")
+kcat -b "$B" -P -t ysb -z zstd -X linger.ms=20 -X batch.num.messages=10000 \
+    -X sticky.partitioning.linger.ms=0 -l "$work/events.jsonl"
+echo "topic ysb: $N events of $(head -1 "$work/events.jsonl" | wc -c) bytes, zstd, $PARTS partitions; $views views"
+
+cat > "$work/jobs/ysb.lua" <<EOF
+local ember = require "ember"
+local campaigns = dofile("$work/jobs/campaigns.lua")
+local job = ember.job { name = "ysb" }
+
+job:kafka { brokers = "$B", topic = "ysb", group = "ysb", start = "earliest", format = "json" }
+   :filter(function(e) return e.event_type == "view" end)
+   :map(function(e) return campaigns[e.ad_id], 1 end)
+   :reduce_by_key(function(a, b) return a + b end)
+   :foreach_batch(function(counts)
+       local n = 0
+       for i = 1, #counts do n = n + counts[i][2] end
+       io.write("views ", n, "\n")
+       io.flush()
+   end)
+
+return job
+EOF
+counted() { awk '$1 == "views" { s += $2 } END { print s + 0 }' "$work/stdout"; }
+
+/usr/bin/time -v -o "$work/time.txt" ./ember run --conf checkpoint.dir="$work/cp" $CONF \
+    --log-level debug "$work/jobs" > "$work/stdout" 2> "$work/ember.log" &
+tpid=$!; pids+=($tpid)
+wait_for "$work/ember.log" "assigned ysb" 60
+pid=$(pgrep -P $tpid)
+c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+deadline=$((SECONDS + 600))
+until [ "$(counted)" -ge "$views" ]; do
+    (( SECONDS < deadline )) || { echo "timed out: $(counted) of $views views" >&2; exit 1; }
+    kill -0 "$pid" 2>/dev/null || { echo "ember exited" >&2; tail -5 "$work/ember.log" >&2; exit 1; }
+    sleep 0.02
+done
+t1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
+kill -TERM "$pid"; wait $tpid || true
+peak=$(awk -F': ' '/Maximum resident/ {print $2}' "$work/time.txt")
+got=$(counted)
+awk -v n="$N" -v t0="$t0" -v t1="$t1" -v c="$((c1 - c0))" -v hz="$hz" -v peak="$peak" \
+    -v got="$got" -v views="$views" 'BEGIN {
+    cpu = c / hz; wall = t1 - t0
+    printf "kafka (ysb, zstd) -> filter views -> count per campaign: %.0f events per CPU-s, %.0f events/s wall (%.2f s, CPU %.2f s), peak RSS %.1f MiB, views %d/%d\n",
+        n / cpu, n / wall, wall, cpu, peak / 1024, got, views }'
+[ "$got" = "$views" ] || { echo "counted $got views, expected $views" >&2; exit 1; }
