@@ -376,6 +376,13 @@ static int run(int argc, char **argv)
                  cfg->ui_host);
         goto bad;
     }
+    /* One driver per checkpoint.dir: its dead letters, write-ahead logs and
+     * checkpoints are this process's alone. The lock comes first: it is the
+     * check that holds across a kill -9, and the PID file lives there. */
+    if (em_identity_lock(cfg->checkpoint_dir, err, sizeof err) != 0)
+        goto bad;
+    em_log(EM_LOG_INFO, NULL, "driver %s (pid %ld) holds checkpoint.dir %s", cfg->ember_id,
+           (long)getpid(), cfg->checkpoint_dir);
     if (em_pidfile_write(cfg->pid_file, 0, err, sizeof err) != 0)
         goto bad;
 
@@ -389,12 +396,6 @@ static int run(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    /* One driver per checkpoint.dir: its dead letters, write-ahead logs and
-     * checkpoints are this process's alone. */
-    if (em_identity_lock(cfg->checkpoint_dir, err, sizeof err) != 0)
-        goto bad_pid;
-    em_log(EM_LOG_INFO, NULL, "driver %s (pid %ld) holds checkpoint.dir %s", cfg->ember_id,
-           (long)getpid(), cfg->checkpoint_dir);
     int sfd = signalfd(-1, &set, SFD_CLOEXEC);
     rt.control = em_control_create();
     rt.summary = em_summary_create();

@@ -226,7 +226,7 @@ describe("the command line", function()
                                           "--conf", "ui.port=0", other.jobs_dir }, 10)
         other:stop()
         assert.equal(2, code)
-        assert.truthy(err:find("another ember runs (pid " .. d.pid .. ")", 1, true), err)
+        assert.truthy(err:find("is in use by another driver (pid " .. d.pid .. ",", 1, true), err)
     end)
 
     it("ember config prints every key with where its value came from", function()
