@@ -61,6 +61,9 @@ local C = ffi.C
 local O_WRONLY, O_CREAT, O_APPEND, O_CLOEXEC = 1, 64, 1024, 524288
 local SEEK_END = 2
 local EINTR = 4
+-- open's mode is a vararg: a Lua number would go as a double (and open
+-- would read garbage, here a file of mode 0000), so a C int.
+local MODE_0644 = ffi.new("int", 420)
 
 local function errstr()
     return ffi.string(C.strerror(ffi.errno()))
@@ -235,7 +238,7 @@ local function write_whole(self, data)
         return nil, tostring(err)
     end
     local flags = O_WRONLY + O_CREAT + O_APPEND + O_CLOEXEC
-    local fd = C.open(self.path, flags, 420)  -- 0644
+    local fd = C.open(self.path, flags, MODE_0644)
     if fd < 0 then
         return nil, errstr()
     end
@@ -243,7 +246,7 @@ local function write_whole(self, data)
     if size > 0 and size + #data > _M.MAX_BYTES then
         C.close(fd)
         rotate(self.path)
-        fd = C.open(self.path, flags, 420)
+        fd = C.open(self.path, flags, MODE_0644)
         if fd < 0 then
             return nil, errstr()
         end

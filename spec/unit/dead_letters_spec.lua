@@ -52,6 +52,18 @@ describe("a dead-letter line", function()
 end)
 
 describe("the dead-letter file", function()
+    it("is a file its owner can read and write (mode 0644), not 0000", function()
+        local f = failures.new("j", "dead_letter", { checkpoint_dir = dir })
+        f:begin(1)
+        f:add("e", "r")
+        local _, _, io_err = f:finish()
+        assert.is_nil(io_err)
+        local st = require("posix.sys.stat").stat(dir .. "/j/dead_letter.jsonl")
+        -- Under umask 022 at most; what matters is that the owner may write it
+        -- again (root never notices, a container's user does).
+        assert.equal(6 * 64, st.st_mode % 512 - st.st_mode % 64)
+    end)
+
     it("is rotated past MAX_BYTES, keeping KEEP older files", function()
         failures.MAX_BYTES = 400
         local f = failures.new("j", "dead_letter", { checkpoint_dir = dir })
