@@ -17,8 +17,10 @@ LUAJIT_LIBS   := $(shell pkg-config --libs luajit)
 LUAJIT_DEP    :=
 else
 LUAJIT_CFLAGS := -Ibuild/luajit/include
-LUAJIT_LIBS   := build/luajit/libluajit.a -ldl
-LUAJIT_DEP    := build/luajit/libluajit.a
+# lj_init.o goes in as an object, before the archive: nothing refers to it,
+# and its constructor picks the SSE4.2 string hash (tools/luajit-checkhook.sh).
+LUAJIT_LIBS   := build/luajit/lj_init.o build/luajit/libluajit.a -ldl
+LUAJIT_DEP    := build/luajit/libluajit.a build/luajit/lj_init.o
 endif
 
 CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
@@ -55,7 +57,7 @@ ember: $(OBJS) $(LUAJIT_DEP)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
 
-build/luajit/libluajit.a: tools/luajit-checkhook.sh
+build/luajit/libluajit.a build/luajit/lj_init.o &: tools/luajit-checkhook.sh
 	@echo "  LUAJIT $@ (Debian's luajit2 source, LUAJIT_ENABLE_CHECKHOOK)"
 	$(Q)tools/luajit-checkhook.sh build/luajit
 

@@ -6,7 +6,15 @@
 # `apt-get source`, matching the installed libluajit2-5.1-dev; nothing of it
 # is kept in the repository. The result is cached in OUT:
 #
-#   OUT/libluajit.a   OUT/include/*.h   OUT/VERSION
+#   OUT/libluajit.a   OUT/lj_init.o   OUT/include/*.h   OUT/VERSION
+#
+# lj_init.o is linked as an object beside the archive, as LuaJIT's own
+# Makefile links its luajit binary (TARGET_O= lj_init.o $(LUAJIT_A)): it is
+# OpenResty's constructor that reads the CPU flags and picks the SSE4.2
+# CRC32 string hash. The archive does not hold it, and nothing refers to it,
+# so without it every string is hashed by the portable fallback and a
+# normal job ran 20-30% slower than on Debian's shared libluajit (which
+# has it as lj_init_dyn.o); docs/internals.md, "Budgets".
 #
 # usage: tools/luajit-checkhook.sh OUT
 set -euo pipefail
@@ -17,8 +25,8 @@ if [ -z "$version" ]; then
     exit 1
 fi
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
-stamp="$version checkhook prefix=/usr multilib=lib/$multiarch"
-if [ -f "$out/libluajit.a" ] && [ "$(cat "$out/VERSION" 2>/dev/null)" = "$stamp" ]; then
+stamp="$version checkhook lj_init prefix=/usr multilib=lib/$multiarch"
+if [ -f "$out/libluajit.a" ] && [ -f "$out/lj_init.o" ] && [ "$(cat "$out/VERSION" 2>/dev/null)" = "$stamp" ]; then
     exit 0
 fi
 
@@ -59,6 +67,7 @@ make -C "$dir/src" -j"$(nproc)" amalg BUILDMODE=static PREFIX=/usr MULTILIB="lib
     || { tail -30 "$src/build.log" >&2; exit 1; }
 mkdir -p "$out/include"
 cp "$dir/src/libluajit.a" "$out/libluajit.a"
+cp "$dir/src/lj_init.o" "$out/lj_init.o"
 cp "$dir/src/lua.h" "$dir/src/lualib.h" "$dir/src/lauxlib.h" "$dir/src/luaconf.h" \
    "$dir/src/lua.hpp" "$dir/src/luajit.h" "$out/include/"
 echo "$stamp" > "$out/VERSION"
