@@ -11,6 +11,8 @@
 
 /* Least room a state over its cap still gets (see counting_alloc). */
 #define SLACK (1u << 20)
+/* Instructions a memory breach waits for the job's own code (see hook). */
+#define WAIT_FOR_JOB 100000
 
 struct em_budget {
     lua_State *L;
@@ -22,6 +24,8 @@ struct em_budget {
     int64_t due, overrun;   /* this batch's deadline; how late the last one unwound */
     atomic_int breach;      /* em_budget_breach */
     int running;            /* between begin and end (the state's own thread) */
+    int wait;               /* hook calls left to find the job's own frame */
+    int past_slack;         /* an allocation was refused this batch */
     char job_file[1024];
     char where[512];
     em_budget *prev, *next; /* the watched list, guarded by lock */
@@ -31,28 +35,30 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static em_budget *watched;
-static int64_t default_memory;
-static int64_t default_timeout = -1;
-static int64_t default_interval = 1000;
+/* Set by the main thread (start-up, SIGHUP), read by the workers at every
+ * batch: atomics, each value whole. */
+static _Atomic int64_t default_memory;
+static _Atomic int64_t default_timeout = -1;
+static _Atomic int64_t default_interval = 1000;
 
 void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
                             int64_t batch_interval_ms)
 {
-    default_memory = memory_bytes;
-    default_timeout = batch_timeout_ms;
-    default_interval = batch_interval_ms > 0 ? batch_interval_ms : 1000;
+    atomic_store(&default_memory, memory_bytes);
+    atomic_store(&default_timeout, batch_timeout_ms);
+    atomic_store(&default_interval, batch_interval_ms > 0 ? batch_interval_ms : 1000);
 }
 
-int64_t em_budget_default_memory(void) { return default_memory; }
+int64_t em_budget_default_memory(void) { return atomic_load(&default_memory); }
 
 int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms)
 {
     if (timeout_ms < 0)
-        timeout_ms = default_timeout;
+        timeout_ms = atomic_load(&default_timeout);
     if (timeout_ms >= 0)
         return timeout_ms;
     if (interval_ms <= 0)
-        interval_ms = default_interval;
+        interval_ms = atomic_load(&default_interval);
     int64_t t = interval_ms * EM_BUDGET_INTERVALS;
     return t < EM_BUDGET_MIN_TIMEOUT_MS ? EM_BUDGET_MIN_TIMEOUT_MS : t;
 }
@@ -64,28 +70,44 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The job's line the state was running: the innermost frame of the job's
- * own file, else the innermost Lua frame with a line. */
-static void find_where(lua_State *L, em_budget *b)
+/* The job's line the state is running: the innermost frame of the job's
+ * own file (into b->where; 1), or 0 when no frame of it is on the stack. */
+static int job_line(lua_State *L, em_budget *b)
 {
     lua_Debug ar;
-    char first[512] = "";
-    for (int level = 0; lua_getstack(L, level, &ar); level++) {
+    for (int level = 0; b->job_file[0] && lua_getstack(L, level, &ar); level++) {
         if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0 || ar.source[0] != '@')
             continue;
-        if (b->job_file[0] && strcmp(ar.source + 1, b->job_file) == 0) {
+        if (strcmp(ar.source + 1, b->job_file) == 0) {
+            snprintf(b->where, sizeof b->where, "%s:%d", ar.source + 1, ar.currentline);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Else the innermost Lua frame with a line (the runtime's). */
+static void any_line(lua_State *L, em_budget *b)
+{
+    lua_Debug ar;
+    for (int level = 0; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 && ar.source[0] == '@') {
             snprintf(b->where, sizeof b->where, "%s:%d", ar.source + 1, ar.currentline);
             return;
         }
-        if (!first[0])
-            snprintf(first, sizeof first, "%s:%d", ar.source + 1, ar.currentline);
     }
-    snprintf(b->where, sizeof b->where, "%s", first);
 }
 
 /* Raised at every instruction once a budget is breached, until the batch
  * has unwound to the host: a pcall in the job or the runtime catches one
  * error, and the next instruction raises the next. */
+/* A memory breach is often seen first in the runtime: a compiled trace
+ * holding the job's function inlined allocates past the cap and runs on to
+ * its loop's hook check, in the runtime's record loop, after the job's
+ * function has returned. So the error waits, instruction by instruction,
+ * for a frame of the job's own (the next record's call, in that loop), up
+ * to WAIT_FOR_JOB instructions and never past the slack; then it names the
+ * runtime's line. A timeout is raised where it is seen. */
 static void hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
@@ -97,8 +119,13 @@ static void hook(lua_State *L, lua_Debug *ar)
         lua_sethook(L, NULL, 0, 0);
         return;
     }
-    if (!b->where[0])
-        find_where(L, b);
+    if (!b->where[0] && !job_line(L, b)) {
+        if (why == EM_BUDGET_MEMORY && !b->past_slack && b->wait > 0) {
+            b->wait--;
+            return;
+        }
+        any_line(L, b);
+    }
     lua_pushstring(L, why == EM_BUDGET_TIMEOUT ? "ember: the batch ran past its batch_timeout"
                                                : "ember: the job's memory cap was reached");
     lua_error(L);
@@ -120,8 +147,10 @@ static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         int none = EM_BUDGET_OK;
         if (atomic_compare_exchange_strong(&b->breach, &none, EM_BUDGET_MEMORY) && b->running)
             lua_sethook(b->L, hook, LUA_MASKCOUNT, 1);
-        if (want > b->memory + slack)
+        if (want > b->memory + slack) {
+            b->past_slack = 1;
             return NULL;
+        }
     }
     void *p = b->inner(b->inner_ud, ptr, osize, nsize);
     if (p || nsize == 0)
@@ -210,6 +239,8 @@ void em_budget_begin(em_budget *b)
     atomic_store(&b->breach, EM_BUDGET_OK);
     b->where[0] = '\0';
     b->refused = 0;
+    b->past_slack = 0;
+    b->wait = WAIT_FOR_JOB;
     b->running = 1;
     if (!b->timeout_ms)
         return;

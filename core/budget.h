@@ -26,7 +26,8 @@ typedef struct em_budget em_budget;
 /* Defaults for jobs that set no `memory` / `batch_timeout` option:
  * streaming.job.memory (bytes, 0: no cap) and streaming.job.batchTimeout
  * (ms; 0: no deadline; -1: the job's batch interval times
- * EM_BUDGET_INTERVALS, at least EM_BUDGET_MIN_TIMEOUT_MS). */
+ * EM_BUDGET_INTERVALS, at least EM_BUDGET_MIN_TIMEOUT_MS). Set at start
+ * and on SIGHUP (any thread); read at every batch. */
 #define EM_BUDGET_INTERVALS 10
 #define EM_BUDGET_MIN_TIMEOUT_MS 30000
 void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,

@@ -122,6 +122,7 @@ static const struct {
 static const char *const live_keys[] = {
     "log.level", "log.batchSummaryInterval", "streaming.batch.maxRetries",
     "ui.health.receiverFailingFor", "ui.health.lateBatches", "ui.token", "run.supervise",
+    "streaming.job.memory", "streaming.job.batchTimeout",
     NULL,
 };
 

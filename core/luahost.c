@@ -201,6 +201,17 @@ static void free_desc(em_job_desc *d)
     free(d->outputs);
 }
 
+/* The job's own `memory` and `batch_timeout`, else the driver's defaults
+ * as they are now: run before every batch, so a SIGHUP that changes
+ * streaming.job.memory or streaming.job.batchTimeout reaches the next batch
+ * of every job that sets no option of its own. */
+static void apply_budgets(em_luahost *h)
+{
+    const em_job_desc *d = &h->desc;
+    em_budget_set_memory(h->budget, d->memory >= 0 ? d->memory : em_budget_default_memory());
+    em_budget_set_timeout(h->budget, em_budget_timeout_for(d->batch_timeout_ms, d->batch_interval_ms));
+}
+
 em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, size_t errlen)
 {
     em_luahost *h = calloc(1, sizeof *h);
@@ -286,8 +297,7 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     lua_pushvalue(L, desc);
     h->desc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
-    em_budget_set_memory(h->budget, d->memory >= 0 ? d->memory : em_budget_default_memory());
-    em_budget_set_timeout(h->budget, em_budget_timeout_for(d->batch_timeout_ms, d->batch_interval_ms));
+    apply_budgets(h);
     return h;
 }
 
@@ -333,6 +343,7 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, uint64_t bat
     lua_pushlightuserdata(L, (void *)view);
     lua_pushnumber(L, (lua_Number)batch_id);
     h->stopped_by[0] = '\0';
+    apply_budgets(h);
     em_budget_begin(h->budget);
     int rc = lua_pcall(L, 2, 4, 0);
     char where[512];

@@ -256,6 +256,10 @@ static void reload_config(void)
     c->health_receiver_failing_ms = fresh.health_receiver_failing_ms;
     c->health_late_batches = fresh.health_late_batches;
     c->supervise = fresh.supervise;
+    /* Jobs without options of their own read the defaults at each batch. */
+    c->job_memory = fresh.job_memory;
+    c->job_batch_timeout_ms = fresh.job_batch_timeout_ms;
+    em_budget_set_defaults(c->job_memory, c->job_batch_timeout_ms, c->batch_interval_ms);
     if (rt.http && (!fresh.ui_token[0] && !em_http_host_is_loopback(c->ui_host))) {
         em_log(EM_LOG_ERROR, NULL, "configuration: ui.token cannot be removed while ui.host is "
                "not loopback; the old token stays");

@@ -18,6 +18,23 @@ job:generator { kind = "sequence", rate = 20 }
 return job
 ]]
 
+-- A small table per record at a high rate: the JIT compiles the runtime's
+-- record loop with this map inlined, so the cap is crossed inside a trace
+-- that runs on into the runtime's code before it checks the hook. Line 6
+-- is the one the error must name.
+local TABLES = [[
+local ember = require "ember"
+local job = ember.job { name = "tables", batch_interval = "500ms", memory = "32m" }
+local keep = {}
+job:generator { kind = "sequence", rate = 200000 }
+   :map(function(x)
+       keep[#keep + 1] = { x, x }
+       return x
+   end)
+   :foreach_batch(function(records) end)
+return job
+]]
+
 local function rss_kb(pid)
     for line in io.lines("/proc/" .. pid .. "/status") do
         local kb = line:match("^VmRSS:%s+(%d+)")
@@ -58,6 +75,15 @@ describe("a memory bomb", function()
         end
         print(string.format("memory bomb: stopped at %s MiB of a %s MiB cap; ember RSS %d kB; healthy "
                             .. "p95 %d ms", reached, cap, rss, iso.p95(delays)))
+    end)
+
+    it("names the job's own line when a compiled loop crosses the cap in the runtime", function()
+        d:write_job("tables.lua", TABLES)
+        d:start { conf = iso.conf() }
+        local line = d:wait_for_log("%[tables%] job 'tables': batch %d+: its Lua state reached", 60)
+        assert.truthy(line:find("crossing it at " .. d.jobs_dir .. "/tables.lua:6 ", 1, true), line)
+        d:wait_for_log("%[tables%] job stopped %(memory cap%)", 10)
+        assert.is_true(#iso.wait_healthy_batches(d, 4, nil, 60) >= 4)
     end)
 
     it("refuses a memory option that is not a size", function()
