@@ -24,6 +24,7 @@ struct em_budget {
     int64_t due, overrun;   /* this batch's deadline; how late the last one unwound */
     atomic_int breach;      /* em_budget_breach */
     int running;            /* between begin and end (the state's own thread) */
+    int counting;           /* counting_alloc is the state's allocator */
     int wait;               /* hook calls left to find the job's own frame */
     int past_slack;         /* an allocation was refused this batch */
     char job_file[1024];
@@ -35,6 +36,8 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static em_budget *watched;
+/* The registry key of a state's budget (a light userdata), for the hook. */
+static const char budget_key;
 /* Set by the main thread (start-up, SIGHUP), read by the workers at every
  * batch: atomics, each value whole. */
 static _Atomic int64_t default_memory;
@@ -111,9 +114,10 @@ static void any_line(lua_State *L, em_budget *b)
 static void hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    void *ud;
-    lua_getallocf(L, &ud);
-    em_budget *b = ud;
+    lua_pushlightuserdata(L, (void *)&budget_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    em_budget *b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
     int why = atomic_load(&b->breach);
     if (!why || !b->running) { /* set for a batch that already ended */
         lua_sethook(L, NULL, 0, 0);
@@ -215,17 +219,40 @@ lua_State *em_budget_newstate(em_budget **out)
     }
     b->L = L;
     b->inner = lua_getallocf(L, &b->inner_ud);
-    b->used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
-    lua_setallocf(L, counting_alloc, b);
+    lua_pushlightuserdata(L, (void *)&budget_key);
+    lua_pushlightuserdata(L, b);
+    lua_rawset(L, LUA_REGISTRYINDEX);
     *out = b;
     return L;
 }
 
-void em_budget_set_memory(em_budget *b, int64_t bytes) { b->memory = bytes > 0 ? (size_t)bytes : 0; }
+static size_t gc_bytes(lua_State *L)
+{
+    return (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+}
+
+/* Counting costs an extra call per allocation and per free (about 9% of a
+ * loop that does nothing but make small tables), so a state without a cap
+ * keeps LuaJIT's own allocator. Called only while no Lua code runs in the
+ * state (before the script, before a batch); the count starts from
+ * LuaJIT's own, which counts the same allocations. */
+void em_budget_set_memory(em_budget *b, int64_t bytes)
+{
+    b->memory = bytes > 0 ? (size_t)bytes : 0;
+    if (b->memory && !b->counting) {
+        b->used = gc_bytes(b->L);
+        lua_setallocf(b->L, counting_alloc, b);
+        b->counting = 1;
+    } else if (!b->memory && b->counting) {
+        lua_setallocf(b->L, b->inner, b->inner_ud);
+        b->counting = 0;
+    }
+}
+
 void em_budget_set_timeout(em_budget *b, int64_t ms) { b->timeout_ms = ms > 0 ? ms : 0; }
 int64_t em_budget_memory(const em_budget *b) { return (int64_t)b->memory; }
 int64_t em_budget_timeout(const em_budget *b) { return b->timeout_ms; }
-size_t em_budget_used(const em_budget *b) { return b->used; }
+size_t em_budget_used(const em_budget *b) { return b->counting ? b->used : gc_bytes(b->L); }
 size_t em_budget_refused(const em_budget *b) { return b->refused; }
 int64_t em_budget_overrun_ms(const em_budget *b) { return b->overrun; }
 

@@ -60,15 +60,19 @@ describe("budget defaults on SIGHUP", function()
         return mark
     end
 
-    it("a lower streaming.job.memory stops a job that sets no memory option", function()
+    -- From no cap (LuaJIT's own allocator, nothing counted) to a cap: the
+    -- count starts from what the state holds, so the job stops at 24 MiB.
+    it("a streaming.job.memory set by SIGHUP stops a job that sets no memory option", function()
         d:write_job("grower.lua", GROWER)
-        start("streaming.job.memory = 1g\n")
+        start("streaming.job.memory = 0\n")
         d:wait_for_log("%[grower%] batch %d+: %d+ records", 30)
-        local mark = reload("streaming.job.memory = 24m\n", "streaming.job.memory", "1g", "24m")
+        local mark = reload("streaming.job.memory = 24m\n", "streaming.job.memory", "0", "24m")
         local line = d:wait_for_log("%[grower%] job 'grower': batch %d+: its Lua state reached", 60,
                                     { from = mark })
-        local cap = line:match("over its memory cap of ([%d.]+) MiB")
+        local reached, cap = line:match("reached ([%d.]+) MiB, over its memory cap of ([%d.]+) MiB")
         assert.equal(24, tonumber(cap), line)
+        assert.is_true(tonumber(reached) > 24 and tonumber(reached) < 26, line)
+        assert.truthy(line:find("crossing it at " .. d.jobs_dir .. "/grower.lua:6 ", 1, true), line)
         d:wait_for_log("%[grower%] job stopped %(memory cap%)", 10, { from = mark })
         local delays = iso.wait_healthy_batches(d, 10, mark, 60)
         assert.is_true(iso.p95(delays) < iso.INTERVAL_MS, "healthy p95 " .. iso.p95(delays) .. " ms")
