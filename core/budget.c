@@ -103,8 +103,8 @@ static void any_line(lua_State *L, em_budget *b)
 
 /* Raised at every instruction once a budget is breached, until the batch
  * has unwound to the host: a pcall in the job or the runtime catches one
- * error, and the next instruction raises the next. */
-/* A memory breach is often seen first in the runtime: a compiled trace
+ * error, and the next instruction raises the next.
+ * A memory breach is often seen first in the runtime: a compiled trace
  * holding the job's function inlined allocates past the cap and runs on to
  * its loop's hook check, in the runtime's record loop, after the job's
  * function has returned. So the error waits, instruction by instruction,

@@ -27,6 +27,7 @@ fi
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
 stamp="$version checkhook lj_init prefix=/usr multilib=lib/$multiarch"
 if [ -f "$out/libluajit.a" ] && [ -f "$out/lj_init.o" ] && [ "$(cat "$out/VERSION" 2>/dev/null)" = "$stamp" ]; then
+    touch "$out/libluajit.a" "$out/lj_init.o" # newer than this script: make stops asking
     exit 0
 fi
 
@@ -62,7 +63,10 @@ dir=$(find . -maxdepth 1 -type d -name 'luajit2-*' | head -1)
 echo "luajit-checkhook: building $dir with -DLUAJIT_ENABLE_CHECKHOOK"
 # PREFIX and MULTILIB as debian/rules sets them: the same package.path and
 # package.cpath as Debian's luajit, so jobs find lua-cjson, lua-socket, ...
-make -C "$dir/src" -j"$(nproc)" amalg BUILDMODE=static PREFIX=/usr MULTILIB="lib/$multiarch" \
+# The rest is LuaJIT's own (-O2 -fomit-frame-pointer, as Debian's build):
+# nothing of the calling make's command line (MAKEFLAGS: `make CFLAGS=-O0`,
+# the sanitizer builds' SAN=...) or of the environment's CFLAGS reaches it.
+env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u CFLAGS -u LDFLAGS -u CPPFLAGS make -C "$dir/src" -j"$(nproc)" amalg BUILDMODE=static PREFIX=/usr MULTILIB="lib/$multiarch" \
     XCFLAGS="-DLUAJIT_ENABLE_CHECKHOOK" Q= E=@: >"$src/build.log" 2>&1 \
     || { tail -30 "$src/build.log" >&2; exit 1; }
 mkdir -p "$out/include"
