@@ -35,6 +35,25 @@ job:generator { kind = "sequence", rate = 200000 }
 return job
 ]]
 
+-- memory = 0: no cap (and nothing counted), whatever the default; each
+-- batch writes what the state holds (KiB).
+local UNCAPPED = [[
+local ember = require "ember"
+local job = ember.job { name = "uncapped", batch_interval = "500ms", memory = 0 }
+local keep = {}
+job:generator { kind = "sequence", rate = 20 }
+   :map(function(x)
+       keep[#keep + 1] = string.rep(x, 256 * 1024 / #x + 1)
+       return x
+   end)
+   :foreach_batch(function(records)
+       local f = assert(io.open({{out}}, "w"))
+       f:write(math.floor(collectgarbage("count")), "\n")
+       f:close()
+   end)
+return job
+]]
+
 local function rss_kb(pid)
     for line in io.lines("/proc/" .. pid .. "/status") do
         local kb = line:match("^VmRSS:%s+(%d+)")
@@ -84,6 +103,16 @@ describe("a memory bomb", function()
         assert.truthy(line:find("crossing it at " .. d.jobs_dir .. "/tables.lua:6 ", 1, true), line)
         d:wait_for_log("%[tables%] job stopped %(memory cap%)", 10)
         assert.is_true(#iso.wait_healthy_batches(d, 4, nil, 60) >= 4)
+    end)
+
+    it("with memory = 0 is not capped by a smaller streaming.job.memory", function()
+        d:write_job("uncapped.lua", driver.render(UNCAPPED, { out = driver.quote(d:path("held")) }))
+        d:start { conf = iso.conf { ["streaming.job.memory"] = "16m" } }
+        d:wait_until(function()
+            local held = tonumber((driver.read_file(d:path("held")) or ""):match("%d+"))
+            return held and held > 40 * 1024, tostring(held) .. " KiB held"
+        end, 60, 0.2, "the uncapped job holding more than 40 MiB")
+        assert.equal(0, #d:log_lines("[uncapped] job stopped", { plain = true }))
     end)
 
     it("refuses a memory option that is not a size", function()
