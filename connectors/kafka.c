@@ -65,6 +65,7 @@
 #include "../core/connector.h"
 #include "../core/identity.h"
 #include "../core/log.h"
+#include "../core/pool.h"
 #include "../core/receiver.h"
 
 #define CONSUME_BATCH 1024    /* messages asked of librdkafka per call */
@@ -1519,6 +1520,7 @@ typedef struct producer {
     rd_kafka_t *rk;
     pthread_t poller;
     atomic_int last_err; /* error code last logged (an outage once); 0 after a delivery */
+    em_pool *entry;      /* its entry beside the sink pools (core/pool.h): status, last error */
     struct producer *next;
 } producer;
 
@@ -1547,6 +1549,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         d->err = m->err;
         snprintf(d->why, sizeof d->why, "delivery to %s[%" PRId32 "] failed: %s",
                  rd_kafka_topic_name(m->rkt), m->partition, rd_kafka_err2str(m->err));
+        em_pool_note_error(p->entry, d->why); /* once per batch */
     }
     if (--d->pending == 0)
         pthread_cond_signal(&d->done);
@@ -1620,6 +1623,7 @@ static producer *new_producer(const char *brokers, char *why, size_t len)
         return NULL;
     }
     pthread_setname_np(p->poller, "kafka-sink");
+    p->entry = em_pool_get("kafka", brokers, NULL);
     return p;
 }
 
@@ -1711,6 +1715,7 @@ int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_n
             d->pending--;
             pthread_mutex_unlock(&d->lock);
             snprintf(why, sizeof why, "cannot produce to %s: %s", topic_name, rd_kafka_err2str(e));
+            em_pool_note_error(p->entry, why);
             delivery_fail(d, e, why);
             rc = -1;
             break; /* the rest would fail the batch anyway */

@@ -191,7 +191,17 @@ static void json_job(em_buf *o, const em_snap_job *j)
                   j->paused ? "true" : "false", j->held ? "true" : "false",
                   j->blocked ? "true" : "false", j->reload_pending ? "true" : "false");
     json_rate(o, j->rate);
-    em_buf_printf(o, ",\"lateRecords\":null,\"stateSize\":null,\"lastError\":");
+    em_buf_printf(o, ",\"lateRecords\":");
+    if (t->late_records >= 0)
+        em_buf_printf(o, "%lld", (long long)t->late_records);
+    else
+        em_buf_add(o, "null", 4);
+    em_buf_printf(o, ",\"stateSize\":");
+    if (t->state_bytes >= 0)
+        em_buf_printf(o, "%lld", (long long)t->state_bytes);
+    else
+        em_buf_add(o, "null", 4);
+    em_buf_printf(o, ",\"lastError\":");
     if (t->last_error_ms)
         em_buf_json_str(o, t->last_error);
     else
@@ -514,9 +524,10 @@ void em_api_pools(const em_snapshot *s, em_buf *out)
         em_buf_json_str(out, p->endpoint);
         em_buf_printf(out, ",\"open\":%d,\"idle\":%d,\"max\":%d,\"borrows\":%llu,"
                       "\"waits\":%llu,\"connectFailures\":%llu,\"broken\":%llu,"
-                      "\"lastError\":", p->open, p->idle, p->max,
+                      "\"ioErrors\":%llu,\"lastError\":", p->open, p->idle, p->max,
                       (unsigned long long)p->borrows, (unsigned long long)p->waits,
-                      (unsigned long long)p->connect_failures, (unsigned long long)p->broken);
+                      (unsigned long long)p->connect_failures, (unsigned long long)p->broken,
+                      (unsigned long long)p->io_errors);
         if (p->last_error_ms)
             em_buf_json_str(out, p->last_error);
         else
