@@ -534,6 +534,13 @@ void em_api_pools(const em_snapshot *s, em_buf *out)
             em_buf_add(out, "null", 4);
         em_buf_printf(out, ",\"lastErrorTime\":");
         em_buf_json_time(out, p->last_error_ms);
+        em_buf_printf(out, ",\"lastIoError\":");
+        if (p->last_io_error_ms)
+            em_buf_json_str(out, p->last_io_error);
+        else
+            em_buf_add(out, "null", 4);
+        em_buf_printf(out, ",\"lastIoErrorTime\":");
+        em_buf_json_time(out, p->last_io_error_ms);
         em_buf_add(out, "}", 1);
     }
     em_buf_add(out, "]", 1);

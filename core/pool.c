@@ -19,8 +19,8 @@ struct em_pool {
     void **idle;
     int nidle, size, max;
     uint64_t borrows, waits, connect_failures, broken, io_errors; /* under lock */
-    int64_t last_error_ms;
-    char last_error[256];
+    int64_t last_error_ms, last_io_error_ms;
+    char last_error[256], last_io_error[256];
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -147,8 +147,9 @@ void em_pool_note_error(em_pool *p, const char *err)
         return;
     pthread_mutex_lock(&p->lock);
     p->io_errors++;
-    p->last_error_ms = em_clock_now_ms();
+    p->last_error_ms = p->last_io_error_ms = em_clock_now_ms();
     snprintf(p->last_error, sizeof p->last_error, "%s", err);
+    snprintf(p->last_io_error, sizeof p->last_io_error, "%s", err);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -173,6 +174,8 @@ size_t em_pool_list(em_pool_stats *out, size_t max)
         o->io_errors = p->io_errors;
         o->last_error_ms = p->last_error_ms;
         snprintf(o->last_error, sizeof o->last_error, "%s", p->last_error);
+        o->last_io_error_ms = p->last_io_error_ms;
+        snprintf(o->last_io_error, sizeof o->last_io_error, "%s", p->last_io_error);
         pthread_mutex_unlock(&p->lock);
     }
     pthread_mutex_unlock(&registry_lock);

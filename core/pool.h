@@ -43,8 +43,9 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen);
 void em_pool_return(em_pool *p, void *conn, int broken);
 
 /* An I/O error met on a borrowed connection (a socket broken mid-batch, a
- * delivery the broker failed): kept as the pool's last error, with its
- * time, so the API says why `broken` went up. Accepts p NULL. */
+ * delivery the broker failed): kept as the pool's last I/O error and as its
+ * last error, with the time, so the API says why `broken` went up even
+ * after the reconnects that follow fail for another reason. Accepts p NULL. */
 void em_pool_note_error(em_pool *p, const char *err);
 
 /* A pool's status for the API: its connections, counts, and its last
@@ -58,6 +59,8 @@ typedef struct em_pool_stats {
     uint64_t io_errors;    /* I/O errors noted on connections in use */
     int64_t last_error_ms; /* 0: none */
     char last_error[256];
+    int64_t last_io_error_ms; /* 0: none */
+    char last_io_error[256];
 } em_pool_stats;
 
 /* Copies the stats of up to max pools into out; returns how many exist. */
