@@ -95,6 +95,8 @@ describe("receiver lag for Redis and RabbitMQ sources", function()
         assert.is_true(detail.processingLength > 0, cjson.encode(detail))
         assert.equal(src:num("LLEN", "lag:in") + src:num("LLEN", "lag:in:processing:list"), N)
         assert.equal(N, (lag_metric(port, "list", "redis")))
+        local _, status = http.request(port, "GET", "/api/v1/status")  -- what `ember status` prints
+        assert.truthy(status:find("list/1 redis%s+%S+%s+%d+%s+%S+%s+" .. N .. " "), status)
         d:wait_until(function()
             return http.json(port, "/api/v1/jobs/list").blocked
         end, 30, 0.1, "the job blocked on its sink")

@@ -107,6 +107,8 @@ describe("late records and state size", function()
         assert.equal(LATE, after.lateRecords)
         assert.equal(0, after.numFailedRecords)
 
+        local _, status = http.request(port, "GET", "/api/v1/status")  -- what `ember status` prints
+        assert.truthy(status:find("  state: " .. after.stateSize .. " bytes, " .. LATE .. " late records\n", 1, true), status)
         local code, body = http.request(port, "GET", "/metrics")
         assert.equal(200, code)
         assert.equal(LATE, metric(body, "ember_job_late_records_total", "windows"))
