@@ -191,6 +191,8 @@ static void json_job(em_buf *o, const em_snap_job *j)
                   j->paused ? "true" : "false", j->held ? "true" : "false",
                   j->blocked ? "true" : "false", j->reload_pending ? "true" : "false");
     json_rate(o, j->rate);
+    em_buf_printf(o, ",\"maxRate\":");
+    json_rate(o, j->max_rate);
     em_buf_printf(o, ",\"lateRecords\":");
     if (t->late_records >= 0)
         em_buf_printf(o, "%lld", (long long)t->late_records);

@@ -100,6 +100,7 @@ describe("receiver lag for Redis and RabbitMQ sources", function()
         d:wait_until(function()
             return http.json(port, "/api/v1/jobs/list").blocked
         end, 30, 0.1, "the job blocked on its sink")
+        assert.equal(cjson.null, http.json(port, "/api/v1/jobs/list").maxRate)
         assert.equal(N, receiver(port).lag) -- and still held
 
         dst:spawn()                     -- the sink returns: everything acknowledged
@@ -134,6 +135,8 @@ describe("receiver lag for Redis and RabbitMQ sources", function()
         assert.equal(N, detail.pending + detail.lag)
         assert.is_true(detail.lag > 0, cjson.encode(detail)) -- max_rate keeps some unread
         assert.equal(N, (lag_metric(port, "stream", "redis")))
+        -- the job's limit is its source's max_rate; the list job has none
+        assert.equal(4, http.json(port, "/api/v1/jobs/stream").maxRate)
 
         dst:spawn()
         dst:wait_len(d, "lag:out", N, 60)
