@@ -56,6 +56,7 @@
 #define MAX_DELAY_MS 30000
 #define XACK_CHUNK 1000       /* ids per XACK command */
 #define LAG_PERIOD_MS 1000    /* how often the backlog is asked and told to the receiver */
+#define LAG_RETRY_MS 60000    /* after the server refused the lag's command */
 
 /* ------------------------------------------------------------------ URLs */
 
@@ -546,6 +547,7 @@ typedef struct redis_src {
     int64_t claim_at;    /* stream: when the next XAUTOCLAIM scan starts */
     char claim_from[48]; /* its cursor; "0-0" at the start of a scan */
     int64_t lag_at;      /* when the lag was last told (monotonic ms; 0: never) */
+    int lag_warned;      /* the server refused the lag's command on this connection (logged) */
     sbuf json;
 
     track *track; /* what is in flight (list and stream modes), shared */
@@ -811,6 +813,7 @@ static void drop_conn(redis_src *s)
     if (s->c)
         redisFree(s->c);
     s->c = NULL;
+    s->lag_warned = 0;
     if (s->recov)
         freeReplyObject(s->recov);
     s->recov = NULL;
@@ -1327,6 +1330,19 @@ static int map_int(const redisReply *m, const char *name, long long *v)
     return 0;
 }
 
+/* The server refused the lag's command (an ACL without LLEN or XINFO, say):
+ * the source reads on, the lag is unknown, asked again in a minute; one
+ * warning per connection. */
+static void lag_refused(redis_src *s, em_receiver *r, const char *cmd, const redisReply *rep)
+{
+    if (!s->lag_warned)
+        em_log(EM_LOG_WARN, s->job, "%s: lag not reported: %s failed: %s", s->name, cmd,
+               rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+    s->lag_warned = 1;
+    s->lag_at = em_clock_mono_ms() + LAG_RETRY_MS;
+    em_receiver_set_lag(r, -1, NULL);
+}
+
 /* Tells the receiver what Redis holds beyond what was acknowledged, at most
  * once a LAG_PERIOD_MS, on the receiver's own connection between reads (so
  * never once per record). list: the list's length plus its processing
@@ -1348,13 +1364,20 @@ static int report_lag(redis_src *s, em_receiver *r)
         redisAppendCommandArgv(s->c, 2, a1, NULL);
         redisAppendCommandArgv(s->c, 2, a2, NULL);
         redisReply *rep[2] = {NULL, NULL};
-        for (int i = 0; i < 2; i++)
-            if (redisGetReply(s->c, (void **)&rep[i]) != REDIS_OK || !rep[i] ||
-                rep[i]->type != REDIS_REPLY_INTEGER) {
+        for (int i = 0; i < 2; i++) /* both replies, so the connection stays in step */
+            if (redisGetReply(s->c, (void **)&rep[i]) != REDIS_OK || !rep[i]) {
                 if (i == 1)
                     freeReplyObject(rep[0]);
                 em_buf_free(&b);
-                return reply_fault(s, "LLEN", rep[i]);
+                return reply_fault(s, "LLEN", NULL);
+            }
+        for (int i = 0; i < 2; i++)
+            if (rep[i]->type != REDIS_REPLY_INTEGER) {
+                lag_refused(s, r, "LLEN", rep[i]);
+                freeReplyObject(rep[0]);
+                freeReplyObject(rep[1]);
+                em_buf_free(&b);
+                return 0;
             }
         total = rep[0]->integer + rep[1]->integer;
         em_buf_printf(&b, "[{\"key\":");
@@ -1367,9 +1390,15 @@ static int report_lag(redis_src *s, em_receiver *r)
     } else {
         const char *argv[] = {"XINFO", "GROUPS", s->key};
         redisReply *rep = command(s, 3, argv);
-        if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+        if (!rep) {
             em_buf_free(&b);
-            return reply_fault(s, "XINFO GROUPS", rep);
+            return reply_fault(s, "XINFO GROUPS", NULL);
+        }
+        if (rep->type != REDIS_REPLY_ARRAY) {
+            lag_refused(s, r, "XINFO GROUPS", rep);
+            freeReplyObject(rep);
+            em_buf_free(&b);
+            return 0;
         }
         for (size_t i = 0; i < rep->elements; i++) {
             const redisReply *g = rep->element[i];

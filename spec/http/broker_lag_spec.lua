@@ -149,6 +149,33 @@ describe("receiver lag for Redis and RabbitMQ sources", function()
         assert.equal(0, (lag_metric(port, "stream", "redis")))
     end)
 
+    it("reads on with the lag unknown when the server refuses the lag's command", function()
+        local acl = redis_server.start { args = { "--user", "reader", "on", ">pw", "~*", "&*", "+@all", "-llen" } }
+        local ok, err = pcall(function()
+            acl:cli("RPUSH", "lag:in", "x", "y", "z")
+            local url = "redis://reader:pw@127.0.0.1:" .. acl.port
+            d:write_job("list.lua", driver.render(REDIS_JOB, {
+                name = "list", mode = "list", extra = "", src = driver.quote(url),
+                dst = driver.quote(url) }))
+            d:start { conf = CONF }
+            local port = d:http_port()
+            acl:wait_len(d, "lag:out", 3, 30)
+            d:wait_for_log("lag not reported: LLEN failed: NOPERM", 20, { plain = true })
+            local r = d:wait_until(function()
+                local r, all = receiver(port)
+                return r.numRecords == 3 and r, all
+            end, 10, 0.05, "the receiver's 3 records in the API")
+            assert.equal(cjson.null, r.lag)
+            assert.equal(cjson.null, r.lagDetail)
+            assert.is_nil(lag_metric(port, "list", "redis"))
+            local got = acl:lines("LRANGE", "lag:out", "0", "-1")
+            table.sort(got)
+            assert.same({ "x", "y", "z" }, got)
+        end)
+        acl:stop()
+        assert(ok, err)
+    end)
+
     describe("RabbitMQ", function()
         local mq
 
