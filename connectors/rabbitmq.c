@@ -361,6 +361,7 @@ static int fail(rmq_src *s, const char *why, int alive)
         close_connection(s->conn, alive);
         s->conn = NULL;
     }
+    em_receiver_set_lag(s->r, -1, NULL); /* unknown until the next connection tells it */
     if (s->healthy)
         s->delay_ms = s->delay0_ms;
     s->healthy = 0;

@@ -1349,10 +1349,15 @@ static void lag_refused(redis_src *s, em_receiver *r, const char *cmd, const red
  * list's (LLEN both). stream: the group's pending entries plus its lag, the
  * entries not yet delivered to it (XINFO GROUPS, Redis 7; without a lag,
  * or when Redis cannot tell it, the total is unknown and the detail has
- * the pending count only). pubsub holds nothing. -1 after outage(). */
+ * the pending count only). pubsub holds nothing. While the connection is
+ * down the lag is unknown. -1 after outage(). */
 static int report_lag(redis_src *s, em_receiver *r)
 {
     int64_t now = em_clock_mono_ms();
+    if (!s->c && s->lag_at) { /* down: Redis cannot tell, and the last figure grows stale */
+        em_receiver_set_lag(r, -1, NULL);
+        s->lag_at = 0;
+    }
     if (s->mode == PUBSUB || !s->c || (s->lag_at && now - s->lag_at < LAG_PERIOD_MS))
         return 0;
     s->lag_at = now;

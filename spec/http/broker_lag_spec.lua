@@ -113,6 +113,13 @@ describe("receiver lag for Redis and RabbitMQ sources", function()
         local got = dst:lines("LRANGE", "lag:out", "0", "-1")
         table.sort(got)
         assert.same(want, got)
+
+        src:kill()                      -- the source's server gone: the lag is unknown
+        d:wait_until(function()
+            local r, all = receiver(port)
+            return r.lag == cjson.null and r.lagDetail == cjson.null and r.failing, all
+        end, 30, 0.1, "the lag unknown while the source fails")
+        assert.is_nil(lag_metric(port, "list", "redis"))
     end)
 
     it("reports a Redis stream source's backlog: its group's pending entries plus its lag", function()
@@ -222,6 +229,12 @@ describe("receiver lag for Redis and RabbitMQ sources", function()
             end, 30, 0.1, "the RabbitMQ source's lag back to 0")
             assert.equal(0, back.lagDetail[1].messages)
             assert.equal(0, back.lagDetail[1].unacked)
+            mq:stop(true)               -- the broker gone: the lag is unknown
+            d:wait_until(function()
+                local r, all = receiver(port)
+                return r.lag == cjson.null and r.lagDetail == cjson.null, all
+            end, 60, 0.1, "the lag unknown while the broker is down")
+            mq:restart()
             local got = {}
             for _, v in ipairs(dst:lines("LRANGE", "lag:out", "0", "-1")) do
                 got[#got + 1] = (v:gsub("\n$", ""))
