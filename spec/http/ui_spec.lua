@@ -102,6 +102,11 @@ describe("the web UI", function()
                 end
             end
         end, 30, 0.1, "the queue job's lag of 0")
+        -- the windows job's first batches (its state files) may run late on a
+        -- loaded machine: the page is read once the driver is ready again
+        d:wait_until(function()
+            return http.request(port, "GET", "/readyz") == 200
+        end, 30, 0.1, "/readyz 200")
         local code, page, headers = http.request(port, "GET", "/")
         assert.equal(200, code)
         assert.truthy(headers["content-type"]:find("text/html", 1, true))
