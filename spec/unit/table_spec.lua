@@ -145,8 +145,8 @@ return job
               "one of 'hash' or 'pattern'" },
             { "job:table { from = { file = 'x' }, refresh = 'soon' }", "bad option 'refresh'" },
             { "job:table { from = { file = 'x' }, key = 3 }", "bad option 'key'" },
-            { "job:table { from = { kafka = 'x' } }", "Kafka topic" },
-            { "job:table { from = {} }", "one of 'redis' or 'file'" },
+            { "job:table { from = { kafka = 'x' } }", "a Kafka source takes topic" },
+            { "job:table { from = {} }", "one of 'redis', 'file' or 'kafka'" },
             { "job:generator {}:join(job:table { from = { file = 'x' } })",
               "'join' needs a stream of %(key, value%) pairs" },
         }
