@@ -29,9 +29,9 @@
 --       came since the last
 --
 -- key(field, value) and value(field, value) make the table's entry (both
--- default to the field and the value). A key or value function that raises,
--- or returns a nil key, skips that entry with a warning naming it. A value
--- of nil leaves the key out: deleted when it was there.
+-- default to the field and the value). A key or value function that raises
+-- skips that entry with a warning naming it; a nil key or a nil value
+-- leaves the entry out (deleted when it was there).
 --
 -- Tables are not checkpointed: a new Lua state (a start, a restart after a
 -- crash, a reload) loads them again from their source, the one place that
@@ -442,6 +442,7 @@ end
 function Table:build(fields, values, n)
     local kf, vf = self.key_fn, self.value_fn
     local data, size = {}, 0
+    local skipped, first_why = 0, nil
     for i = 1, n do
         local f, v = fields[i], values[i]
         local k, val = f, v
@@ -455,18 +456,22 @@ function Table:build(fields, values, n)
             err = val
         end
         if not ok then
-            self:warn("entry '" .. tostring(f) .. "' skipped: " .. tostring(err))
-        elseif k == nil then
-            if kf then
-                self:warn("entry '" .. tostring(f) .. "' skipped: its key function returned nil")
-            end
-        elseif val ~= nil then
+            skipped = skipped + 1
+            first_why = first_why or ("'" .. tostring(f) .. "': " .. tostring(err))
+        elseif k ~= nil and val ~= nil then
             if data[k] == nil then
                 size = size + 1
             end
             data[k] = val
         end
     end
+    -- One line per read that skips a different number of entries than the
+    -- last, so a bad entry does not log at every refresh.
+    if skipped ~= (self.skipped or 0) and skipped > 0 then
+        self:warn(skipped .. " entr" .. (skipped == 1 and "y" or "ies") .. " skipped, their key "
+                  .. "or value function raised; the first, " .. first_why)
+    end
+    self.skipped = skipped
     return data, size
 end
 
