@@ -126,6 +126,26 @@ describe("reference tables from Redis", function()
         assert.same({ "ad1|x|nil", "ad3|z|nil" }, wait_out("e:out", 2))
     end)
 
+    it("is loaded again by the new version of a reloaded job, which joins with it", function()
+        srv:cli("HSET", "ads", "1", "camp-a")
+        d:write_job("tables", render(JOB, { url = q(srv.url), table_url = q(srv.url),
+                                            kind = "join" }))
+        d:start { conf = CONF }
+        d:wait_for_log("table 'ads' .*: loaded, 1 entries", 20)
+        srv:cli("LPUSH", "e:in", "ad1=x", "ad2=y")
+        assert.same({ "ad1|x|CAMP-A" }, wait_out("e:out", 1))
+        srv:cli("HSET", "ads", "2", "camp-b")
+        d:write_job("tables", render(JOB, { url = q(srv.url), table_url = q(srv.url),
+                                            kind = "left_outer_join" }))
+        local mark = d:log_mark()
+        d:signal("HUP")
+        d:wait_for_log("%[tables%] now running the new version", 20, { from = mark })
+        d:wait_for_log("table 'ads' .*: loaded, 2 entries", 20, { from = mark })
+        srv:cli("DEL", "e:out")
+        srv:cli("LPUSH", "e:in", "ad1=x", "ad2=y", "ad3=z")
+        assert.same({ "ad1|x|CAMP-A", "ad2|y|CAMP-B", "ad3|z|nil" }, wait_out("e:out", 3))
+    end)
+
     it("waits for a table whose server is down at start, with a warning, and runs no batch "
        .. "before its first load", function()
         local port = redis_server.free_port()
