@@ -181,6 +181,35 @@ return job
         assert.matches("2 entries skipped", msg)
     end)
 
+    it("holds a stateful job's batch without staging anything until the table loads", function()
+        local path = dir .. "/ads.tsv"
+        local src = ([[
+local ember = require "ember"
+local sink = require "test_sink"
+local job = ember.job { name = "t" }
+local ads = job:table { from = { file = %q } }
+job:generator {}:map(function(s) return s, 1 end):join(ads)
+   :map_values(function(p) return p[2] end)
+   :update_state_by_key(function(vs, n) return (n or 0) + #vs end, { name = "per_campaign" })
+   :foreach_batch(sink.collect)
+return job
+]]):format(path)
+        local desc, err = H.load(dir, src, "job")
+        assert(desc, err)
+        assert.is_true(desc.stateful)
+        assert(desc.restore(0))
+        local ok, failed, e, fatal = H.run_id(desc, 1, 1000, { "a", "b", "a" })
+        assert.is_false(ok)
+        assert.is_false(fatal)
+        assert.matches("is not loaded yet", e)
+        assert(desc.abort())
+        H.write(path, "a\tc1\nb\tc1\n")
+        H.commit(desc, 1, 1000, { "a", "b", "a" })
+        assert.same({ { "a", 2 }, { "b", 1 } }, sink.last())
+        H.commit(desc, 2, 2000, { "b" })
+        assert.same({ { "a", 2 }, { "b", 2 } }, sink.last())
+    end)
+
     it("bad declarations fail at the script's line", function()
         local cases = {
             { "job:table { from = { redis = 'redis://x', hash = 'h', pattern = 'p' } }",
