@@ -285,23 +285,6 @@ function _M.make(node, ctx, fails)
                 end
             end
             redis.release_raw(c, false)
-            if ttl > 0 then
-                if cached + nl > cache_max then
-                    cache, expires, cached = {}, {}, 0
-                end
-                local until_ = ctx.time + ttl
-                for i = 1, nl do
-                    local k = list[i]
-                    if not bad[k] then
-                        local v = got[k]
-                        if cache[k] == nil then
-                            cached = cached + 1
-                        end
-                        cache[k] = v == nil and NONE or v
-                        expires[k] = until_
-                    end
-                end
-            end
         end
         local oa, ob, m = {}, {}, 0
         for i = 1, n do
@@ -328,6 +311,25 @@ function _M.make(node, ctx, fails)
             elseif not inner then
                 m = m + 1
                 oa[m], ob[m] = ka[i], { vb[i] }
+            end
+        end
+        -- the replies join the cache once the records took what it held
+        -- (a full cache starts again empty)
+        if ttl > 0 then
+            if cached + nl > cache_max then
+                cache, expires, cached = {}, {}, 0
+            end
+            local until_ = ctx.time + ttl
+            for i = 1, nl do
+                local k = list[i]
+                if not bad[k] then
+                    local v = got[k]
+                    if cache[k] == nil then
+                        cached = cached + 1
+                    end
+                    cache[k] = v == nil and NONE or v
+                    expires[k] = until_
+                end
             end
         end
         stats.records = stats.records + n

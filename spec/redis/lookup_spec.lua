@@ -21,7 +21,8 @@ local job = ember.job { name = "lookup", batch_interval = "500ms", on_error = "d
 job:redis { url = {{url}}, mode = "list", key = "l:in" }
    :map(function(s) return s:match("^([%w:]+)=(%w+)$") end)
    :lookup_redis { url = {{lookup_url}}, command = "HGET", chunk = {{chunk}}, ttl = {{ttl}},
-                   key = function(ad) return "ad_campaign", ad end, inner = {{inner}} }
+                   key = function(ad) return "ad_campaign", ad end, inner = {{inner}},
+                   cache_max = {{cache_max}} }
    :to_redis { url = {{url}}, command = function(p)
        return "RPUSH", "l:out", p[1] .. "|" .. p[2][1] .. "|" .. tostring(p[2][2]) end }
 
@@ -99,7 +100,7 @@ describe("lookup_redis", function()
         local info_cost = -reads(lsrv) + reads(lsrv)
         local reads0 = reads(lsrv)
         d:write_job("lookup", render(JOB, { url = q(srv.url), lookup_url = q(lsrv.url),
-                                            chunk = 5, ttl = q("1h"), inner = "false" }))
+                                            chunk = 5, ttl = q("1h"), inner = "false", cache_max = 1000 }))
         d:start { conf = CONF }
         srv:wait_len(d, "l:out", 600, 30)
         local read = reads(lsrv) - reads0 - info_cost
@@ -126,7 +127,7 @@ describe("lookup_redis", function()
         end
         srv:pipe(cmds)
         d:write_job("lookup", render(JOB, { url = q(srv.url), lookup_url = q(lsrv.url),
-                                            chunk = 100, ttl = 0, inner = "false" }))
+                                            chunk = 100, ttl = 0, inner = "false", cache_max = 1000 }))
         d:start { conf = CONF }
         srv:wait_len(d, "l:out", 300, 30)
         local recs, keys, rts, lines = trips()
@@ -142,7 +143,7 @@ describe("lookup_redis", function()
        function()
         lsrv:cli("HSET", "ad_campaign", "ad1", "old")
         d:write_job("lookup", render(JOB, { url = q(srv.url), lookup_url = q(lsrv.url),
-                                            chunk = 10, ttl = q("1s"), inner = "true" }))
+                                            chunk = 10, ttl = q("1s"), inner = "true", cache_max = 1000 }))
         d:start { conf = CONF }
         srv:cli("RPUSH", "l:in", "ad1=1", "ad2=2")
         srv:wait_len(d, "l:out", 1, 20)
@@ -160,6 +161,28 @@ describe("lookup_redis", function()
         assert.is_true(calls(lsrv, "hget") >= 4)
     end)
 
+    it("starts a full cache again empty, the records of that batch keeping what it held",
+       function()
+        lsrv:cli("HSET", "ad_campaign", "ad1", "c1", "ad2", "c2", "ad3", "c3")
+        d:write_job("lookup", render(JOB, { url = q(srv.url), lookup_url = q(lsrv.url),
+                                            chunk = 10, ttl = q("1h"), inner = "false",
+                                            cache_max = 2 }))
+        d:start { conf = CONF }
+        srv:cli("RPUSH", "l:in", "ad1=1", "ad2=2")
+        srv:wait_len(d, "l:out", 2, 20)
+        assert.equal(2, calls(lsrv, "hget"))
+        -- ad1 from the cache, ad3 asked: the cache overflows and starts again
+        srv:cli("RPUSH", "l:in", "ad1=3", "ad3=4")
+        srv:wait_len(d, "l:out", 4, 20)
+        assert.same({ "ad1|1|c1", "ad1|3|c1", "ad2|2|c2", "ad3|4|c3" },
+                    sorted(srv:lines("LRANGE", "l:out", "0", "-1")))
+        assert.equal(3, calls(lsrv, "hget"))
+        -- the new cache holds ad3 only: ad1 is asked again
+        srv:cli("RPUSH", "l:in", "ad1=5", "ad3=6")
+        srv:wait_len(d, "l:out", 6, 20)
+        assert.equal(4, calls(lsrv, "hget"))
+    end)
+
     it("sets the records whose reply is an error aside by on_error, and retries a batch "
        .. "whose server is down", function()
         lsrv:cli("HSET", "ad_campaign", "ad1", "c1")
@@ -167,7 +190,7 @@ describe("lookup_redis", function()
         local JOB2 = JOB:gsub('return "ad_campaign", ad', 'if ad == "bad" then return "wrong", '
                                .. '"f" end return "ad_campaign", ad')
         d:write_job("lookup", render(JOB2, { url = q(srv.url), lookup_url = q(lsrv.url),
-                                             chunk = 10, ttl = q("1h"), inner = "false" }))
+                                             chunk = 10, ttl = q("1h"), inner = "false", cache_max = 1000 }))
         d:start { conf = CONF }
         srv:cli("RPUSH", "l:in", "ad1=1", "bad=2", "ad1=3")
         srv:wait_len(d, "l:out", 2, 20)
