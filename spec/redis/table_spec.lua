@@ -63,9 +63,11 @@ describe("reference tables from Redis", function()
         d:stop()
     end)
 
+    -- The list once it holds n items, sorted. The records of each check are
+    -- pushed at once, so they come out of one batch, written together: an
+    -- extra record would be there too.
     local function wait_out(key, n)
         srv:wait_len(d, key, n, 20)
-        -- nothing more comes
         return sorted(srv:lines("LRANGE", key, "0", "-1"))
     end
 
@@ -97,6 +99,23 @@ describe("reference tables from Redis", function()
         assert.equal(4, first and first.records)
         assert.equal(3, srv:num("LLEN", "e:out"))
         assert.equal(0, srv:num("LLEN", "e:in:processing:tables"))
+    end)
+
+    it("reads a key pattern over many SCAN pages", function()
+        local cmds = {}
+        for i = 1, 2500 do
+            cmds[#cmds + 1] = { "SET", "ad:" .. i, "v" .. i }
+        end
+        for i = 1, 300 do
+            cmds[#cmds + 1] = { "SET", "other:" .. i, "x" }
+        end
+        srv:pipe(cmds)
+        d:write_job("tables", render(JOB, { url = q(srv.url), table_url = q(srv.url),
+                                            kind = "join" }))
+        d:start { conf = CONF }
+        d:wait_for_log("table 'keys' .*: loaded, 2500 entries", 20)
+        srv:cli("LPUSH", "e:in", "ad1=x", "ad2500=y", "ad2501=z")
+        assert.same({ "ad1|x|v1", "ad2500|y|v2500" }, wait_out("e:keys", 2))
     end)
 
     it("applies updates and deletes of the table to the records after them", function()
