@@ -63,9 +63,7 @@ describe("reference tables from Redis", function()
         d:stop()
     end)
 
-    -- The list once it holds n items, sorted. The records of each check are
-    -- pushed at once, so they come out of one batch, written together: an
-    -- extra record would be there too.
+    -- The list, sorted, once it holds n items (what the check expects).
     local function wait_out(key, n)
         srv:wait_len(d, key, n, 20)
         return sorted(srv:lines("LRANGE", key, "0", "-1"))
