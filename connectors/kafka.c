@@ -61,6 +61,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "../core/block.h"
+#include "../core/budget.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
 #include "../core/identity.h"
@@ -1681,7 +1682,21 @@ static void delivery_fail(em_kafka_delivery *d, rd_kafka_resp_err_t e, const cha
  * waiting: their delivery reports come into d. Returns 0, or -1 when one
  * could not be produced (d holds why; the rest are not produced). Safe
  * from any thread; callers share the producer of their brokers string. */
+static int kafka_send_now(em_kafka_delivery *d, const char *brokers, const char *topic_name, uint32_t n,
+                  const char *const *keys, const uint32_t *key_lens, const char *const *values,
+                  const uint32_t *value_lens);
+
 int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_name, uint32_t n,
+                  const char *const *keys, const uint32_t *key_lens, const char *const *values,
+                  const uint32_t *value_lens)
+{
+    em_budget_wait_begin(); /* a full producer queue blocks: the broker's time */
+    int r = kafka_send_now(d, brokers, topic_name, n, keys, key_lens, values, value_lens);
+    em_budget_wait_end();
+    return r;
+}
+
+static int kafka_send_now(em_kafka_delivery *d, const char *brokers, const char *topic_name, uint32_t n,
                   const char *const *keys, const uint32_t *key_lens, const char *const *values,
                   const uint32_t *value_lens)
 {
@@ -1727,7 +1742,17 @@ int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_n
 
 /* Waits for every delivery report d expects, then frees d. Returns 0, or
  * -1 with err holding the first failure. */
+static int kafka_delivery_wait_now(em_kafka_delivery *d, char *err, size_t errlen);
+
 int em_kafka_delivery_wait(em_kafka_delivery *d, char *err, size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
+    int r = kafka_delivery_wait_now(d, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static int kafka_delivery_wait_now(em_kafka_delivery *d, char *err, size_t errlen)
 {
     pthread_mutex_lock(&d->lock);
     while (d->pending > 0)

@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "../core/buf.h"
+#include "../core/budget.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
 #include "../core/identity.h"
@@ -1191,7 +1192,17 @@ int em_rabbitmq_batch_publish(em_rabbitmq_batch *b, const char *rk, size_t rklen
 /* Ends a batch: unless abort, waits until the broker confirmed every
  * message. Gives the connection back to the pool (closed after any error
  * or an abort) and frees b. Returns 0, or -1 with err. Accepts NULL. */
+static int rabbitmq_batch_finish_now(em_rabbitmq_batch *b, int abort, char *err, size_t errlen);
+
 int em_rabbitmq_batch_finish(em_rabbitmq_batch *b, int abort, char *err, size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
+    int r = rabbitmq_batch_finish_now(b, abort, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static int rabbitmq_batch_finish_now(em_rabbitmq_batch *b, int abort, char *err, size_t errlen)
 {
     if (!b)
         return -1;

@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "../core/block.h"
+#include "../core/budget.h"
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
@@ -1905,7 +1906,19 @@ const char *em_redis_conn_name(const em_redis_conn *c) { return c->name; }
  * 0-based index of the first and err its text (every reply was still read,
  * so the connection stays usable); -2 on an I/O failure, err saying what
  * (release the connection broken). */
+static int redis_pipeline_now(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
+                      char *err, size_t errlen);
+
 int em_redis_pipeline(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
+                      char *err, size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
+    int r = redis_pipeline_now(c, cmds, len, n, failed, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static int redis_pipeline_now(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
                       char *err, size_t errlen)
 {
     *failed = -1;
@@ -1934,7 +1947,19 @@ int em_redis_pipeline(em_redis_conn *c, const char *cmds, size_t len, int n, int
 /* Sends one command in RESP and returns its reply in *reply (to walk with
  * em_redis_reply_* and free with em_redis_reply_free; an error reply is a
  * reply). Returns 0, or -2 and err on an I/O failure. */
+static int redis_call_now(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
+                  size_t errlen);
+
 int em_redis_call(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
+                  size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
+    int r = redis_call_now(c, cmd, len, reply, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static int redis_call_now(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
                   size_t errlen)
 {
     *reply = NULL;

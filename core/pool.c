@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "budget.h"
 #include "clock.h"
 #include "props.h"
 
@@ -68,7 +69,17 @@ static void note_wait(int waited, int64_t started)
     usage.wait_ms += ms;
 }
 
+static void *pool_borrow_now(em_pool *p, int timeout_ms, char *err, size_t errlen);
+
 void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait for a connection is not the batch's own time */
+    void *r = pool_borrow_now(p, timeout_ms, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static void *pool_borrow_now(em_pool *p, int timeout_ms, char *err, size_t errlen)
 {
     struct timespec until;
     em_clock_deadline(&until, timeout_ms);
