@@ -25,7 +25,7 @@ struct em_budget {
     atomic_int breach;      /* em_budget_breach */
     int running;            /* between begin and end (the state's own thread) */
     int counting;           /* counting_alloc is the state's allocator */
-    int wait;               /* hook calls left to find the job's own frame */
+    int job_wait;           /* hook calls left to find the job's own frame */
     int past_slack;         /* an allocation was refused this batch */
     char job_file[1024];
     char where[512];
@@ -43,6 +43,10 @@ static const char budget_key;
 static _Atomic int64_t default_memory;
 static _Atomic int64_t default_timeout = -1;
 static _Atomic int64_t default_interval = 1000;
+/* The batch this thread runs, for em_budget_wait_begin/end. */
+static _Thread_local em_budget *current;
+static _Thread_local int waits;
+static _Thread_local int64_t wait_left, wait_since;
 
 void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
                             int64_t batch_interval_ms)
@@ -124,8 +128,8 @@ static void hook(lua_State *L, lua_Debug *ar)
         return;
     }
     if (!b->where[0] && !job_line(L, b)) {
-        if (why == EM_BUDGET_MEMORY && !b->past_slack && b->wait > 0) {
-            b->wait--;
+        if (why == EM_BUDGET_MEMORY && !b->past_slack && b->job_wait > 0) {
+            b->job_wait--;
             return;
         }
         any_line(L, b);
@@ -267,8 +271,10 @@ void em_budget_begin(em_budget *b)
     b->where[0] = '\0';
     b->refused = 0;
     b->past_slack = 0;
-    b->wait = WAIT_FOR_JOB;
+    b->job_wait = WAIT_FOR_JOB;
     b->running = 1;
+    current = b;
+    waits = 0;
     if (!b->timeout_ms)
         return;
     pthread_once(&once, start_watchdog);
@@ -299,6 +305,7 @@ em_budget_breach em_budget_end(em_budget *b, char *where, size_t wherelen)
     }
     /* No watchdog sets the hook after this point. */
     b->running = 0;
+    current = NULL;
     em_budget_breach why = (em_budget_breach)atomic_load(&b->breach);
     if (why)
         lua_sethook(b->L, NULL, 0, 0);
@@ -307,6 +314,32 @@ em_budget_breach em_budget_end(em_budget *b, char *where, size_t wherelen)
     if (where)
         snprintf(where, wherelen, "%s", why ? b->where : "");
     return why;
+}
+
+void em_budget_wait_begin(void)
+{
+    em_budget *b = current;
+    if (!b || waits++ || !b->timeout_ms)
+        return;
+    pthread_mutex_lock(&lock);
+    wait_since = mono_ms();
+    wait_left = b->deadline ? b->deadline - wait_since : 0; /* 0: already past */
+    if (b->deadline)
+        b->deadline = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+void em_budget_wait_end(void)
+{
+    em_budget *b = current;
+    if (!b || !waits || --waits || !b->timeout_ms || !wait_left)
+        return;
+    pthread_mutex_lock(&lock);
+    int64_t now = mono_ms();
+    b->due += now - wait_since;
+    b->deadline = now + wait_left;
+    pthread_cond_signal(&wake);
+    pthread_mutex_unlock(&lock);
 }
 
 void em_budget_free(em_budget *b) { free(b); }
