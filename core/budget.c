@@ -93,13 +93,14 @@ static int job_line(lua_State *L, em_budget *b)
     return 0;
 }
 
-/* Else the innermost Lua frame with a line (the runtime's). */
+/* Else the innermost Lua frame with a line (the runtime's), said to be. */
 static void any_line(lua_State *L, em_budget *b)
 {
     lua_Debug ar;
     for (int level = 0; lua_getstack(L, level, &ar); level++) {
         if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 && ar.source[0] == '@') {
-            snprintf(b->where, sizeof b->where, "%s:%d", ar.source + 1, ar.currentline);
+            snprintf(b->where, sizeof b->where, "%s:%d (ember's runtime, not the job's code)",
+                     ar.source + 1, ar.currentline);
             return;
         }
     }
