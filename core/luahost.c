@@ -227,7 +227,7 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     }
     lua_getfield(L, -1, "load");
     lua_pushstring(L, path);
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 8);
     lua_pushlightuserdata(L, h);
     lua_pushcclosure(L, host_stopped_by, 1);
     lua_setfield(L, -2, "stopped_by");
@@ -239,6 +239,8 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     lua_setfield(L, -2, "state_max");
     lua_pushinteger(L, cfg->state_snapshot_interval);
     lua_setfield(L, -2, "snapshot_interval");
+    lua_pushinteger(L, cfg->pool_size);
+    lua_setfield(L, -2, "pool_size");
     lua_pushnumber(L, (lua_Number)cfg->batch_interval_ms);
     lua_setfield(L, -2, "batch_interval_ms");
     lua_pushstring(L, path);

@@ -17,6 +17,7 @@ local executor = require "ember.executor"
 local state = require "ember.state"
 local state_ops = require "ember.state_ops"
 local window_ops = require "ember.window_ops"
+local sinks = require "ember.sinks"
 
 local loadfile = loadfile
 local pcall = pcall
@@ -104,6 +105,9 @@ end
 -- docs/internals.md, or nil and "path:line: message".
 function _M.load(path, host)
     host = host or {}
+    if tonumber(host.pool_size) then
+        sinks.pool_size = tonumber(host.pool_size)
+    end
     local ok, job, disabled = pcall(load_job, path, host)
     if not ok then
         return nil, type(job) == "string" and job or tostring(job)
