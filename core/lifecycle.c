@@ -267,9 +267,18 @@ static void retry_later(em_batch *b, const char *why)
 static int restore(em_batch *b, char *err, size_t errlen)
 {
     em_version *v = b->version;
-    if (v->restored || !v->desc->stateful)
+    if (v->restored)
         return 0;
     em_job *j = b->job;
+    if (!v->desc->stateful) {
+        /* No stateful operator: the state an older version left is archived
+         * (the store logs it), never kept live nor dropped. A failure to move
+         * it is no reason to stop a job that keeps no state: it stays put. */
+        v->restored = 1;
+        if (em_luahost_restore(v->host, j->cp.batch_id, j->cp.state_version, err, errlen) != 0)
+            em_log(EM_LOG_ERROR, j->name, "the old state could not be archived: %s", err);
+        return 0;
+    }
     int64_t t0 = em_clock_now_ms();
     if (em_luahost_restore(v->host, j->cp.batch_id, j->cp.state_version, err, errlen) != 0)
         return -1;

@@ -364,11 +364,13 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, uint64_t bat
 size_t em_luahost_memory_used(const em_luahost *h) { return em_budget_used(h->budget); }
 int64_t em_luahost_memory_cap(const em_luahost *h) { return em_budget_memory(h->budget); }
 
-/* Pushes desc[name] when it is a function; 0 (nothing pushed) otherwise. */
+/* Pushes desc[name] when it is a function; 0 (nothing pushed) otherwise.
+ * A version without state has only restore: it archives what an older
+ * version left. */
 static int push_state_fn(em_luahost *h, const char *name)
 {
     lua_State *L = h->L;
-    if (!h->desc.stateful)
+    if (!h->desc.stateful && strcmp(name, "restore") != 0)
         return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->desc_ref);
     lua_getfield(L, -1, name);

@@ -223,6 +223,7 @@ function _M.new(job, host)
     end
     return setmetatable({
         job = job.name,
+        log = host.log,                 -- log(level, job, message), or nil
         version = job.state_version,
         migrate = job.migrate,
         dir = dir,
