@@ -334,6 +334,16 @@ void em_lifecycle_run(em_task *t)
     int64_t committed_ms = em_clock_now_ms();
     em_batch_release(b, ok);
     record(b, &res, ok, ran_ms, committed_ms - ran_ms, written);
+    if (ok && b->version->desc->stateful) {
+        /* Snapshot slices: after the acks, before the job's next batch
+         * (a job's batches run one at a time), never inside a commit. */
+        int64_t m0 = em_clock_now_ms();
+        uint64_t mbytes = em_luahost_maintain(b->version->host);
+        if (mbytes)
+            em_log(EM_LOG_DEBUG, j->name, "state snapshot slice after batch %lld: %llu bytes "
+                   "in %lld ms", (long long)b->time_ms, (unsigned long long)mbytes,
+                   (long long)(em_clock_now_ms() - m0));
+    }
     if (res.fatal) {
         em_log(EM_LOG_ERROR, j->name, "job stopped (%s): %s",
                res.stopped_by[0] ? res.stopped_by : "on_error = fail", res.err);

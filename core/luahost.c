@@ -421,9 +421,28 @@ void em_luahost_apply(em_luahost *h, uint64_t batch_id)
     if (!push_state_fn(h, "apply"))
         return;
     lua_pushnumber(h->L, (lua_Number)batch_id);
-    if (lua_pcall(h->L, 1, 0, 0) != 0)
+    lua_pushboolean(h->L, 1); /* later: em_luahost_maintain comes after the acks */
+    if (lua_pcall(h->L, 2, 0, 0) != 0)
         em_log(EM_LOG_ERROR, h->desc.name, "state apply: %s", lua_tostring(h->L, -1));
     lua_settop(h->L, 0);
+}
+
+uint64_t em_luahost_maintain(em_luahost *h)
+{
+    if (!push_state_fn(h, "maintain"))
+        return 0;
+    uint64_t bytes = 0;
+    if (lua_pcall(h->L, 0, 3, 0) != 0)
+        em_log(EM_LOG_ERROR, h->desc.name, "state snapshot: %s", lua_tostring(h->L, -1));
+    else {
+        if (!lua_toboolean(h->L, -3))
+            em_log(EM_LOG_ERROR, h->desc.name, "%s (the deltas still hold the state; a later "
+                   "snapshot replaces this one)",
+                   lua_isstring(h->L, -2) ? lua_tostring(h->L, -2) : "state snapshot failed");
+        bytes = (uint64_t)lua_tonumber(h->L, -1);
+    }
+    lua_settop(h->L, 0);
+    return bytes;
 }
 
 void em_luahost_abort(em_luahost *h)

@@ -13,12 +13,14 @@
 -- committed state behind the lifecycle's back.
 --
 -- The lifecycle the C core drives (docs/internals.md):
---   begin -> (run) -> prepare(id) -> [C checkpoint] -> apply(id)
---                  \-> abort()
+--   begin -> (run) -> prepare(id) -> [C checkpoint] -> apply(id) -> [acks]
+--                  \-> abort()                                      -> maintain()
 -- prepare writes the staged changes as files nobody reads yet (a delta per
--- operator, or a snapshot every snapshot_interval files); apply makes them
--- visible in memory and drops files a snapshot made obsolete; restore
--- rebuilds committed state from the files up to the committed batch id.
+-- operator that changed); apply makes them visible in memory and, every
+-- snapshot_interval deltas, starts a snapshot; maintain, outside the
+-- commit, writes the next slice of a snapshot and drops the files a
+-- finished one made obsolete; restore rebuilds committed state from the
+-- files up to the committed batch id.
 --
 -- On disk, under host.state_dir (<checkpoint.dir>/<job>/state):
 --   CURRENT                   { dir = "v1", version = 1 } of the live state
@@ -440,16 +442,17 @@ end
 -- Snapshots. After snapshot_interval deltas, an operator's state is
 -- written whole, so restore reads one snapshot and some deltas. Written
 -- at once, a million keys would hold one commit for 100 ms; so a snapshot
--- is spread over the next commits instead: it starts at apply(S) (state as
--- of batch S) and each prepare writes a slice of the keys, walking
--- op.committed with next(), until the last slice renames snapshot-S into
--- place. Meanwhile keys new to the operator wait in op.added (a table must
--- not get new keys while next() walks it; changing or clearing existing
--- ones is allowed). A slice may hold values newer than S but never newer
--- than the committed batch when the file is complete, and the deltas after
--- S, which restore applies on top, hold every change since S: so snapshot
--- plus deltas give the state exactly. The files before S are deleted only
--- once snapshot-S is complete and a checkpoint after it committed.
+-- is written in slices, outside the commits: it starts at apply(S) (state
+-- as of batch S) and each maintain (after a batch's acks) writes a slice of
+-- the keys, walking op.committed with next(), until the last slice renames
+-- snapshot-S into place. Meanwhile keys new to the operator wait in
+-- op.added (a table must not get new keys while next() walks it; changing
+-- or clearing existing ones is allowed). A slice holds committed values
+-- (maintain runs between batches, after apply), newer than S maybe, and
+-- the deltas after S, which restore applies on top, hold every change
+-- since S: so snapshot plus deltas give the state exactly. The files
+-- before S are deleted once snapshot-S is complete (the checkpoint then
+-- holds a batch >= S).
 
 -- Starts writing snapshot-<id> of op (its state as of batch id).
 local function start_snapshot(self, op, id)
@@ -562,17 +565,6 @@ function Store:prepare(batch_id)
             op.prepared = { kind = "delta", id = batch_id }
             total = total + bytes
         end
-        if op.snap then
-            local bytes, serr = step_snapshot(op)
-            if not bytes then
-                -- The deltas still hold everything: a later snapshot will do.
-                cancel_snapshot(op)
-                self:abort()
-                return false, "state: " .. op.kind .. " '" .. op.name .. "': snapshot: "
-                              .. tostring(serr), total
-            end
-            total = total + bytes
-        end
     end
     self.phase = "prepared"
     self.batch_id = batch_id
@@ -667,12 +659,51 @@ function Store:apply(batch_id)
                 op.snap.deltas = op.snap.deltas + 1
             end
         end
+        if not op.snap and op.ndeltas >= self.interval and self.current then
+            local ok, serr = start_snapshot(self, op, batch_id)
+            err = err or (not ok and serr) or nil
+        end
+    end
+    self.phase = "idle"
+    if err then
+        return true, err                        -- state is fine, a stale file stays
+    end
+    return true
+end
+
+
+-- Writes the next slice of every snapshot being written, outside any
+-- batch: the driver calls it after a batch's acks went out, so a commit
+-- writes only the keys its batch changed and no ack waits for a snapshot.
+-- What a slice writes is committed state (apply came before), at least as
+-- new as the snapshot's batch S; the deltas after S hold every change since,
+-- and restore applies them on top. A finished snapshot-S covers the older
+-- files at once: the checkpoint holds a batch >= S (S started after its
+-- apply). Returns ok, err, bytes written.
+function Store:maintain()
+    if self.phase ~= "idle" then
+        return true, nil, 0
+    end
+    local total, err = 0, nil
+    for _, op in ipairs(self.order) do
+        if op.snap then
+            local bytes, serr = step_snapshot(op)
+            if not bytes then
+                -- The deltas still hold everything: a later snapshot will do.
+                cancel_snapshot(op)
+                op.ndeltas = self.interval   -- start again at the next apply
+                err = err or ("state: " .. op.kind .. " '" .. op.name .. "': snapshot: "
+                              .. tostring(serr))
+            else
+                total = total + bytes
+            end
+        end
         local done = op.snap_done
         if done then
-            -- snapshot-S is complete and this batch's checkpoint is after
-            -- it: the files it covers go (files up to S but itself).
+            -- snapshot-S is complete: the files it covers go (files up to S
+            -- but itself); the deltas after S stay.
             op.snap_done = nil
-            op.ndeltas = done.deltas + (p and 1 or 0)
+            op.ndeltas = done.deltas
             local dir = op_dir(self, op)
             for _, f in ipairs(format.list(dir) or {}) do
                 if f.id < done.id or (f.id == done.id and f.kind == "delta") then
@@ -687,16 +718,9 @@ function Store:apply(batch_id)
                 end
                 op.added = nil
             end
-        elseif not op.snap and op.ndeltas >= self.interval and self.current then
-            local ok, serr = start_snapshot(self, op, batch_id)
-            err = err or (not ok and serr) or nil
         end
     end
-    self.phase = "idle"
-    if err then
-        return true, err                        -- state is fine, a stale file stays
-    end
-    return true
+    return err == nil, err, total
 end
 
 

@@ -727,23 +727,31 @@ describe("the driver's contract", function()
         assert.is_true(desc.abort())
         assert.is_true((H.run_id(desc, 2, 2000, { "a" })))
         assert.is_true((desc.prepare(2)))
-        assert.is_true(desc.apply(2))
+        assert.is_true(desc.apply(2, true))     -- the driver's: maintain comes after the acks
         assert.same({ { "a", 2 } }, sink.last())
-        -- two deltas: the snapshot of batch 2 begins, written by the next commits
+        -- two deltas: the snapshot of batch 2 begins; maintain writes it, outside the commit
         assert.same({ ".tmp-snapshot-2", "delta-1", "delta-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        local mok, merr, mbytes = desc.maintain()
+        assert.is_true(mok, merr)
+        assert.is_true(mbytes > 0)
+        -- complete (two keys make one slice): it covers the deltas up to 2
+        assert.same({ "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        assert.same({ true, nil, 0 }, { desc.maintain() })   -- nothing left to write
 
         -- batch 3 is prepared, then kill -9 before the checkpoint: the driver
         -- restores from committed batch 2 and runs batch 3 again
         assert.is_true((H.run_id(desc, 3, 3000, { "a", "b" })))
-        assert.is_true((desc.prepare(3)))
-        assert.same({ "delta-1", "delta-2", "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        local _, _, b3 = desc.prepare(3)
+        assert.is_true(b3 > 0)
+        assert.same({ "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
         local after = job(MWS_COUNT, nil, nil, h)
         assert.is_true(after.restore(2, nil))
         assert.same({ counts = 24 }, after.state_bytes())
         assert.is_true((H.run_id(after, 3, 3000, { "a", "b" })))
         assert.same({ { "a", 3 }, { "b", 2 } }, sink.last())
         assert.is_true((after.prepare(3)))
-        assert.is_true(after.apply(3))
+        assert.is_true(after.apply(3, true))
+        assert.is_true((after.maintain()))
         assert.same({ "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
     end)
 
