@@ -158,7 +158,7 @@ function _M.load(path, host)
         -- later: the driver calls maintain itself, after the acks; without
         -- it (specs, benches) the snapshot slice follows at once
         apply = function(batch_id, later)
-            local ok, err = store:apply(batch_id)
+            local ok, err = store:apply(batch_id, later)
             if not later then
                 local mok, merr = store:maintain()
                 if not mok then

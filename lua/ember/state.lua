@@ -280,8 +280,12 @@ function Store:fail(msg)
 end
 
 
+local settle                    -- below, with apply
+
+
 -- Starts a batch: what an earlier run staged and nobody applied is dropped.
 function Store:begin(batch_id)
+    settle(self)                        -- a batch applied, not yet merged
     if self.phase ~= "idle" then
         self:abort()
     end
@@ -641,16 +645,38 @@ local function merge(op)
 end
 
 
--- Makes the prepared batch visible. Once C's checkpoint holds batch_id, a
--- snapshot at batch_id covers every older file of its operator.
-function Store:apply(batch_id)
-    if self.phase ~= "prepared" then
-        return false, "state: apply of batch " .. tostring(batch_id) .. " without prepare ("
-                      .. self.phase .. ")"
+-- The rest of applying a batch: its changes move from staged into
+-- committed and, every snapshot_interval deltas, a snapshot starts (as of
+-- that batch: after its merge, so the snapshot holds the batch's keys).
+-- Until then staged holds them, and every read looks there first, so
+-- they are visible from apply on. Returns nil or an error.
+function settle(self)
+    if self.phase ~= "applied" then
+        return nil
     end
     local err
     for _, op in ipairs(self.order) do
         merge(op)
+        if not op.snap and op.ndeltas >= self.interval and self.current then
+            local ok, serr = start_snapshot(self, op, self.batch_id)
+            err = err or (not ok and serr) or nil
+        end
+    end
+    self.phase = "idle"
+    return err
+end
+
+
+-- Makes the prepared batch visible, once C's checkpoint holds batch_id.
+-- later: the driver's commit, which leaves the merge into committed (a
+-- random store per changed key into a table of all keys) to maintain,
+-- after the acks; the next batch settles it first in any case.
+function Store:apply(batch_id, later)
+    if self.phase ~= "prepared" then
+        return false, "state: apply of batch " .. tostring(batch_id) .. " without prepare ("
+                      .. self.phase .. ")"
+    end
+    for _, op in ipairs(self.order) do
         local p = op.prepared
         op.prepared = nil
         if p then
@@ -659,12 +685,12 @@ function Store:apply(batch_id)
                 op.snap.deltas = op.snap.deltas + 1
             end
         end
-        if not op.snap and op.ndeltas >= self.interval and self.current then
-            local ok, serr = start_snapshot(self, op, batch_id)
-            err = err or (not ok and serr) or nil
-        end
     end
-    self.phase = "idle"
+    self.phase = "applied"
+    if later then
+        return true
+    end
+    local err = settle(self)
     if err then
         return true, err                        -- state is fine, a stale file stays
     end
@@ -681,10 +707,11 @@ end
 -- files at once: the checkpoint holds a batch >= S (S started after its
 -- apply). Returns ok, err, bytes written.
 function Store:maintain()
+    local err = settle(self)
     if self.phase ~= "idle" then
         return true, nil, 0
     end
-    local total, err = 0, nil
+    local total = 0
     for _, op in ipairs(self.order) do
         if op.snap then
             local bytes, serr = step_snapshot(op)
@@ -726,6 +753,10 @@ end
 
 -- Drops what the batch staged (and any file prepare wrote for it).
 function Store:abort()
+    if self.phase == "applied" then     -- nothing staged is uncommitted
+        settle(self)
+        return true
+    end
     for _, op in ipairs(self.order) do
         tbl_clear(op.staged)
         if op.stimes then

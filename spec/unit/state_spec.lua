@@ -729,8 +729,9 @@ describe("the driver's contract", function()
         assert.is_true((desc.prepare(2)))
         assert.is_true(desc.apply(2, true))     -- the driver's: maintain comes after the acks
         assert.same({ { "a", 2 } }, sink.last())
-        -- two deltas: the snapshot of batch 2 begins; maintain writes it, outside the commit
-        assert.same({ ".tmp-snapshot-2", "delta-1", "delta-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        -- two deltas: maintain, outside the commit, merges batch 2 and writes
+        -- the snapshot of batch 2
+        assert.same({ "delta-1", "delta-2" }, ls(h.state_dir .. "/v0/counts/p0"))
         local mok, merr, mbytes = desc.maintain()
         assert.is_true(mok, merr)
         assert.is_true(mbytes > 0)
