@@ -31,28 +31,15 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static em_budget *watched;
-static int64_t default_memory;
-static int64_t default_timeout = -1;
-static int64_t default_interval = 1000;
-
-void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
-                            int64_t batch_interval_ms)
-{
-    default_memory = memory_bytes;
-    default_timeout = batch_timeout_ms;
-    default_interval = batch_interval_ms > 0 ? batch_interval_ms : 1000;
-}
-
-int64_t em_budget_default_memory(void) { return default_memory; }
-
-int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms)
+int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms, int64_t default_timeout_ms,
+                              int64_t default_interval_ms)
 {
     if (timeout_ms < 0)
-        timeout_ms = default_timeout;
+        timeout_ms = default_timeout_ms;
     if (timeout_ms >= 0)
         return timeout_ms;
     if (interval_ms <= 0)
-        interval_ms = default_interval;
+        interval_ms = default_interval_ms > 0 ? default_interval_ms : 1000;
     int64_t t = interval_ms * EM_BUDGET_INTERVALS;
     return t < EM_BUDGET_MIN_TIMEOUT_MS ? EM_BUDGET_MIN_TIMEOUT_MS : t;
 }

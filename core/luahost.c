@@ -213,8 +213,9 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     /* The script runs under the driver's default budgets; the job's own
      * options apply from its first batch. */
     em_budget_set_job_file(h->budget, path);
-    em_budget_set_memory(h->budget, em_budget_default_memory());
-    em_budget_set_timeout(h->budget, em_budget_timeout_for(-1, 0));
+    em_budget_set_memory(h->budget, cfg->job_memory);
+    em_budget_set_timeout(h->budget, em_budget_timeout_for(-1, 0, cfg->job_batch_timeout_ms,
+                                                           cfg->batch_interval_ms));
     luaL_openlibs(L);
     prepend_path(L);
     lua_getglobal(L, "require");
@@ -288,8 +289,10 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     lua_pushvalue(L, desc);
     h->desc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
-    em_budget_set_memory(h->budget, d->memory >= 0 ? d->memory : em_budget_default_memory());
-    em_budget_set_timeout(h->budget, em_budget_timeout_for(d->batch_timeout_ms, d->batch_interval_ms));
+    em_budget_set_memory(h->budget, d->memory >= 0 ? d->memory : cfg->job_memory);
+    em_budget_set_timeout(h->budget, em_budget_timeout_for(d->batch_timeout_ms, d->batch_interval_ms,
+                                                           cfg->job_batch_timeout_ms,
+                                                           cfg->batch_interval_ms));
     return h;
 }
 
