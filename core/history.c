@@ -82,6 +82,14 @@ void em_history_set_error(em_history *h, int64_t when_ms, const char *err)
     pthread_mutex_unlock(&h->lock);
 }
 
+void em_history_set_state(em_history *h, uint64_t total, const char *sizes_json)
+{
+    pthread_mutex_lock(&h->lock);
+    h->t.state_bytes = total;
+    snprintf(h->t.state_sizes, sizeof h->t.state_sizes, "%s", sizes_json ? sizes_json : "");
+    pthread_mutex_unlock(&h->lock);
+}
+
 size_t em_history_recent(em_history *h, em_batch_info *out, size_t max)
 {
     pthread_mutex_lock(&h->lock);

@@ -26,6 +26,7 @@ typedef struct em_batch_info {
     int64_t pool_wait_ms;        /* time those waits took */
     int64_t commit_ms;           /* the commit: state files, checkpoint, apply */
     uint64_t state_written;      /* bytes of state the commit wrote */
+    uint64_t state_bytes;        /* the job's keyed state after it (about its snapshot size) */
     int64_t interval_ms;         /* the batch interval of the version that ran it */
     uint32_t retries;            /* runs after the first (an output failed) */
     int ok;
@@ -43,6 +44,10 @@ typedef struct em_history_sum {
     uint32_t late_in_a_row; /* latest batches in a row whose processing took over their interval */
     char last_error[512];   /* "" when no batch failed yet */
     int64_t last_error_ms;
+    /* keyed state after the latest batch: the total, and per operator as a
+     * JSON object {"name": bytes, ...} ("" for a job without state) */
+    uint64_t state_bytes;
+    char state_sizes[1024];
 } em_history_sum;
 
 typedef struct em_history em_history;
@@ -53,6 +58,9 @@ void em_history_add(em_history *h, const em_batch_info *info);
 /* The first error of a batch that had one (a failed record, an output that
  * could not deliver): kept as the job's last error. */
 void em_history_set_error(em_history *h, int64_t when_ms, const char *err);
+/* The job's keyed state after its latest batch: total bytes and the JSON
+ * object of bytes per operator (core/luahost.h, em_luahost_state_sizes). */
+void em_history_set_state(em_history *h, uint64_t total, const char *sizes_json);
 /* Copies up to max of the newest entries, newest first; returns the count. */
 size_t em_history_recent(em_history *h, em_batch_info *out, size_t max);
 size_t em_history_capacity(const em_history *h);

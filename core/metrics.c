@@ -42,6 +42,7 @@ static double v_failed_batches(const em_snap_job *j) { return (double)j->sum.fai
 static double v_records(const em_snap_job *j) { return (double)j->sum.records; }
 static double v_failed(const em_snap_job *j) { return (double)j->sum.failed; }
 static double v_waiting(const em_snap_job *j) { return (double)j->waiting; }
+static double v_state(const em_snap_job *j) { return (double)j->sum.state_bytes; }
 static double v_late(const em_snap_job *j) { return (double)j->sum.late_in_a_row; }
 static double v_rate(const em_snap_job *j) { return j->rate; }
 static double v_interval(const em_snap_job *j) { return (double)j->batch_interval_ms / 1000.0; }
@@ -168,6 +169,7 @@ void em_metrics_write(const em_snapshot *s, em_buf *o)
     per_job(o, s, "ember_job_records_total", "counter", "Records in completed batches.", v_records);
     per_job(o, s, "ember_job_failed_records_total", "counter", "Records (or output runs) that raised.", v_failed);
     per_job(o, s, "ember_job_waiting_batches", "gauge", "Batches queued or running.", v_waiting);
+    per_job(o, s, "ember_job_state_bytes", "gauge", "Keyed state after the latest batch (about its snapshot size; 0: none).", v_state);
     per_job(o, s, "ember_job_late_batches", "gauge", "Latest batches in a row that took longer than their interval.", v_late);
     per_job(o, s, "ember_job_rate_limit_records_per_second", "gauge", "Sum of the receivers' rates in force (0: unlimited).", v_rate);
     per_job(o, s, "ember_job_batch_interval_seconds", "gauge", "The job's batch interval.", v_interval);
