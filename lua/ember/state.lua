@@ -439,7 +439,7 @@ local function write_op_file(self, op, kind, id)
                 end
             end
         end
-    end)
+    end, kind == "delta")
 end
 
 
