@@ -580,8 +580,9 @@ end
 -- Moves what the staged maps say into committed, for one operator.
 local function merge(op)
     local staged, committed, added = op.staged, op.committed, op.added
-    local nkeys = op.nkeys
+    local nkeys, n = op.nkeys, 0
     for k, s in pairs(staged) do
+        n = n + 1
         local old, where = committed[k], committed
         if old == nil and added then
             old, where = added[k], added        -- a new key waits in added
@@ -640,6 +641,18 @@ local function merge(op)
         end
         tbl_clear(stimes)
         tbl_clear(op.expired)
+    end
+    -- table.clear keeps a table's size: after a batch far larger than the
+    -- ones that follow (a backfill of a million keys), every later batch
+    -- would walk (pairs, clear) and keep room for all of them. Once batches
+    -- stage an eighth or less of the largest one, a small table replaces it.
+    local peak = op.staged_peak or 0
+    if n > peak then
+        op.staged_peak = n
+    elseif peak > 65536 and n * 8 < peak then
+        op.staged = new_map()
+        op.staged_peak = n
+        return
     end
     tbl_clear(staged)
 end

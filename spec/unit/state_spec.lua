@@ -444,6 +444,41 @@ src:map(function(s) return s, 1 end)
         assert.is_true(more > 9 * big and more < 11 * big, big .. " vs " .. more)
     end)
 
+    it("stays exact when small batches follow a backfill much larger than they are", function()
+        local desc = job(MWS_COUNT, nil, "backfill")
+        local all = {}
+        for i = 1, 70000 do all[i] = string.format("key-%06d", i) end
+        H.commit(desc, 1, 1000, all)            -- 70,000 keys staged at once
+        local want = {}
+        for b = 2, 4 do                         -- then a few keys a batch
+            local some = {}
+            for i = 1, 20 do
+                local k = all[(b * 7919 + i * 97) % 70000 + 1]
+                some[#some + 1] = k
+                want[k] = (want[k] or 1) + 1
+            end
+            some[#some + 1] = "new-" .. b
+            want["new-" .. b] = 1
+            H.commit(desc, b, b * 1000, some)
+            local got = {}
+            for _, p in ipairs(sink.last()) do got[p[1]] = p[2] end
+            for _, k in ipairs(some) do
+                assert.equal(want[k], got[k], "batch " .. b .. ", key " .. k)
+            end
+        end
+        -- the files give the same state
+        local again = job(MWS_COUNT, nil, "backfill")
+        assert.is_true(again.restore(4, nil))
+        local keys = {}
+        for k in pairs(want) do keys[#keys + 1] = k end
+        H.commit(again, 5, 5000, keys)
+        for _, p in ipairs(sink.last()) do
+            assert.equal(want[p[1]] + 1, p[2], p[1])
+        end
+        assert.equal(#keys, #sink.last())
+        H.rm_rf(desc.state_dir)
+    end)
+
     it("archives a version folder CURRENT does not name and keeps CURRENT's state", function()
         local desc = job(MWS_COUNT, "{ name = 't', state_version = 1 }")
         H.commit(desc, 1, 1000, { "a" })
