@@ -210,6 +210,9 @@ static void record(em_batch *b, const em_batch_result *res, int ok, int64_t end,
     info.pool_wait_ms = pools.wait_ms;
     em_history_add(j->history, &info);
     em_history_set_error(j->history, end, res->err);
+    if (b->version->desc->stateful) /* this worker holds the job's Lua state now */
+        em_history_set_state(j->history, em_luahost_late_records(b->version->host),
+                             (int64_t)em_luahost_state_bytes(b->version->host));
     if (b->first_of_reload)
         em_log(EM_LOG_INFO, j->name, "first batch of the new version done %lld ms after the reload",
                (long long)(end - b->version->reload_ms));
@@ -344,10 +347,7 @@ void em_lifecycle_run(em_task *t)
             em_log(EM_LOG_DEBUG, j->name, "state snapshot slice after batch %lld: %llu bytes "
                    "in %lld ms", (long long)b->time_ms, (unsigned long long)mbytes,
                    (long long)(em_clock_now_ms() - m0));
-        char sizes[1024];
-        uint64_t total = em_luahost_state_sizes(b->version->host, sizes, sizeof sizes);
-        em_history_set_state(j->history, total, sizes);
-        state_bytes = total;
+        state_bytes = em_luahost_state_bytes(b->version->host); /* merged: the batch's */
     }
     record(b, &res, ok, ran_ms, committed_ms - ran_ms, written, state_bytes);
     if (res.fatal) {

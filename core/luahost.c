@@ -482,38 +482,6 @@ int em_luahost_check_migrate(em_luahost *h, uint64_t committed_id,
     return restore_like(h, "check_migrate", committed_id, old_state_version, err, errlen);
 }
 
-uint64_t em_luahost_state_sizes(em_luahost *h, char *json, size_t len)
-{
-    size_t at = 0;
-    if (len < 3)
-        return 0;
-    json[0] = '\0';
-    if (!push_state_fn(h, "state_bytes"))
-        return 0;
-    uint64_t total = 0;
-    at = (size_t)snprintf(json, len, "{");
-    if (lua_pcall(h->L, 0, 1, 0) == 0 && lua_istable(h->L, -1)) {
-        lua_pushnil(h->L);
-        while (lua_next(h->L, -2)) {
-            uint64_t bytes = (uint64_t)lua_tonumber(h->L, -1);
-            total += bytes;
-            const char *name = lua_type(h->L, -2) == LUA_TSTRING ? lua_tostring(h->L, -2) : NULL;
-            if (name) {
-                int n = snprintf(json + at, len - at, "%s\"%s\":%llu", at > 1 ? "," : "", name,
-                                 (unsigned long long)bytes);
-                if (n > 0 && (size_t)n < len - at - 1)
-                    at += (size_t)n;
-                else
-                    json[at] = '\0'; /* did not fit: left out */
-            }
-            lua_pop(h->L, 1);
-        }
-    }
-    snprintf(json + at, len - at, "}");
-    lua_settop(h->L, 0);
-    return total;
-}
-
 uint64_t em_luahost_state_bytes(em_luahost *h)
 {
     if (!push_state_fn(h, "state_bytes"))
@@ -528,6 +496,17 @@ uint64_t em_luahost_state_bytes(em_luahost *h)
     }
     lua_settop(h->L, 0);
     return total;
+}
+
+int64_t em_luahost_late_records(em_luahost *h)
+{
+    if (!push_state_fn(h, "late_records"))
+        return -1;
+    int64_t n = -1;
+    if (lua_pcall(h->L, 0, 1, 0) == 0 && lua_isnumber(h->L, -1))
+        n = (int64_t)lua_tonumber(h->L, -1);
+    lua_settop(h->L, 0);
+    return n;
 }
 
 void em_luahost_free(em_luahost *h)

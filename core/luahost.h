@@ -99,11 +99,9 @@ int em_luahost_check_migrate(em_luahost *h, uint64_t committed_id,
                              const char *old_state_version, char *err, size_t errlen);
 /* Bytes of state the job's operators hold, in all. */
 uint64_t em_luahost_state_bytes(em_luahost *h);
-/* The same per operator, rendered into json as {"name": bytes, ...}
- * (operator names need no escaping: letters, digits, _ - . #); returns the
- * total. An object that would not fit in len is cut to the operators that
- * fit. */
-uint64_t em_luahost_state_sizes(em_luahost *h, char *json, size_t len);
+/* Records its event-time windows found late since its state began; -1 for
+ * a job without event time. */
+int64_t em_luahost_late_records(em_luahost *h);
 /* Bytes the job's Lua state holds now, and its cap (0: none). */
 size_t em_luahost_memory_used(const em_luahost *h);
 int64_t em_luahost_memory_cap(const em_luahost *h);
