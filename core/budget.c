@@ -38,34 +38,20 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static em_budget *watched;
 /* The registry key of a state's budget (a light userdata), for the hook. */
 static const char budget_key;
-/* Set by the main thread (start-up, SIGHUP), read by the workers at every
- * batch: atomics, each value whole. */
-static _Atomic int64_t default_memory;
-static _Atomic int64_t default_timeout = -1;
-static _Atomic int64_t default_interval = 1000;
 /* The batch this thread runs, for em_budget_wait_begin/end. */
 static _Thread_local em_budget *current;
 static _Thread_local int waits;
 static _Thread_local int64_t wait_left, wait_since;
 
-void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
-                            int64_t batch_interval_ms)
-{
-    atomic_store(&default_memory, memory_bytes);
-    atomic_store(&default_timeout, batch_timeout_ms);
-    atomic_store(&default_interval, batch_interval_ms > 0 ? batch_interval_ms : 1000);
-}
-
-int64_t em_budget_default_memory(void) { return atomic_load(&default_memory); }
-
-int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms)
+int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms, int64_t default_timeout_ms,
+                              int64_t default_interval_ms)
 {
     if (timeout_ms < 0)
-        timeout_ms = atomic_load(&default_timeout);
+        timeout_ms = default_timeout_ms;
     if (timeout_ms >= 0)
         return timeout_ms;
     if (interval_ms <= 0)
-        interval_ms = atomic_load(&default_interval);
+        interval_ms = default_interval_ms > 0 ? default_interval_ms : 1000;
     int64_t t = interval_ms * EM_BUDGET_INTERVALS;
     return t < EM_BUDGET_MIN_TIMEOUT_MS ? EM_BUDGET_MIN_TIMEOUT_MS : t;
 }

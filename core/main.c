@@ -258,10 +258,10 @@ static void reload_config(void)
     c->health_receiver_failing_ms = fresh.health_receiver_failing_ms;
     c->health_late_batches = fresh.health_late_batches;
     c->supervise = fresh.supervise;
-    /* Jobs without options of their own read the defaults at each batch. */
-    c->job_memory = fresh.job_memory;
-    c->job_batch_timeout_ms = fresh.job_batch_timeout_ms;
-    em_budget_set_defaults(c->job_memory, c->job_batch_timeout_ms, c->batch_interval_ms);
+    /* Jobs without options of their own read these at each batch, on
+     * their workers (luahost.c, apply_budgets). */
+    __atomic_store_n(&c->job_memory, fresh.job_memory, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->job_batch_timeout_ms, fresh.job_batch_timeout_ms, __ATOMIC_RELAXED);
     if (rt.http && (!fresh.ui_token[0] && !em_http_host_is_loopback(c->ui_host))) {
         em_log(EM_LOG_ERROR, NULL, "configuration: ui.token cannot be removed while ui.host is "
                "not loopback; the old token stays");
@@ -367,8 +367,6 @@ static int run(int argc, char **argv)
     em_log_set_level((em_log_level)em_log_parse_level(cfg->log_level));
     em_identity_set(cfg->ember_id);
     em_log_set_id(cfg->ember_id);
-    em_pool_set_default_size(cfg->pool_size);
-    em_budget_set_defaults(cfg->job_memory, cfg->job_batch_timeout_ms, cfg->batch_interval_ms);
     if (cfg->supervise) /* the parent stays there for good (logging to stderr); the driver goes on */
         em_supervise();
     if (cfg->log_file[0] && em_log_open_file(cfg->log_file, cfg->log_rolling_strategy,
