@@ -2,6 +2,7 @@
 #include "block_pool.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "clock.h"
@@ -17,6 +18,9 @@ typedef struct pooled {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pooled slots[POOL_SLOTS]; /* oldest first */
 static size_t nslots, held;
+static atomic_size_t limit; /* memory.max; 0: none */
+
+void em_block_pool_limit(size_t bytes) { atomic_store(&limit, bytes); }
 
 em_block *em_block_pool_take(uint32_t bytes)
 {
@@ -43,8 +47,10 @@ em_block *em_block_pool_take(uint32_t bytes)
 int em_block_pool_give(em_block *b, size_t bytes)
 {
     int64_t now = em_clock_mono_ms();
+    size_t cap = atomic_load(&limit), live = em_block_total_bytes();
     pthread_mutex_lock(&lock);
-    int kept = nslots < POOL_SLOTS && held + bytes <= EM_BLOCK_POOL_BYTES;
+    int kept = nslots < POOL_SLOTS && held + bytes <= EM_BLOCK_POOL_BYTES &&
+               (cap == 0 || live + held + bytes <= cap);
     if (kept) {
         slots[nslots++] = (pooled){.b = b, .bytes = bytes, .since_ms = now};
         held += bytes;

@@ -8,8 +8,10 @@
  * freed, bounded in bytes and in time: a block that waited longer than
  * EM_BLOCK_POOL_IDLE_MS is freed, so an idle driver gives its memory back.
  *
- * Pooled bytes are not records: em_block_total_bytes() (memory.max) does
- * not count them; their bound is EM_BLOCK_POOL_BYTES.
+ * Pooled bytes are not records: em_block_total_bytes() does not count
+ * them. A block is kept only while the live blocks and the pool together
+ * stay within memory.max (em_block_pool_limit) and the pool within
+ * EM_BLOCK_POOL_BYTES, so the pool never lifts what ember holds past the cap.
  */
 #ifndef EMBER_BLOCK_POOL_H
 #define EMBER_BLOCK_POOL_H
@@ -29,6 +31,8 @@ em_block *em_block_pool_take(uint32_t bytes);
 /* Keeps a freed block (its bytes: what its buffers take); returns 1 when
  * kept, 0 when the pool is full (the caller frees it). */
 int em_block_pool_give(em_block *b, size_t bytes);
+/* The cap on live blocks plus the pool: memory.max (0: none). */
+void em_block_pool_limit(size_t bytes);
 /* Frees the blocks that waited longer than EM_BLOCK_POOL_IDLE_MS, or all
  * of them. Called by the driver's clock, and with all = 1 at exit. */
 void em_block_pool_trim(int all);

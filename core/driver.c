@@ -233,6 +233,7 @@ static void publish(em_driver *d)
 static void tick(int64_t now, void *arg)
 {
     em_driver *d = arg;
+    em_block_pool_limit((size_t)d->cfg->memory_max);
     em_block_pool_trim(0); /* blocks no receiver took again go back to malloc */
     pthread_mutex_lock(&d->lock);
     for (size_t i = 0; i < d->njobs; i++) {
