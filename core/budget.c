@@ -1,6 +1,8 @@
 /* budget.c — see budget.h. */
 #include "budget.h"
 
+#include "bigcache.h"
+
 #include <lauxlib.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,6 +20,7 @@ struct em_budget {
     lua_State *L;
     lua_Alloc inner; /* LuaJIT's own allocator, which does the work */
     void *inner_ud;
+    em_bigcache big; /* its large allocations, through malloc (bigcache.h) */
     size_t used, memory, refused;
     int64_t timeout_ms;
     int64_t deadline;       /* monotonic ms; 0: none; guarded by lock */
@@ -147,7 +150,7 @@ static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             return NULL;
         }
     }
-    void *p = b->inner(b->inner_ud, ptr, osize, nsize);
+    void *p = em_bigcache_realloc(&b->big, b->inner, b->inner_ud, ptr, osize, nsize);
     if (p || nsize == 0)
         b->used += nsize - osize; /* wraps correctly when shrinking */
     return p;
@@ -329,4 +332,10 @@ void em_budget_wait_end(void)
     pthread_mutex_unlock(&lock);
 }
 
-void em_budget_free(em_budget *b) { free(b); }
+void em_budget_free(em_budget *b)
+{
+    if (!b)
+        return;
+    em_bigcache_clear(&b->big);
+    free(b);
+}
