@@ -27,7 +27,6 @@ struct em_budget {
     int64_t due, overrun;   /* this batch's deadline; how late the last one unwound */
     atomic_int breach;      /* em_budget_breach */
     int running;            /* between begin and end (the state's own thread) */
-    int counting;           /* counting_alloc is the state's allocator */
     int job_wait;           /* hook calls left to find the job's own frame */
     int past_slack;         /* an allocation was refused this batch */
     char job_file[1024];
@@ -200,6 +199,11 @@ static void start_watchdog(void)
     }
 }
 
+static size_t gc_bytes(lua_State *L)
+{
+    return (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+}
+
 lua_State *em_budget_newstate(em_budget **out)
 {
     *out = NULL;
@@ -216,37 +220,20 @@ lua_State *em_budget_newstate(em_budget **out)
     lua_pushlightuserdata(L, (void *)&budget_key);
     lua_pushlightuserdata(L, b);
     lua_rawset(L, LUA_REGISTRYINDEX);
+    /* From here on, for the state's whole life: what the big cache
+     * allocated must go back through it. The count starts from LuaJIT's
+     * own, which counts the same allocations. */
+    b->used = gc_bytes(L);
+    lua_setallocf(L, counting_alloc, b);
     *out = b;
     return L;
 }
 
-static size_t gc_bytes(lua_State *L)
-{
-    return (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
-}
-
-/* Counting costs an extra call per allocation and per free (about 9% of a
- * loop that does nothing but make small tables), so a state without a cap
- * keeps LuaJIT's own allocator. Called only while no Lua code runs in the
- * state (before the script, before a batch); the count starts from
- * LuaJIT's own, which counts the same allocations. */
-void em_budget_set_memory(em_budget *b, int64_t bytes)
-{
-    b->memory = bytes > 0 ? (size_t)bytes : 0;
-    if (b->memory && !b->counting) {
-        b->used = gc_bytes(b->L);
-        lua_setallocf(b->L, counting_alloc, b);
-        b->counting = 1;
-    } else if (!b->memory && b->counting) {
-        lua_setallocf(b->L, b->inner, b->inner_ud);
-        b->counting = 0;
-    }
-}
-
+void em_budget_set_memory(em_budget *b, int64_t bytes) { b->memory = bytes > 0 ? (size_t)bytes : 0; }
 void em_budget_set_timeout(em_budget *b, int64_t ms) { b->timeout_ms = ms > 0 ? ms : 0; }
 int64_t em_budget_memory(const em_budget *b) { return (int64_t)b->memory; }
 int64_t em_budget_timeout(const em_budget *b) { return b->timeout_ms; }
-size_t em_budget_used(const em_budget *b) { return b->counting ? b->used : gc_bytes(b->L); }
+size_t em_budget_used(const em_budget *b) { return b->used; }
 size_t em_budget_refused(const em_budget *b) { return b->refused; }
 int64_t em_budget_overrun_ms(const em_budget *b) { return b->overrun; }
 

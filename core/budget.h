@@ -1,8 +1,7 @@
 /* budget.h — the memory cap and the batch deadline of one job's Lua state.
  *
- * Every job's state with a cap counts what it allocates (a wrapper around
- * LuaJIT's own allocator, installed only while a cap is set) and refuses to
- * grow past its cap. Every batch runs against a
+ * Every job's state counts what it allocates (a wrapper around LuaJIT's own
+ * allocator) and refuses to grow past its cap. Every batch runs against a
  * deadline watched by one thread; past it, the watchdog sets a count hook on
  * the state. LuaJIT is built with LUAJIT_ENABLE_CHECKHOOK (the Makefile), so
  * compiled loops see the hook too. The hook raises an error at every

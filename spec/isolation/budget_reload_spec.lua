@@ -63,8 +63,8 @@ describe("budget defaults on SIGHUP", function()
         return mark
     end
 
-    -- From no cap (LuaJIT's own allocator, nothing counted) to a cap: the
-    -- count starts from what the state holds, so the job stops at 24 MiB.
+    -- From no cap to a cap: what the state held before counts, so the job
+    -- stops at 24 MiB.
     it("a streaming.job.memory set by SIGHUP stops a job that sets no memory option", function()
         d:write_job("grower.lua", GROWER)
         start("streaming.job.memory = 0\n")

@@ -38,7 +38,7 @@ job:generator { kind = "sequence", rate = 200000 }
 return job
 ]]
 
--- memory = 0: no cap (and nothing counted), whatever the default; each
+-- memory = 0: no cap, whatever the default; each
 -- batch writes what the state holds (KiB).
 local UNCAPPED = [[
 local ember = require "ember"
