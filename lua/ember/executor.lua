@@ -189,6 +189,9 @@ function _M.compile(job, host, store)
             elseif state_ops.is_stateful(op) then
                 local w = state_ops.make(node, ctx, out, store)
                 input[node] = w.push
+                if store.changelog and node.state_name then -- ember.state_changelog
+                    input[node] = store.changelog.wrap(node, w.push, ctx)
+                end
                 wides[#wides + 1] = { node = node, w = w, out = out }
             elseif join_ops.is_join(op) then
                 local w = join_ops.make(node, ctx)
