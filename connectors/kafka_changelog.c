@@ -93,6 +93,7 @@ static rd_kafka_t *new_client(em_changelog *cl, rd_kafka_type_t type, char *err,
         {"acks", "all"},
         {"max.in.flight.requests.per.connection", "1"}, /* order per partition, retries too */
         {"linger.ms", "1"},
+        {"compression.type", "lz4"},
         {"message.timeout.ms", "30000"},
         {"reconnect.backoff.max.ms", "1000"},
         {"log.connection.close", "false"},

@@ -20,6 +20,7 @@ local ffi = require "ffi"
 local buffer = require "string.buffer"
 local format = require "ember.state_format"
 local narrow = require "ember.narrow"
+local ember = require "ember"
 
 local C = ffi.C
 local ffi_string = ffi.string
@@ -49,6 +50,7 @@ if not pcall(function() return C.em_changelog_find end) then
         int em_changelog_take(em_changelog *cl, int32_t *partition, const char **data,
                               size_t *len);
         void em_changelog_taken(em_changelog *cl);
+        int64_t em_clock_mono_ms(void);
     ]]
 end
 
@@ -340,8 +342,11 @@ function _M.attach(job, store, host)
             local p = pp[0]
             local msg
             if kind == 1 then
+                local t0 = C.em_clock_mono_ms()
                 drop(p)
-                load(p, dp[0], tonumber(lp[0]))
+                local n = load(p, dp[0], tonumber(lp[0]))
+                ember.log("info", "state changelog: partition " .. p .. ": " .. n .. " keys "
+                          .. "loaded in " .. tonumber(C.em_clock_mono_ms() - t0) .. " ms")
             elseif kind == 2 then
                 drop(p)
             else
