@@ -140,14 +140,33 @@ end
 -- or nil: the job keeps local state files. Raises for a job that asks for a
 -- changelog it cannot have.
 function _M.attach(job, store, host)
-    if not store:is_stateful() or #job.sources ~= 1 or job.sources[1].type ~= "kafka" then
-        return nil
+    local src
+    for _, s in ipairs(job.sources) do
+        local want = s.type == "kafka" and s.options and s.options.changelog
+        if want ~= nil and want ~= false and want ~= "false" then
+            src = s
+        end
     end
-    local src = job.sources[1]
-    local opts = src.options or {}
+    if not src then
+        return nil                              -- opt-in: the job says its keys follow partitions
+    end
+    local opts = src.options
     local want = opts.changelog
-    if want == false or want == "false" then
-        return nil
+    local function refuse(why)
+        error("job '" .. job.name .. "' (" .. tostring(src.where) .. "): changelog = "
+              .. tostring(want) .. ": " .. why .. " (changelog = false: local state files)", 0)
+    end
+    if want ~= true and want ~= "true" and (type(want) ~= "string" or want == "") then
+        refuse("true, false or a topic name expected")
+    end
+    if not store:is_stateful() then
+        refuse("the job keeps no keyed state")
+    end
+    if #job.sources ~= 1 then
+        refuse("the Kafka source must be the job's only source")
+    end
+    if not opts.group then
+        refuse("the kafka source needs its group")
     end
     local why
     for _, op in ipairs(store.order) do
@@ -167,13 +186,9 @@ function _M.attach(job, store, host)
         end
     end
     if why then
-        if want ~= nil then
-            error("job '" .. job.name .. "': changelog = " .. tostring(want) .. ": " .. why
-                  .. " (changelog = false: local state files)", 0)
-        end
-        return nil
+        refuse(why)
     end
-    local topic = type(want) == "string" and want
+    local topic = (want ~= true and want ~= "true") and want
                   or (tostring(opts.group) .. "-" .. job.name .. "-changelog")
     local copy = {}
     for k, v in pairs(opts) do
@@ -287,9 +302,10 @@ function _M.attach(job, store, host)
         return true, nil, total
     end
 
-    -- Entries "u32 klen, key, i32 vlen (-1: removed), value" of partition p.
+    -- Entries "u32 klen, key, i32 vlen (-1: removed), value" of partition p,
+    -- in the order written; returns the partition's keys and the entries.
     local function load(p, data, len)
-        local at, n = 0, 0
+        local at, n, keys = 0, 0, 0
         while at + 8 <= len do
             local kl = ffi_cast("const uint32_t *", data + at)[0]
             local key = decode(ffi_string(data + at + 4, kl))
@@ -299,19 +315,22 @@ function _M.attach(job, store, host)
             local op = store.ops[key[1]]
             if op and op.part then
                 local k = key[2]
+                local had = op.part[k] == p
                 if vl < 0 then
                     remove_key(op, k)
                     op.part[k] = nil
+                    keys = keys - (had and 1 or 0)
                 else
                     local v = decode(ffi_string(data + at, vl))
                     set_key(op, k, v[1], v[2])
                     op.part[k] = p
-                    n = n + 1
+                    keys = keys + (had and 0 or 1)
                 end
+                n = n + 1
             end
             at = at + (vl > 0 and vl or 0)
         end
-        return n
+        return keys, n
     end
 
     -- Drops the state of every key of partition p.
@@ -344,9 +363,10 @@ function _M.attach(job, store, host)
             if kind == 1 then
                 local t0 = C.em_clock_mono_ms()
                 drop(p)
-                local n = load(p, dp[0], tonumber(lp[0]))
-                ember.log("info", "state changelog: partition " .. p .. ": " .. n .. " keys "
-                          .. "loaded in " .. tonumber(C.em_clock_mono_ms() - t0) .. " ms")
+                local keys, n = load(p, dp[0], tonumber(lp[0]))
+                ember.log("info", "state changelog: partition " .. p .. ": " .. keys .. " keys "
+                          .. "(" .. n .. " records) loaded in "
+                          .. tonumber(C.em_clock_mono_ms() - t0) .. " ms")
             elseif kind == 2 then
                 drop(p)
             else
