@@ -755,6 +755,7 @@ static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, c
 }
 
 static void kafka_free(void *self);
+static void changelog_rewind(void *arg, int32_t partition, int64_t offset);
 
 /* Checks the options, builds the consumer and its configuration. The
  * consumer connects in the background but joins the group only on the
@@ -819,6 +820,8 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
         kafka_free(k);
         return NULL;
     }
+    if (k->cl)
+        em_changelog_set_rewind(k->cl, changelog_rewind, k);
     k->rate = em_props_double(props, "max_rate_per_partition", 0);
     /* A paused partition resumes once it has a quarter second of tokens,
      * and may save up to two seconds' worth. librdkafka 2.0.2 notices a
@@ -1050,6 +1053,21 @@ static void rewind_locked(kafka_src *k, part *p, int64_t offset)
     if (p->seek_to < 0 || offset < p->seek_to)
         p->seek_to = offset;
     atomic_store(&k->seeks_pending, 1);
+}
+
+/* The changelog's request (kafka_changelog.h): partition is read again
+ * from offset, and its records not yet in a batch are dropped. */
+static void changelog_rewind(void *arg, int32_t partition, int64_t offset)
+{
+    kafka_src *k = arg;
+    pthread_mutex_lock(&k->lock);
+    part *p = find_part(k, k->topics_opt, strlen(k->topics_opt), partition);
+    if (p && p->assigned) {
+        rewind_locked(k, p, offset);
+        if (!k->closing)
+            em_receiver_discard(k->r, partition);
+    }
+    pthread_mutex_unlock(&k->lock);
 }
 
 static int put(kafka_src *k, size_t *w, const void *src, size_t n)
@@ -1498,6 +1516,8 @@ static void kafka_free(void *self)
     for (size_t i = 0; i < k->nresume; i++)
         free(k->resume[i].topic);
     free(k->resume);
+    if (k->cl)
+        em_changelog_unset_rewind(k->cl, k);
     em_changelog_close(k->cl);
     pthread_mutex_destroy(&k->lock);
     pthread_mutex_destroy(&k->commit_lock);

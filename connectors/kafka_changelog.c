@@ -64,6 +64,8 @@ struct em_changelog {
     staged *staged;                /* worker of the commit only */
     size_t nstaged, cap;
     rd_kafka_resp_err_t dr_err;    /* first delivery error of the commit */
+    em_changelog_rewind_fn rewind; /* under lock */
+    void *rewind_arg;
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -549,6 +551,24 @@ void em_changelog_stale(em_changelog *cl, int32_t partition)
     pthread_mutex_unlock(&cl->lock);
 }
 
+void em_changelog_set_rewind(em_changelog *cl, em_changelog_rewind_fn fn, void *arg)
+{
+    pthread_mutex_lock(&cl->lock);
+    cl->rewind = fn;
+    cl->rewind_arg = arg;
+    pthread_mutex_unlock(&cl->lock);
+}
+
+void em_changelog_unset_rewind(em_changelog *cl, void *arg)
+{
+    pthread_mutex_lock(&cl->lock);
+    if (cl->rewind_arg == arg) {
+        cl->rewind = NULL;
+        cl->rewind_arg = NULL;
+    }
+    pthread_mutex_unlock(&cl->lock);
+}
+
 void em_changelog_begin(em_changelog *cl)
 {
     for (size_t i = 0; i < cl->nstaged; i++) {
@@ -633,10 +653,9 @@ static void read_positions(em_changelog *cl, const char *positions)
     }
 }
 
-int em_changelog_commit(em_changelog *cl, const char *positions, int64_t batch_ms,
-                        uint64_t batch_id, char *err, size_t errlen)
+int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_id, char *err,
+                        size_t errlen)
 {
-    (void)batch_ms;
     int rc = 0;
     pthread_mutex_lock(&cl->lock);
     read_positions(cl, positions);
@@ -722,12 +741,23 @@ int em_changelog_commit(em_changelog *cl, const char *positions, int64_t batch_m
     pthread_mutex_unlock(&cl->lock);
     free(marks);
     free(skip);
+    /* The batch mixed records of an ended assignment with (maybe) newer
+     * ones: none of them count. The state is read again, and the partition
+     * too, from the marker that state covers. */
     for (int i = 0; i < nreload; i++) {
-        em_log(EM_LOG_INFO, cl->job, "state changelog: the batch held records of partition %"
-               PRId32 " from before its assignment; its state is read again", reload[i]);
+        int64_t at = -1;
         pthread_mutex_lock(&cl->read_lock);
-        restore_partition(cl, reload[i], NULL);
+        int rrc = restore_partition(cl, reload[i], &at);
         pthread_mutex_unlock(&cl->read_lock);
+        pthread_mutex_lock(&cl->lock);
+        em_changelog_rewind_fn fn = cl->rewind;
+        void *arg = cl->rewind_arg;
+        pthread_mutex_unlock(&cl->lock);
+        em_log(EM_LOG_INFO, cl->job, "state changelog: the batch held records of partition %"
+               PRId32 " from an ended assignment; its state is read again%s", reload[i],
+               rrc == 0 && at >= 0 && fn ? ", and its input from the marker's offset" : "");
+        if (rrc == 0 && at >= 0 && fn)
+            fn(arg, reload[i], at);
     }
     return rc;
 }

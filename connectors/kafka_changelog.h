@@ -51,19 +51,27 @@ void em_changelog_revoked(em_changelog *cl, int32_t partition);
  * write its state. */
 void em_changelog_stale(em_changelog *cl, int32_t partition);
 
+/* How the changelog asks the Kafka source to read a partition again from
+ * offset (the marker a skipped partition's state was read again at); arg
+ * is the source. One per changelog: the source that opened it last. */
+typedef void (*em_changelog_rewind_fn)(void *arg, int32_t partition, int64_t offset);
+void em_changelog_set_rewind(em_changelog *cl, em_changelog_rewind_fn fn, void *arg);
+void em_changelog_unset_rewind(em_changelog *cl, void *arg);
+
 /* The commit of a batch, worker thread: begin clears what an earlier,
  * failed prepare left; put stages one changed key of a partition (v NULL:
  * removed); commit writes the staged records and a marker per partition the
  * batch read (positions: the batch's own "<src> <topic> <partition>
  * <offset>" lines) or changed, and waits for the cluster to have them all.
- * A partition not owned, or owned since after the batch was cut
- * (batch_ms), is not written: its state is reloaded (or dropped) before
- * the next batch instead. 0, or -1 and err: the batch is not committed. */
+ * A partition not owned, or whose records in the batch are of an
+ * assignment that ended (em_changelog_stale), is not written: its state is
+ * read again (or dropped) before the next batch instead, and the
+ * partition is read again from that state's marker. 0, or -1 and err: the batch is not committed. */
 void em_changelog_begin(em_changelog *cl);
 int em_changelog_put(em_changelog *cl, int32_t partition, const char *k, size_t klen,
                      const char *v, size_t vlen);
-int em_changelog_commit(em_changelog *cl, const char *positions, int64_t batch_ms,
-                        uint64_t batch_id, char *err, size_t errlen);
+int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_id, char *err,
+                        size_t errlen);
 
 /* At the start of a batch, from Lua: the next queued event. kind 1: load
  * (data, len: records "u32 klen, key, i32 vlen (-1: removed), value"), 2:

@@ -151,7 +151,7 @@ static int commit(em_batch *b, uint64_t *written, char *err, size_t errlen)
     }
     /* keyed state kept in Kafka: written before the checkpoint and the acks */
     em_changelog *cl = stateful ? em_changelog_find(j->name) : NULL;
-    if (cl && em_changelog_commit(cl, mine, b->time_ms, b->id, err, errlen) != 0) {
+    if (cl && em_changelog_commit(cl, mine, b->id, err, errlen) != 0) {
         free(mine);
         return -1;
     }
