@@ -46,6 +46,8 @@ local collect = require "ember.collect"
 local records = require "ember.records"
 local state_ops = require "ember.state_ops"
 local join_ops = require "ember.join_ops"
+local tables = require "ember.table"
+local lookup = require "ember.lookup"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
@@ -192,6 +194,10 @@ function _M.compile(job, host, store)
                 if store.changelog and node.state_name then -- ember.state_changelog
                     input[node] = store.changelog.wrap(node, w.push, ctx)
                 end
+                wides[#wides + 1] = { node = node, w = w, out = out }
+            elseif lookup.is_lookup(op) then
+                local w = lookup.make(node, ctx, fails)
+                input[node] = w.push
                 wides[#wides + 1] = { node = node, w = w, out = out }
             elseif join_ops.is_join(op) then
                 local w = join_ops.make(node, ctx)
@@ -345,8 +351,12 @@ function _M.compile(job, host, store)
         -- wide operations, in topological order
         for i = 1, #wides do
             local wd = wides[i]
-            local ok, ka, vb, n = pcall(wd.w.finish)
-            if not ok then
+            local ok, ka, vb, n, io_err, stop = pcall(wd.w.finish)
+            if ok and (io_err or stop) then
+                -- a lookup's server failed (the batch runs again), or
+                -- on_error stopped it
+                return false, io_err
+            elseif not ok then
                 local size = wd.w.size and wd.w.size() or 0
                 if fails:add(ka, batch_note(size)) then
                     return false
@@ -395,6 +405,14 @@ function _M.compile(job, host, store)
     return function(view_ptr, batch_id)
         local view = ffi_cast(view_ptr_t, view_ptr)
         ctx.batch_id = batch_id
+        -- Reference tables are loaded (or refreshed) between batches; one
+        -- never loaded makes the batch wait: it is retried, not run.
+        if job.tables then
+            local ready, why = tables.before_batch(job, tonumber(view.time_ms))
+            if not ready then
+                return false, 0, why, false
+            end
+        end
         if store then
             store:begin(batch_id)
         end
