@@ -26,6 +26,7 @@ typedef struct em_batch_info {
     int64_t pool_wait_ms;        /* time those waits took */
     int64_t commit_ms;           /* the commit: state files, checkpoint, apply */
     uint64_t state_written;      /* bytes of state the commit wrote */
+    uint64_t state_bytes;        /* the job's keyed state after it (about its snapshot size) */
     int64_t interval_ms;         /* the batch interval of the version that ran it */
     uint32_t retries;            /* runs after the first (an output failed) */
     int ok;
@@ -43,6 +44,8 @@ typedef struct em_history_sum {
     uint32_t late_in_a_row; /* latest batches in a row whose processing took over their interval */
     char last_error[512];   /* "" when no batch failed yet */
     int64_t last_error_ms;
+    int64_t late_records;   /* records event-time windows found late, in the job's state; -1: no event time */
+    int64_t state_bytes;    /* bytes of keyed state its operators hold; -1: a job without state */
 } em_history_sum;
 
 typedef struct em_history em_history;
@@ -53,6 +56,10 @@ void em_history_add(em_history *h, const em_batch_info *info);
 /* The first error of a batch that had one (a failed record, an output that
  * could not deliver): kept as the job's last error. */
 void em_history_set_error(em_history *h, int64_t when_ms, const char *err);
+/* What the job's state holds after a batch, as the worker that ran it read
+ * it from the job's Lua state (the API never enters it): late records and
+ * state bytes, -1 each when the job has no event time, no state. */
+void em_history_set_state(em_history *h, int64_t late_records, int64_t state_bytes);
 /* Copies up to max of the newest entries, newest first; returns the count. */
 size_t em_history_recent(em_history *h, em_batch_info *out, size_t max);
 size_t em_history_capacity(const em_history *h);

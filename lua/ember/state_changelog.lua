@@ -353,6 +353,9 @@ function _M.attach(job, store, host)
         if h == nil then
             return nil
         end
+        if store.phase == "applied" then
+            store:maintain()                    -- the last batch merged before any load or drop
+        end
         while true do
             local kind = C.em_changelog_take(h, pp, dp, lp)
             if kind == 0 then
