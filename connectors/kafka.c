@@ -68,6 +68,7 @@
 #include "../core/log.h"
 #include "../core/pool.h"
 #include "../core/receiver.h"
+#include "kafka_changelog.h"
 
 #define CONSUME_BATCH 1024    /* messages asked of librdkafka per call */
 #define SEEK_TIMEOUT_MS 5000  /* a seek waits this long for the fetcher to take it */
@@ -152,6 +153,8 @@ typedef struct kafka_src {
 
     int64_t lag_at; /* when the lag was last reported (receiver thread) */
 
+    em_changelog *cl; /* the job's keyed state, kept in Kafka; NULL: local files */
+
     /* logging an outage once: the error code logged, cleared when data flows */
     atomic_int outage;
     atomic_int last_consumer_err;
@@ -169,6 +172,9 @@ static const em_option kafka_options[] = {
     {"static_membership", EM_OPT_BOOL, "false",
      "join as a static member (group.instance.id <ember.id>-<job>): a restart within "
      "session.timeout.ms moves no partition, but a stop leaves them unread until it passes"},
+    {"changelog", EM_OPT_STRING, NULL,
+     "compacted topic that keeps the job's keyed state per partition (set for stateful jobs; "
+     "false: local state files; docs/scaling.md)"},
     {NULL, 0, NULL, NULL},
 };
 
@@ -536,6 +542,8 @@ static void commit_returning(kafka_src *k, const rd_kafka_topic_partition_list_t
 static void on_assign(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
                       int coop)
 {
+    for (int i = 0; k->cl && i < parts->cnt; i++) /* keyed state first: kafka_changelog.c */
+        em_changelog_assigned(k->cl, parts->elems[i].partition, &parts->elems[i].offset);
     pthread_mutex_lock(&k->commit_lock);
     commit_returning(k, parts);
     pthread_mutex_lock(&k->lock);
@@ -653,6 +661,8 @@ static void on_revoke(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_lis
     }
     pthread_mutex_unlock(&k->lock);
     pthread_mutex_unlock(&k->commit_lock);
+    for (int i = 0; k->cl && i < parts->cnt; i++)
+        em_changelog_revoked(k->cl, parts->elems[i].partition);
     k->last_rkt = NULL;
     if (coop) {
         rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
@@ -747,6 +757,7 @@ static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, c
 }
 
 static void kafka_free(void *self);
+static void changelog_rewind(void *arg, int32_t partition, int64_t offset);
 
 /* Checks the options, builds the consumer and its configuration. The
  * consumer connects in the background but joins the group only on the
@@ -805,6 +816,14 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
         kafka_free(k);
         return NULL;
     }
+    const char *cl = em_props_get(props, "changelog");
+    if (cl && *cl && strcmp(cl, "false") != 0 &&
+        !(k->cl = em_changelog_open(k->job, k->brokers, k->topics_opt, cl, err, errlen))) {
+        kafka_free(k);
+        return NULL;
+    }
+    if (k->cl)
+        em_changelog_set_rewind(k->cl, changelog_rewind, k);
     k->rate = em_props_double(props, "max_rate_per_partition", 0);
     /* A paused partition resumes once it has a quarter second of tokens,
      * and may save up to two seconds' worth. librdkafka 2.0.2 notices a
@@ -1036,6 +1055,21 @@ static void rewind_locked(kafka_src *k, part *p, int64_t offset)
     if (p->seek_to < 0 || offset < p->seek_to)
         p->seek_to = offset;
     atomic_store(&k->seeks_pending, 1);
+}
+
+/* The changelog's request (kafka_changelog.h): partition is read again
+ * from offset, and its records not yet in a batch are dropped. */
+static void changelog_rewind(void *arg, int32_t partition, int64_t offset)
+{
+    kafka_src *k = arg;
+    pthread_mutex_lock(&k->lock);
+    part *p = find_part(k, k->topics_opt, strlen(k->topics_opt), partition);
+    if (p && p->assigned) {
+        rewind_locked(k, p, offset);
+        if (!k->closing)
+            em_receiver_discard(k->r, partition);
+    }
+    pthread_mutex_unlock(&k->lock);
 }
 
 static int put(kafka_src *k, size_t *w, const void *src, size_t n)
@@ -1364,6 +1398,8 @@ static void kafka_positions(void *self, em_block *const *blocks, size_t n, FILE 
             part *p = record_part(k, rec, &epoch, &cache);
             if (!p)
                 continue;
+            if (k->cl && (!p->assigned || epoch == 0 || epoch != p->live))
+                em_changelog_stale(k->cl, p->partition);
             if (!p->touched) {
                 p->touched = 1;
                 p->upto = -1;
@@ -1385,6 +1421,8 @@ static void kafka_positions(void *self, em_block *const *blocks, size_t n, FILE 
 static void kafka_resume_from(void *self, const char *positions)
 {
     kafka_src *k = self;
+    if (k->cl) /* the changelog's markers hold the positions */
+        return;
     for (const char *p = positions; p && *p;) {
         size_t l = strcspn(p, "\n");
         char topic_name[512];
@@ -1480,6 +1518,9 @@ static void kafka_free(void *self)
     for (size_t i = 0; i < k->nresume; i++)
         free(k->resume[i].topic);
     free(k->resume);
+    if (k->cl)
+        em_changelog_unset_rewind(k->cl, k);
+    em_changelog_close(k->cl);
     pthread_mutex_destroy(&k->lock);
     pthread_mutex_destroy(&k->commit_lock);
     free(k->job);

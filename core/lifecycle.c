@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../connectors/kafka_changelog.h"
 #include "batch.h"
 #include "clock.h"
 #include "failpoint.h"
@@ -38,11 +39,10 @@ static int has_key(const char *text, const char *key, size_t klen)
     return 0;
 }
 
-/* The checkpoint's positions after this batch: what the batch ended at for
- * each (source, partition) it held records of, and the older positions of
- * those it did not, so a partition quiet in one batch keeps its place.
- * malloc'd; NULL with nothing to say. */
-static char *merged_positions(em_batch *b)
+/* What the batch ended at for each (source, partition) it held records
+ * of: "<source> <the receiver's position line>" lines. malloc'd; NULL
+ * with nothing to say. */
+static char *batch_positions(em_batch *b)
 {
     char *now = NULL;
     size_t len = 0;
@@ -72,6 +72,30 @@ static char *merged_positions(em_batch *b)
         }
         free(lines);
     }
+    fclose(f);
+    if (now && !*now) {
+        free(now);
+        now = NULL;
+    }
+    return now;
+}
+
+/* The checkpoint's positions after this batch: the batch's own (mine,
+ * taken), and the older positions of those it did not read, so a
+ * partition quiet in one batch keeps its place. malloc'd; NULL with
+ * nothing to say. */
+static char *merged_positions(em_batch *b, char *mine)
+{
+    char *now = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&now, &len);
+    if (!f) {
+        free(mine);
+        return NULL;
+    }
+    if (mine)
+        fputs(mine, f);
+    free(mine);
     fflush(f);
     for (const char *p = b->job->cp.positions; p && *p;) {
         size_t l = strcspn(p, "\n");
@@ -120,8 +144,17 @@ static int commit(em_batch *b, uint64_t *written, char *err, size_t errlen)
     em_luahost *host = b->version->host;
     int stateful = b->version->desc->stateful;
     uint64_t bytes = 0;
-    if (stateful && em_luahost_prepare(host, b->id, &bytes, err, errlen) != 0)
+    char *mine = stateful ? batch_positions(b) : NULL;
+    if (stateful && em_luahost_prepare(host, b->id, &bytes, err, errlen) != 0) {
+        free(mine);
         return -1;
+    }
+    /* keyed state kept in Kafka: written before the checkpoint and the acks */
+    em_changelog *cl = stateful ? em_changelog_find(j->name) : NULL;
+    if (cl && em_changelog_commit(cl, mine, b->id, err, errlen) != 0) {
+        free(mine);
+        return -1;
+    }
     const char *sv = b->version->desc->state_version;
     em_checkpoint next = j->cp;
     if (j->cp.batches > 0 && strcmp(j->cp.state_version, sv) != 0) {
@@ -137,7 +170,7 @@ static int commit(em_batch *b, uint64_t *written, char *err, size_t errlen)
     next.last_batch_ms = b->time_ms;
     next.batches++;
     next.batch_id = b->id;
-    next.positions = stateful ? merged_positions(b) : NULL;
+    next.positions = stateful ? merged_positions(b, mine) : NULL;
     next.wal_covered = stateful ? covered_segments(b) : NULL;
     if (!stateful && j->cp.positions) /* a job that had state once keeps its place */
         next.positions = strdup(j->cp.positions);

@@ -191,6 +191,9 @@ function _M.compile(job, host, store)
             elseif state_ops.is_stateful(op) then
                 local w = state_ops.make(node, ctx, out, store)
                 input[node] = w.push
+                if store.changelog and node.state_name then -- ember.state_changelog
+                    input[node] = store.changelog.wrap(node, w.push, ctx)
+                end
                 wides[#wides + 1] = { node = node, w = w, out = out }
             elseif lookup.is_lookup(op) then
                 local w = lookup.make(node, ctx, fails)

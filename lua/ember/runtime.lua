@@ -16,6 +16,7 @@ local job_mod = require "ember.job"
 local executor = require "ember.executor"
 local state = require "ember.state"
 local state_ops = require "ember.state_ops"
+local state_changelog = require "ember.state_changelog"
 local window_ops = require "ember.window_ops"
 local sinks = require "ember.sinks"
 
@@ -122,6 +123,11 @@ function _M.load(path, host)
                                         .. "/state")
     local store = state.new(job, host)
     state_ops.register(job, store)
+    -- state kept in a Kafka changelog rather than files (docs/scaling.md)
+    local okc, cl = pcall(state_changelog.attach, job, store, host)
+    if not okc then
+        return nil, path .. ": " .. tostring(cl)
+    end
     local ok2, run = pcall(executor.compile, job, host, store)
     if not ok2 then
         return nil, path .. ": " .. tostring(run)
@@ -147,6 +153,11 @@ function _M.load(path, host)
         outputs = outputs,
         run_batch = function(view_ptr, batch_id)
             ember._set_context(host, name)
+            local lost = cl and cl.sync()
+            if lost then
+                ember._batch_ended()
+                return false, 0, lost, true
+            end
             local ok, failed, err, fatal = run(view_ptr, batch_id)
             ember._batch_ended()
             return ok, failed, err, fatal
@@ -154,7 +165,7 @@ function _M.load(path, host)
         stateful = store:is_stateful(),
         state_max = store.max,
         state_dir = store.dir,
-        prepare = function(batch_id) return store:prepare(batch_id) end,
+        prepare = cl and cl.prepare or function(batch_id) return store:prepare(batch_id) end,
         -- later: the driver calls maintain itself, after the acks; without
         -- it (specs, benches) the snapshot slice follows at once
         apply = function(batch_id, later)
@@ -171,10 +182,16 @@ function _M.load(path, host)
         abort = function() return store:abort() end,
         restore = function(committed, old_version)
             ember._set_context(host, name)
+            if cl then                          -- each partition's, as it is assigned
+                return true
+            end
             return store:restore(committed, old_version)
         end,
         check_migrate = function(committed, old_version)
             ember._set_context(host, name)
+            if cl then
+                return true
+            end
             return store:check_migrate(committed, old_version)
         end,
         state_bytes = function() return store:state_bytes() end,

@@ -1,0 +1,792 @@
+/* kafka_changelog.c — see kafka_changelog.h and docs/scaling.md.
+ *
+ * Exactness without Kafka transactions. A batch's commit writes, per input
+ * partition, the keys it changed and then a marker with the input offset
+ * the state now covers, waits until the cluster acknowledged all of them
+ * (acks=all, one request in flight, so the partition's order is the order
+ * written), and only then do the checkpoint and the group commit follow. A
+ * crash before the marker leaves a tail of records no marker covers: a
+ * restore ignores it, and the input is read again from the last marker's
+ * offset, whatever the group committed. The marker, not the group's offset,
+ * is the position of a stateful job's partition.
+ */
+#include "kafka_changelog.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "../core/clock.h"
+#include "../core/log.h"
+
+#define META_TIMEOUT_MS 10000
+#define FLUSH_TIMEOUT_MS 30000
+#define READ_TIMEOUT_MS 60000 /* a restore that reads nothing for this long fails */
+#define MAX_PARTITIONS 65536
+
+typedef struct event {
+    int kind; /* 1 load, 2 drop, 3 failure */
+    int32_t partition;
+    char *data;
+    size_t len;
+    struct event *next;
+} event;
+
+typedef struct staged {
+    int32_t partition;
+    char *k, *v; /* v NULL: removed */
+    size_t klen, vlen;
+} staged;
+
+typedef struct pinfo {
+    int owned;
+    int stale;      /* the batch being committed holds records of an older assignment */
+    int touched;    /* commit scratch */
+    int64_t offset; /* the input offset of the last marker; -1: none */
+    int64_t pos;    /* commit scratch: the batch's position, -1: none */
+} pinfo;
+
+struct em_changelog {
+    struct em_changelog *next; /* registry */
+    int refs;
+    char *job, *brokers, *input, *topic;
+    rd_kafka_t *producer;
+    rd_kafka_t *reader;            /* made on first restore */
+    pthread_mutex_t read_lock;     /* one restore at a time */
+    pthread_mutex_t lock;          /* parts, events */
+    pinfo *parts;
+    int32_t nparts;
+    event *head, *tail;
+    staged *staged;                /* worker of the commit only */
+    size_t nstaged, cap;
+    rd_kafka_resp_err_t dr_err;    /* first delivery error of the commit */
+    em_changelog_rewind_fn rewind; /* under lock */
+    void *rewind_arg;
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static em_changelog *registry;
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    em_changelog *cl = opaque;
+    if (m->err && !cl->dr_err)
+        cl->dr_err = m->err;
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    if (level <= 4)
+        em_log(EM_LOG_DEBUG, NULL, "kafka changelog: %s: %s", fac, buf);
+}
+
+static rd_kafka_t *new_client(em_changelog *cl, rd_kafka_type_t type, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char group[600];
+    snprintf(group, sizeof group, "ember-changelog-%s", cl->job);
+    const char *const producer[][2] = {
+        {"acks", "all"},
+        {"max.in.flight.requests.per.connection", "1"}, /* order per partition, retries too */
+        {"linger.ms", "1"},
+        {"compression.type", "lz4"},
+        {"message.timeout.ms", "30000"},
+        {"reconnect.backoff.max.ms", "1000"},
+        {"log.connection.close", "false"},
+    };
+    const char *const consumer[][2] = {
+        {"group.id", group}, /* never joined nor committed: partitions are assigned */
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+        {"enable.partition.eof", "true"},
+        {"fetch.wait.max.ms", "10"},
+        {"reconnect.backoff.max.ms", "1000"},
+        {"log.connection.close", "false"},
+    };
+    int ok = rd_kafka_conf_set(conf, "bootstrap.servers", cl->brokers, err, errlen) ==
+             RD_KAFKA_CONF_OK;
+    const char *const (*set)[2] = type == RD_KAFKA_PRODUCER ? producer : consumer;
+    size_t n = type == RD_KAFKA_PRODUCER ? sizeof producer / sizeof producer[0]
+                                         : sizeof consumer / sizeof consumer[0];
+    for (size_t i = 0; ok && i < n; i++)
+        ok = rd_kafka_conf_set(conf, set[i][0], set[i][1], err, errlen) == RD_KAFKA_CONF_OK;
+    rd_kafka_t *rk = NULL;
+    if (ok) {
+        rd_kafka_conf_set_opaque(conf, cl);
+        rd_kafka_conf_set_log_cb(conf, on_log);
+        if (type == RD_KAFKA_PRODUCER)
+            rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+        rk = rd_kafka_new(type, conf, err, errlen);
+    }
+    if (!rk)
+        rd_kafka_conf_destroy(conf);
+    return rk;
+}
+
+/* The partition count of topic, or -1 (absent) / -2 (no answer, err). */
+static int topic_partitions(rd_kafka_t *rk, const char *name, char *err, size_t errlen)
+{
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, name, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, META_TIMEOUT_MS);
+    int n = -2;
+    if (e) {
+        snprintf(err, errlen, "no metadata for topic '%s': %s", name, rd_kafka_err2str(e));
+    } else if (md->topic_cnt < 1 || md->topics[0].err) {
+        n = -1;
+        snprintf(err, errlen, "topic '%s': %s", name,
+                 md->topic_cnt ? rd_kafka_err2str(md->topics[0].err) : "not in the metadata");
+    } else {
+        n = md->topics[0].partition_cnt;
+    }
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    return n;
+}
+
+/* Creates the changelog topic, compacted, with nparts partitions. 0, or -1
+ * and err (the cluster refused; a mock cluster cannot create topics). */
+static int create_topic(em_changelog *cl, int nparts, char *err, size_t errlen)
+{
+    char why[256];
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(cl->topic, nparts, -1, why, sizeof why);
+    if (!nt) {
+        snprintf(err, errlen, "%s", why);
+        return -1;
+    }
+    rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    /* a tail no marker covers is only ever superseded after this long: a
+     * restore within it sees the values the last marker covers */
+    rd_kafka_NewTopic_set_config(nt, "min.compaction.lag.ms", "86400000");
+    rd_kafka_queue_t *q = rd_kafka_queue_new(cl->producer);
+    rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(cl->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(o, META_TIMEOUT_MS, NULL, 0);
+    rd_kafka_CreateTopics(cl->producer, &nt, 1, o, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, META_TIMEOUT_MS + 2000);
+    int rc = -1;
+    if (!ev) {
+        snprintf(err, errlen, "no answer to CreateTopics");
+    } else if (rd_kafka_event_error(ev)) {
+        snprintf(err, errlen, "%s", rd_kafka_event_error_string(ev));
+    } else {
+        size_t n = 0;
+        const rd_kafka_topic_result_t **r =
+            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+        rd_kafka_resp_err_t e = n ? rd_kafka_topic_result_error(r[0]) : 0;
+        if (e && e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+            snprintf(err, errlen, "%s", rd_kafka_topic_result_error_string(r[0]));
+        else
+            rc = 0;
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(o);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    return rc;
+}
+
+static void free_changelog(em_changelog *cl)
+{
+    if (!cl)
+        return;
+    if (cl->producer) {
+        rd_kafka_flush(cl->producer, FLUSH_TIMEOUT_MS);
+        rd_kafka_destroy(cl->producer);
+    }
+    if (cl->reader) {
+        rd_kafka_consumer_close(cl->reader);
+        rd_kafka_destroy(cl->reader);
+    }
+    for (event *e = cl->head, *n; e; e = n) {
+        n = e->next;
+        free(e->data);
+        free(e);
+    }
+    em_changelog_begin(cl);
+    free(cl->staged);
+    free(cl->parts);
+    free(cl->job);
+    free(cl->brokers);
+    free(cl->input);
+    free(cl->topic);
+    pthread_mutex_destroy(&cl->lock);
+    pthread_mutex_destroy(&cl->read_lock);
+    free(cl);
+}
+
+/* Makes the changelog, its producer and its topic. */
+static em_changelog *make(const char *job, const char *brokers, const char *input,
+                          const char *topic, char *err, size_t errlen)
+{
+    if (strchr(input, ',') || input[0] == '^') {
+        snprintf(err, errlen, "the state changelog needs one input topic, not '%s' (or set "
+                 "changelog = false: local state files)", input);
+        return NULL;
+    }
+    em_changelog *cl = calloc(1, sizeof *cl);
+    if (!cl) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&cl->lock, NULL);
+    pthread_mutex_init(&cl->read_lock, NULL);
+    cl->refs = 1;
+    cl->job = strdup(job);
+    cl->brokers = strdup(brokers);
+    cl->input = strdup(input);
+    cl->topic = strdup(topic);
+    char why[512] = "";
+    if (!cl->job || !cl->brokers || !cl->input || !cl->topic ||
+        !(cl->producer = new_client(cl, RD_KAFKA_PRODUCER, why, sizeof why))) {
+        snprintf(err, errlen, "state changelog '%s': %s", topic, why[0] ? why : "out of memory");
+        free_changelog(cl);
+        return NULL;
+    }
+    int in = topic_partitions(cl->producer, input, why, sizeof why);
+    if (in < 1) {
+        snprintf(err, errlen, "state changelog '%s': the input %s", topic, why);
+        free_changelog(cl);
+        return NULL;
+    }
+    int have = topic_partitions(cl->producer, topic, why, sizeof why);
+    if (have == -1) {
+        if (create_topic(cl, in, why, sizeof why) != 0) {
+            snprintf(err, errlen, "state changelog: topic '%s' is absent and cannot be created "
+                     "(%s); create it compacted with %d partitions", topic, why, in);
+            free_changelog(cl);
+            return NULL;
+        }
+        em_log(EM_LOG_INFO, job, "state changelog: created topic '%s' (%d partitions, "
+               "cleanup.policy=compact)", topic, in);
+        have = in;
+    }
+    if (have < in) {
+        snprintf(err, errlen, "state changelog: topic '%s' has %d partitions, the input '%s' "
+                 "%d; it needs one per input partition", topic, have, input, in);
+        free_changelog(cl);
+        return NULL;
+    }
+    return cl;
+}
+
+em_changelog *em_changelog_open(const char *job, const char *brokers, const char *input,
+                                const char *topic, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (em_changelog *c = registry; c; c = c->next)
+        if (strcmp(c->job, job) == 0) {
+            if (strcmp(c->topic, topic) != 0 || strcmp(c->input, input) != 0 ||
+                strcmp(c->brokers, brokers) != 0) {
+                snprintf(err, errlen, "state changelog: the job's changelog is '%s' (input '%s'); "
+                         "a reload cannot change it, restart the driver", c->topic, c->input);
+                pthread_mutex_unlock(&registry_lock);
+                return NULL;
+            }
+            c->refs++;
+            pthread_mutex_unlock(&registry_lock);
+            return c;
+        }
+    em_changelog *cl = make(job, brokers, input, topic, err, errlen);
+    if (cl) {
+        cl->next = registry;
+        registry = cl;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return cl;
+}
+
+void em_changelog_close(em_changelog *cl)
+{
+    if (!cl)
+        return;
+    pthread_mutex_lock(&registry_lock);
+    int last = --cl->refs == 0;
+    if (last)
+        for (em_changelog **pp = &registry; *pp; pp = &(*pp)->next)
+            if (*pp == cl) {
+                *pp = cl->next;
+                break;
+            }
+    pthread_mutex_unlock(&registry_lock);
+    if (last)
+        free_changelog(cl);
+}
+
+em_changelog *em_changelog_find(const char *job)
+{
+    pthread_mutex_lock(&registry_lock);
+    em_changelog *c = registry;
+    while (c && strcmp(c->job, job) != 0)
+        c = c->next;
+    pthread_mutex_unlock(&registry_lock);
+    return c;
+}
+
+/* The info of partition p, grown on demand. Caller holds lock. */
+static pinfo *part_of(em_changelog *cl, int32_t p)
+{
+    if (p < 0 || p >= MAX_PARTITIONS)
+        return NULL;
+    if (p >= cl->nparts) {
+        int32_t n = p + 16;
+        pinfo *np = realloc(cl->parts, (size_t)n * sizeof *np);
+        if (!np)
+            return NULL;
+        for (int32_t i = cl->nparts; i < n; i++)
+            np[i] = (pinfo){.offset = -1, .pos = -1};
+        cl->parts = np;
+        cl->nparts = n;
+    }
+    return &cl->parts[p];
+}
+
+/* Queues an event; data is taken. Caller holds lock. */
+static void queue_event(em_changelog *cl, int kind, int32_t p, char *data, size_t len)
+{
+    event *e = calloc(1, sizeof *e);
+    if (!e) {
+        free(data);
+        return;
+    }
+    *e = (event){.kind = kind, .partition = p, .data = data, .len = len};
+    if (cl->tail)
+        cl->tail->next = e;
+    else
+        cl->head = e;
+    cl->tail = e;
+}
+
+typedef struct grow {
+    char *p;
+    size_t len, cap;
+} grow;
+
+static int put_bytes(grow *g, const void *src, size_t n)
+{
+    if (g->len + n > g->cap) {
+        size_t c = g->cap ? g->cap * 2 : 65536;
+        while (c < g->len + n)
+            c *= 2;
+        char *np = realloc(g->p, c);
+        if (!np)
+            return -1;
+        g->p = np;
+        g->cap = c;
+    }
+    memcpy(g->p + g->len, src, n);
+    g->len += n;
+    return 0;
+}
+
+/* Reads changelog partition p from its start to the high watermark. Out:
+ * the records up to the last marker (the load event's format), the
+ * marker's offset (-1: no marker), and how many records came after it.
+ * 0, or -1 and err. Caller holds read_lock. */
+static int read_partition(em_changelog *cl, int32_t p, grow *out, int64_t *marker,
+                          size_t *tail, char *err, size_t errlen)
+{
+    *marker = -1;
+    *tail = 0;
+    if (!cl->reader && !(cl->reader = new_client(cl, RD_KAFKA_CONSUMER, err, errlen)))
+        return -1;
+    int64_t lo = 0, hi = 0;
+    rd_kafka_resp_err_t e =
+        rd_kafka_query_watermark_offsets(cl->reader, cl->topic, p, &lo, &hi, META_TIMEOUT_MS);
+    if (e) {
+        snprintf(err, errlen, "the watermarks of %s[%" PRId32 "]: %s", cl->topic, p,
+                 rd_kafka_err2str(e));
+        return -1;
+    }
+    if (hi <= lo)
+        return 0;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, cl->topic, p)->offset = lo;
+    e = rd_kafka_assign(cl->reader, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e) {
+        snprintf(err, errlen, "cannot read %s[%" PRId32 "]: %s", cl->topic, p, rd_kafka_err2str(e));
+        return -1;
+    }
+    size_t covered = 0, after = 0;
+    int64_t next = lo;
+    int64_t idle_since = em_clock_mono_ms();
+    int rc = 0;
+    while (next < hi) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(cl->reader, 200);
+        if (!m) {
+            if (em_clock_mono_ms() - idle_since > READ_TIMEOUT_MS) {
+                snprintf(err, errlen, "reading %s[%" PRId32 "]: nothing for %d s at offset %"
+                         PRId64 " of %" PRId64, cl->topic, p, READ_TIMEOUT_MS / 1000, next, hi);
+                rc = -1;
+                break;
+            }
+            continue;
+        }
+        idle_since = em_clock_mono_ms();
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            int64_t at = m->offset;
+            rd_kafka_message_destroy(m);
+            if (at >= hi)
+                break;
+            continue;
+        }
+        if (m->err) {
+            snprintf(err, errlen, "reading %s[%" PRId32 "]: %s", cl->topic, p,
+                     rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            rc = -1;
+            break;
+        }
+        if (m->partition != p) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        next = m->offset + 1;
+        const char *k = m->key;
+        if (m->key_len == 1 && k[0] == 'm') {
+            char text[64];
+            size_t n = m->len < sizeof text - 1 ? m->len : sizeof text - 1;
+            memcpy(text, m->payload ? m->payload : "", n);
+            text[n] = 0;
+            long long off = -1;
+            if (sscanf(text, "%lld", &off) == 1 && off >= 0)
+                *marker = off;
+            covered = out->len;
+            after = 0;
+        } else if (m->key_len > 1 && k[0] == 's') {
+            uint32_t kl = (uint32_t)(m->key_len - 1);
+            int32_t vl = m->payload ? (int32_t)m->len : -1;
+            if (put_bytes(out, &kl, 4) || put_bytes(out, k + 1, kl) || put_bytes(out, &vl, 4) ||
+                (vl > 0 && put_bytes(out, m->payload, (size_t)vl))) {
+                snprintf(err, errlen, "out of memory reading %s[%" PRId32 "]", cl->topic, p);
+                rd_kafka_message_destroy(m);
+                rc = -1;
+                break;
+            }
+            after++;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_assign(cl->reader, NULL);
+    out->len = covered;
+    *tail = after;
+    return rc;
+}
+
+/* Reads partition p and queues its load; the partition is this member's
+ * from now on. *offset: the marker's input offset, if any. Caller holds
+ * read_lock. */
+static int restore_partition(em_changelog *cl, int32_t p, int64_t *offset)
+{
+    int64_t t0 = em_clock_mono_ms();
+    grow g = {0};
+    int64_t marker;
+    size_t tail;
+    char err[512];
+    int rc = read_partition(cl, p, &g, &marker, &tail, err, sizeof err);
+    pthread_mutex_lock(&cl->lock);
+    pinfo *pi = part_of(cl, p);
+    if (rc != 0 || !pi) {
+        char *msg = NULL;
+        if (asprintf(&msg, "state changelog: cannot restore the state of partition %" PRId32
+                     " from %s: %s", p, cl->topic, rc ? err : "out of memory") < 0)
+            msg = NULL;
+        em_log(EM_LOG_ERROR, cl->job, "%s", msg ? msg : "state changelog: restore failed");
+        queue_event(cl, 3, p, msg, msg ? strlen(msg) : 0);
+        pthread_mutex_unlock(&cl->lock);
+        free(g.p);
+        return -1;
+    }
+    pi->owned = 1;
+    pi->stale = 0;
+    pi->offset = marker;
+    size_t bytes = g.len;
+    queue_event(cl, 1, p, g.p, g.len);
+    pthread_mutex_unlock(&cl->lock);
+    if (marker >= 0 && offset)
+        *offset = marker;
+    em_log(EM_LOG_INFO, cl->job, "state changelog: partition %" PRId32 " restored from %s in "
+           "%lld ms (%zu bytes%s), input resumes at %s%lld", p, cl->topic,
+           (long long)(em_clock_mono_ms() - t0), bytes,
+           tail ? ", a tail no marker covers ignored" : "", marker >= 0 ? "offset " : "",
+           (long long)marker);
+    if (tail)
+        em_log(EM_LOG_WARN, cl->job, "state changelog: %s[%" PRId32 "] ends with %zu records "
+               "after its last marker (a commit cut short); they are ignored", cl->topic, p, tail);
+    return 0;
+}
+
+int em_changelog_assigned(em_changelog *cl, int32_t partition, int64_t *offset)
+{
+    pthread_mutex_lock(&cl->read_lock);
+    int rc = restore_partition(cl, partition, offset);
+    pthread_mutex_unlock(&cl->read_lock);
+    return rc;
+}
+
+void em_changelog_revoked(em_changelog *cl, int32_t partition)
+{
+    pthread_mutex_lock(&cl->lock);
+    pinfo *pi = part_of(cl, partition);
+    if (pi)
+        pi->owned = 0;
+    queue_event(cl, 2, partition, NULL, 0);
+    pthread_mutex_unlock(&cl->lock);
+}
+
+void em_changelog_stale(em_changelog *cl, int32_t partition)
+{
+    pthread_mutex_lock(&cl->lock);
+    pinfo *pi = part_of(cl, partition);
+    if (pi)
+        pi->stale = 1;
+    pthread_mutex_unlock(&cl->lock);
+}
+
+void em_changelog_set_rewind(em_changelog *cl, em_changelog_rewind_fn fn, void *arg)
+{
+    pthread_mutex_lock(&cl->lock);
+    cl->rewind = fn;
+    cl->rewind_arg = arg;
+    pthread_mutex_unlock(&cl->lock);
+}
+
+void em_changelog_unset_rewind(em_changelog *cl, void *arg)
+{
+    pthread_mutex_lock(&cl->lock);
+    if (cl->rewind_arg == arg) {
+        cl->rewind = NULL;
+        cl->rewind_arg = NULL;
+    }
+    pthread_mutex_unlock(&cl->lock);
+}
+
+void em_changelog_begin(em_changelog *cl)
+{
+    for (size_t i = 0; i < cl->nstaged; i++) {
+        free(cl->staged[i].k);
+        free(cl->staged[i].v);
+    }
+    cl->nstaged = 0;
+}
+
+int em_changelog_put(em_changelog *cl, int32_t partition, const char *k, size_t klen,
+                     const char *v, size_t vlen)
+{
+    if (cl->nstaged == cl->cap) {
+        size_t c = cl->cap ? cl->cap * 2 : 1024;
+        staged *n = realloc(cl->staged, c * sizeof *n);
+        if (!n)
+            return -1;
+        cl->staged = n;
+        cl->cap = c;
+    }
+    staged *s = &cl->staged[cl->nstaged];
+    s->partition = partition;
+    s->klen = klen + 1;
+    s->vlen = vlen;
+    s->k = malloc(klen + 1);
+    s->v = v ? malloc(vlen ? vlen : 1) : NULL;
+    if (!s->k || (v && !s->v)) {
+        free(s->k);
+        free(s->v);
+        return -1;
+    }
+    s->k[0] = 's';
+    memcpy(s->k + 1, k, klen);
+    if (v)
+        memcpy(s->v, v, vlen);
+    cl->nstaged++;
+    return 0;
+}
+
+static int produce(em_changelog *cl, int32_t p, const void *k, size_t klen, const void *v,
+                   size_t vlen, char *err, size_t errlen)
+{
+    rd_kafka_resp_err_t e;
+    for (int tries = 0;; tries++) {
+        e = rd_kafka_producev(cl->producer, RD_KAFKA_V_TOPIC(cl->topic), RD_KAFKA_V_PARTITION(p),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                              RD_KAFKA_V_KEY(k, klen), RD_KAFKA_V_VALUE((void *)v, vlen),
+                              RD_KAFKA_V_END);
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || tries > 100)
+            break;
+        rd_kafka_poll(cl->producer, 100);
+    }
+    if (e) {
+        snprintf(err, errlen, "state changelog: cannot write to %s[%" PRId32 "]: %s", cl->topic,
+                 p, rd_kafka_err2str(e));
+        return -1;
+    }
+    return 0;
+}
+
+/* Positions lines "<src> <topic> <partition> <offset>" of the input topic:
+ * each partition's pos. Caller holds lock. */
+static void read_positions(em_changelog *cl, const char *positions)
+{
+    size_t tl = strlen(cl->input);
+    for (const char *s = positions; s && *s;) {
+        size_t l = strcspn(s, "\n");
+        const char *t = memchr(s, ' ', l);
+        if (t && (size_t)(s + l - t) > tl + 1 && strncmp(t + 1, cl->input, tl) == 0 &&
+            t[1 + tl] == ' ') {
+            long p = -1;
+            long long off = -1;
+            if (sscanf(t + 2 + tl, "%ld %lld", &p, &off) == 2 && p >= 0) {
+                pinfo *pi = part_of(cl, (int32_t)p);
+                if (pi) {
+                    pi->touched = 1;
+                    pi->pos = off;
+                }
+            }
+        }
+        s += l + (s[l] == '\n');
+    }
+}
+
+int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_id, char *err,
+                        size_t errlen)
+{
+    int rc = 0;
+    pthread_mutex_lock(&cl->lock);
+    read_positions(cl, positions);
+    for (size_t i = 0; i < cl->nstaged; i++) {
+        pinfo *pi = part_of(cl, cl->staged[i].partition);
+        if (pi)
+            pi->touched = 1;
+    }
+    /* which partitions this commit writes: owned, and read in this assignment */
+    int32_t n = cl->nparts;
+    char *skip = calloc((size_t)n + 1, 1);
+    if (!skip) {
+        pthread_mutex_unlock(&cl->lock);
+        snprintf(err, errlen, "state changelog: out of memory");
+        return -1;
+    }
+    for (int32_t p = 0; p < n; p++)
+        skip[p] = cl->parts[p].touched && (!cl->parts[p].owned || cl->parts[p].stale);
+    pthread_mutex_unlock(&cl->lock);
+
+    cl->dr_err = 0;
+    for (size_t i = 0; rc == 0 && i < cl->nstaged; i++) {
+        staged *s = &cl->staged[i];
+        if (s->partition >= 0 && s->partition < n && !skip[s->partition])
+            rc = produce(cl, s->partition, s->k, s->klen, s->v, s->v ? s->vlen : 0, err, errlen);
+        else if (s->partition < 0 || s->partition >= n) {
+            snprintf(err, errlen, "state changelog: a key with no Kafka partition (%" PRId32 ")",
+                     s->partition);
+            rc = -1;
+        }
+    }
+    int64_t *marks = calloc((size_t)n + 1, sizeof *marks);
+    for (int32_t p = 0; rc == 0 && marks && p < n; p++) {
+        pthread_mutex_lock(&cl->lock);
+        pinfo pi = cl->parts[p];
+        pthread_mutex_unlock(&cl->lock);
+        marks[p] = -2;
+        if (!pi.touched || skip[p])
+            continue;
+        marks[p] = pi.pos >= 0 ? pi.pos : pi.offset;
+        char text[64];
+        int tl = snprintf(text, sizeof text, "%lld %llu", (long long)marks[p],
+                          (unsigned long long)batch_id);
+        rc = produce(cl, p, "m", 1, text, (size_t)tl, err, errlen);
+    }
+    if (!marks && rc == 0) {
+        snprintf(err, errlen, "state changelog: out of memory");
+        rc = -1;
+    }
+    if (rc == 0) {
+        rd_kafka_resp_err_t e = rd_kafka_flush(cl->producer, FLUSH_TIMEOUT_MS);
+        if (e || cl->dr_err) {
+            snprintf(err, errlen, "state changelog: %s did not take the batch's state: %s",
+                     cl->topic, rd_kafka_err2str(e ? e : cl->dr_err));
+            rc = -1;
+        }
+    } else {
+        rd_kafka_flush(cl->producer, FLUSH_TIMEOUT_MS); /* what went out is a tail: ignored */
+    }
+    em_changelog_begin(cl);
+
+    /* the bookkeeping; partitions skipped get their state again */
+    int32_t reload[64];
+    int nreload = 0;
+    pthread_mutex_lock(&cl->lock);
+    for (int32_t p = 0; p < n; p++) {
+        pinfo *pi = &cl->parts[p];
+        if (rc == 0 && marks && marks[p] != -2)
+            pi->offset = marks[p];
+        if (rc == 0 && skip[p]) {
+            queue_event(cl, 2, p, NULL, 0);
+            if (pi->owned && nreload < 64)
+                reload[nreload++] = p;
+            else if (pi->owned)
+                queue_event(cl, 3, p, strdup("state changelog: too many partitions to reload "
+                                             "at once"), 0);
+        }
+        if (rc == 0)
+            pi->stale = 0;
+        pi->touched = 0;
+        pi->pos = -1;
+    }
+    pthread_mutex_unlock(&cl->lock);
+    free(marks);
+    free(skip);
+    /* The batch mixed records of an ended assignment with (maybe) newer
+     * ones: none of them count. The state is read again, and the partition
+     * too, from the marker that state covers. */
+    for (int i = 0; i < nreload; i++) {
+        int64_t at = -1;
+        pthread_mutex_lock(&cl->read_lock);
+        int rrc = restore_partition(cl, reload[i], &at);
+        pthread_mutex_unlock(&cl->read_lock);
+        pthread_mutex_lock(&cl->lock);
+        em_changelog_rewind_fn fn = cl->rewind;
+        void *arg = cl->rewind_arg;
+        pthread_mutex_unlock(&cl->lock);
+        em_log(EM_LOG_INFO, cl->job, "state changelog: the batch held records of partition %"
+               PRId32 " from an ended assignment; its state is read again%s", reload[i],
+               rrc == 0 && at >= 0 && fn ? ", and its input from the marker's offset" : "");
+        if (rrc == 0 && at >= 0 && fn)
+            fn(arg, reload[i], at);
+    }
+    return rc;
+}
+
+int em_changelog_take(em_changelog *cl, int32_t *partition, const char **data, size_t *len)
+{
+    pthread_mutex_lock(&cl->lock);
+    event *e = cl->head;
+    pthread_mutex_unlock(&cl->lock);
+    if (!e)
+        return 0;
+    *partition = e->partition;
+    *data = e->data ? e->data : "";
+    *len = e->kind == 3 && e->data ? strlen(e->data) : e->len;
+    return e->kind;
+}
+
+void em_changelog_taken(em_changelog *cl)
+{
+    pthread_mutex_lock(&cl->lock);
+    event *e = cl->head;
+    if (e) {
+        cl->head = e->next;
+        if (!cl->head)
+            cl->tail = NULL;
+    }
+    pthread_mutex_unlock(&cl->lock);
+    if (e) {
+        free(e->data);
+        free(e);
+    }
+}

@@ -1,0 +1,390 @@
+-- ember.state_changelog: a job's keyed state kept in a compacted Kafka
+-- topic, per input partition, instead of local files (docs/scaling.md,
+-- "State that follows its partitions"). The Kafka side is C
+-- (connectors/kafka_changelog.c); this is the store's side:
+--
+--   attach(job, store)  at load: decides whether the job keeps its state in
+--                       a changelog, and names the topic on the Kafka source
+--   wrap(node, push)    the push of a stateful operator: notes the Kafka
+--                       partition of each key's records
+--   prepare(batch_id)   instead of the store's: hands the staged keys, by
+--                       partition, to C, which writes them at the commit
+--   sync()              before a batch: the loads and drops of partitions
+--                       the rebalances queued, applied to committed state
+--
+-- The rule (docs/scaling.md): a key's state lives with the partition its
+-- records come from. A record whose key has state from another partition
+-- is an error of that record.
+
+local ffi = require "ffi"
+local buffer = require "string.buffer"
+local format = require "ember.state_format"
+local narrow = require "ember.narrow"
+local ember = require "ember"
+
+local C = ffi.C
+local ffi_string = ffi.string
+local ffi_new = ffi.new
+local ffi_cast = ffi.cast
+local encode = buffer.encode
+local decode = buffer.decode
+local pairs = pairs
+local ipairs = ipairs
+local type = type
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local pcall = pcall
+local REMOVED = format.REMOVED
+local new_map = format.new_map
+
+local _M = {}
+
+if not pcall(function() return C.em_changelog_find end) then
+    ffi.cdef [[
+        typedef struct em_changelog em_changelog;
+        em_changelog *em_changelog_find(const char *job);
+        void em_changelog_begin(em_changelog *cl);
+        int em_changelog_put(em_changelog *cl, int32_t partition, const char *k, size_t klen,
+                             const char *v, size_t vlen);
+        int em_changelog_take(em_changelog *cl, int32_t *partition, const char **data,
+                              size_t *len);
+        void em_changelog_taken(em_changelog *cl);
+        int64_t em_clock_mono_ms(void);
+    ]]
+end
+
+-- The kinds of stateful operator whose state key is the record's key.
+local KEYED = { update_state_by_key = true, map_with_state = true }
+
+
+local function show(k)
+    return type(k) == "string" and ('"' .. k .. '"') or tostring(k)
+end
+
+
+-- About what a key and its value take (ember.state's measure).
+local function size_of(x)
+    local t = type(x)
+    if t == "string" then
+        return #x + 2
+    elseif t == "number" then
+        return 9
+    elseif t == "table" then
+        return #x[1] + 2
+    end
+    return 1
+end
+
+
+-- Whether every operation between a source and node is narrow (the record
+-- in hand when node's push runs is the one the pair came from).
+local function narrow_path(node)
+    for _, p in ipairs(node.parents or {}) do
+        if not p.source then
+            if not (narrow.ops[p.op] or p.op == "union") or not narrow_path(p) then
+                return false, p.op
+            end
+        end
+    end
+    return true
+end
+
+
+-- Removes key k of op from committed state.
+local function remove_key(op, k)
+    local old = op.committed[k]
+    if old ~= nil then
+        op.committed[k] = nil
+        op.nkeys = op.nkeys - 1
+        op.bytes = op.bytes - size_of(k) - size_of(old)
+    end
+    local times = op.times
+    if times and times[k] then
+        local b = op.buckets[times[k]]
+        if b then
+            b[k] = nil
+        end
+        times[k] = nil
+    end
+end
+
+
+local function set_key(op, k, s, t)
+    local old = op.committed[k]
+    if old == nil then
+        op.nkeys = op.nkeys + 1
+    else
+        op.bytes = op.bytes - size_of(k) - size_of(old)
+    end
+    op.committed[k] = s
+    op.bytes = op.bytes + size_of(k) + size_of(s)
+    local times = op.times
+    if times and t then
+        local prev = times[k]
+        if prev and op.buckets[prev] then
+            op.buckets[prev][k] = nil
+        end
+        times[k] = t
+        local b = op.buckets[t]
+        if not b then
+            b = new_map()
+            op.buckets[t] = b
+        end
+        b[k] = true
+    end
+end
+
+
+-- Decides at load time. Returns the changelog object (also store.changelog)
+-- or nil: the job keeps local state files. Raises for a job that asks for a
+-- changelog it cannot have.
+function _M.attach(job, store, host)
+    local src
+    for _, s in ipairs(job.sources) do
+        local want = s.type == "kafka" and s.options and s.options.changelog
+        if want ~= nil and want ~= false and want ~= "false" then
+            src = s
+        end
+    end
+    if not src then
+        return nil                              -- opt-in: the job says its keys follow partitions
+    end
+    local opts = src.options
+    local want = opts.changelog
+    local function refuse(why)
+        error("job '" .. job.name .. "' (" .. tostring(src.where) .. "): changelog = "
+              .. tostring(want) .. ": " .. why .. " (changelog = false: local state files)", 0)
+    end
+    if want ~= true and want ~= "true" and (type(want) ~= "string" or want == "") then
+        refuse("true, false or a topic name expected")
+    end
+    if not store:is_stateful() then
+        refuse("the job keeps no keyed state")
+    end
+    if #job.sources ~= 1 then
+        refuse("the Kafka source must be the job's only source")
+    end
+    if not opts.group then
+        refuse("the kafka source needs its group")
+    end
+    local why
+    for _, op in ipairs(store.order) do
+        if not KEYED[op.kind] then
+            why = why or (op.kind .. " '" .. op.name .. "' (" .. op.where .. ") keeps state the "
+                          .. "changelog does not carry yet")
+        end
+    end
+    for _, node in ipairs(job.nodes or {}) do
+        if node.state_name and KEYED[node.op] then
+            local ok, bad = narrow_path(node)
+            if not ok then
+                why = why or (node.op .. " '" .. node.state_name .. "' (" .. node.where .. ") is fed "
+                              .. "by '" .. tostring(bad) .. "'; a key's records must reach it "
+                              .. "straight from their partition (map, filter, flat_map)")
+            end
+        end
+    end
+    if why then
+        refuse(why)
+    end
+    local topic = (want ~= true and want ~= "true") and want
+                  or (tostring(opts.group) .. "-" .. job.name .. "-changelog")
+    local copy = {}
+    for k, v in pairs(opts) do
+        copy[k] = v
+    end
+    copy.changelog = topic
+    src.options = copy
+    for _, op in ipairs(store.order) do
+        op.part = new_map()                     -- key -> Kafka partition of its records
+    end
+
+    local cl = { topic = topic }
+    local handle = nil
+    local jobname = job.name
+    local pp = ffi_new("int32_t[1]")
+    local dp = ffi_new("const char *[1]")
+    local lp = ffi_new("size_t[1]")
+
+    local function get()
+        if handle == nil then
+            local h = C.em_changelog_find(jobname)
+            if h ~= nil then
+                handle = h
+            end
+        end
+        return handle
+    end
+
+    -- The push of a stateful operator, noting each key's partition.
+    function cl.wrap(node, push, ctx)
+        local op = store.ops[node.state_name]
+        local part, committed, staged = op.part, op.committed, op.staged
+        local label = node.op .. " '" .. node.state_name .. "' (" .. tostring(node.where) .. ")"
+        return function(a, b)
+            local p = ctx.partition()            -- set once the executor is built
+            local o = part[a]
+            if o ~= p then
+                if o ~= nil and (committed[a] ~= nil or (staged[a] ~= nil
+                                                         and staged[a] ~= REMOVED)) then
+                    error(label .. ": key " .. show(a) .. " came from partition " .. tostring(p)
+                          .. " but its state lives with partition " .. tostring(o) .. "; a key's "
+                          .. "state follows its Kafka partition, so its records must all come "
+                          .. "from one (key them by the Kafka key; docs/scaling.md)", 0)
+                end
+                part[a] = p
+            end
+            return push(a, b)
+        end
+    end
+
+    -- The store's prepare, for a changelog: the staged keys go to C, which
+    -- writes them after this returns (core/lifecycle.c). Returns ok, err,
+    -- bytes handed over.
+    function cl.prepare(batch_id)
+        if store.phase ~= "ran" then
+            return false, "state: prepare of batch " .. tostring(batch_id) .. " without a "
+                          .. "successful run (" .. store.phase .. ")", 0
+        end
+        local h = get()
+        if h == nil then
+            store:abort()
+            return false, "state changelog '" .. topic .. "': the Kafka source has not opened it", 0
+        end
+        C.em_changelog_begin(h)
+        local total = 0
+        for _, op in ipairs(store.order) do
+            op.prepared = nil
+            local part, stimes, times = op.part, op.stimes, op.times
+            local function put(k, v)
+                local p = part[k]
+                if p == nil or p < 0 then
+                    return "key " .. show(k) .. " of " .. op.kind .. " '" .. op.name
+                           .. "' came from no Kafka partition"
+                end
+                local key = encode({ op.name, k })
+                local rc
+                if v == nil then
+                    rc = C.em_changelog_put(h, p, key, #key, nil, 0)
+                else
+                    rc = C.em_changelog_put(h, p, key, #key, v, #v)
+                    total = total + #v
+                end
+                total = total + #key
+                if rc ~= 0 then
+                    return "out of memory"
+                end
+            end
+            local err
+            for k, s in pairs(op.staged) do
+                if s == REMOVED then
+                    err = err or put(k, nil)
+                else
+                    err = err or put(k, encode({ s, stimes and (stimes[k] or times[k]) or nil }))
+                end
+            end
+            if stimes then
+                for k, t in pairs(stimes) do
+                    if op.staged[k] == nil and op.committed[k] ~= nil then
+                        err = err or put(k, encode({ op.committed[k], t }))
+                    end
+                end
+            end
+            if err then
+                C.em_changelog_begin(h)
+                store:abort()
+                return false, "state changelog '" .. topic .. "': " .. err, 0
+            end
+        end
+        store.phase = "prepared"
+        store.batch_id = batch_id
+        return true, nil, total
+    end
+
+    -- Entries "u32 klen, key, i32 vlen (-1: removed), value" of partition p,
+    -- in the order written; returns the partition's keys and the entries.
+    local function load(p, data, len)
+        local at, n, keys = 0, 0, 0
+        while at + 8 <= len do
+            local kl = ffi_cast("const uint32_t *", data + at)[0]
+            local key = decode(ffi_string(data + at + 4, kl))
+            at = at + 4 + kl
+            local vl = ffi_cast("const int32_t *", data + at)[0]
+            at = at + 4
+            local op = store.ops[key[1]]
+            if op and op.part then
+                local k = key[2]
+                local had = op.part[k] == p
+                if vl < 0 then
+                    remove_key(op, k)
+                    op.part[k] = nil
+                    keys = keys - (had and 1 or 0)
+                else
+                    local v = decode(ffi_string(data + at, vl))
+                    set_key(op, k, v[1], v[2])
+                    op.part[k] = p
+                    keys = keys + (had and 0 or 1)
+                end
+                n = n + 1
+            end
+            at = at + (vl > 0 and vl or 0)
+        end
+        return keys, n
+    end
+
+    -- Drops the state of every key of partition p.
+    local function drop(p)
+        for _, op in ipairs(store.order) do
+            local part = op.part
+            for k, o in pairs(part) do
+                if o == p then
+                    remove_key(op, k)
+                    part[k] = nil
+                end
+            end
+        end
+    end
+
+    -- Applies what the rebalances queued, in order. Returns nil, or the
+    -- error that stops the job (a partition whose state could not be read).
+    function cl.sync()
+        local h = get()
+        if h == nil then
+            return nil
+        end
+        if store.phase == "applied" then
+            store:maintain()                    -- the last batch merged before any load or drop
+        end
+        while true do
+            local kind = C.em_changelog_take(h, pp, dp, lp)
+            if kind == 0 then
+                return nil
+            end
+            local p = pp[0]
+            local msg
+            if kind == 1 then
+                local t0 = C.em_clock_mono_ms()
+                drop(p)
+                local keys, n = load(p, dp[0], tonumber(lp[0]))
+                ember.log("info", "state changelog: partition " .. p .. ": " .. keys .. " keys "
+                          .. "(" .. n .. " records) loaded in "
+                          .. tonumber(C.em_clock_mono_ms() - t0) .. " ms")
+            elseif kind == 2 then
+                drop(p)
+            else
+                msg = ffi_string(dp[0], lp[0])
+            end
+            C.em_changelog_taken(h)
+            if msg then
+                return msg
+            end
+        end
+    end
+
+    store.changelog = cl
+    return cl
+end
+
+
+return _M
