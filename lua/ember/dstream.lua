@@ -296,6 +296,12 @@ require("ember.join_ops").declare(DStream, {
     new_node = new_node, check_self = check_self, need_pairs = need_pairs, where = where,
 })
 
+-- stream:join(table) and left_outer_join(table): lookups in a reference
+-- table (ember.table_ops wraps the two joins above).
+require("ember.table_ops").declare(DStream, {
+    new_node = new_node, check_self = check_self, need_pairs = need_pairs, where = where,
+})
+
 require("ember.state_ops").declare(DStream, {
     new_node = new_node, check_self = check_self, check_fn = check_fn,
     need_pairs = need_pairs, where = where,

@@ -46,6 +46,7 @@ local collect = require "ember.collect"
 local records = require "ember.records"
 local state_ops = require "ember.state_ops"
 local join_ops = require "ember.join_ops"
+local tables = require "ember.table"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
@@ -406,6 +407,14 @@ function _M.compile(job, host, store)
     return function(view_ptr, batch_id)
         local view = ffi_cast(view_ptr_t, view_ptr)
         ctx.batch_id = batch_id
+        -- Reference tables are loaded (or refreshed) between batches; one
+        -- never loaded makes the batch wait: it is retried, not run.
+        if job.tables then
+            local ready, why = tables.before_batch(job, tonumber(view.time_ms))
+            if not ready then
+                return false, 0, why, false
+            end
+        end
         if store then
             store:begin(batch_id)
         end

@@ -185,4 +185,8 @@ for _, kind in ipairs(SOURCES) do
 end
 
 
+-- job:table{...}: a reference table (ember.table).
+require("ember.table").declare(Job, dstream.where)
+
+
 return _M

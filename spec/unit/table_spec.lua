@@ -1,0 +1,161 @@
+-- Reference tables from a file, and stream:join(table) /
+-- left_outer_join(table): loaded before the first batch, re-read when the
+-- file changes, a missing file makes the batch wait.
+
+local H = require "spec.unit.support.helper"
+
+
+local dir, sink
+
+local JOB = [[
+local ember = require "ember"
+local sink = require "test_sink"
+local job = ember.job { name = "t" }
+local ads = job:table { from = { file = %q }, refresh = "1s",
+                        value = function(field, v) return v ~= "-" and v or nil end }
+job:generator {}
+   :map(function(s) local k, v = s:match("^(%%w+)=(%%w+)$") return k, v end)
+   :%s(ads)
+   :foreach_batch(sink.collect)
+return job
+]]
+
+local function load(kind, path)
+    local desc, err, host = H.load(dir, JOB:format(path, kind), "job")
+    assert(desc, err)
+    return desc, host
+end
+
+-- The last batch's records as "k:v|tv" strings, in order.
+local function out()
+    local t = {}
+    for i, p in ipairs(sink.last()) do
+        t[i] = p[1] .. ":" .. tostring(p[2][1]) .. "|" .. tostring(p[2][2])
+    end
+    return t
+end
+
+before_each(function()
+    dir = H.tmpdir()
+    sink = H.sink()
+end)
+
+after_each(function()
+    H.rm_rf(dir)
+end)
+
+describe("reference tables from a file", function()
+    it("join looks each record up in the table loaded before the first batch", function()
+        local path = dir .. "/ads.tsv"
+        H.write(path, "a\tcamp1\nb\tcamp2\n")
+        local desc = load("join", path)
+        local ok, failed, err = H.run(desc, 1000, { "a=1", "c=2", "b=3", "a=4" })
+        assert.is_true(ok, err)
+        assert.equal(0, failed)
+        assert.same({ "a:1|camp1", "b:3|camp2", "a:4|camp1" }, out())
+    end)
+
+    it("left_outer_join keeps the records whose key the table lacks", function()
+        local path = dir .. "/ads.tsv"
+        H.write(path, "a\tcamp1\n")
+        local desc = load("left_outer_join", path)
+        assert.is_true((H.run(desc, 1000, { "a=1", "c=2" })))
+        assert.same({ "a:1|camp1", "c:2|nil" }, out())
+    end)
+
+    it("updates and deletes apply to the batches after the re-read", function()
+        local path = dir .. "/ads.tsv"
+        H.write(path, "a\tcamp1\nb\tcamp2\n")
+        local desc = load("left_outer_join", path)
+        assert.is_true((H.run(desc, 1000, { "a=1", "b=2" })))
+        assert.same({ "a:1|camp1", "b:2|camp2" }, out())
+        -- a changed, b deleted (a nil value), c added
+        H.write(path, "a\tcamp9\nb\t-\nc\tcamp3\n")
+        -- within the refresh interval: the table is not read again
+        assert.is_true((H.run(desc, 1500, { "a=3", "b=4", "c=5" })))
+        assert.same({ "a:3|camp1", "b:4|camp2", "c:5|nil" }, out())
+        -- past it: read again before this batch
+        assert.is_true((H.run(desc, 2000, { "a=6", "b=7", "c=8" })))
+        assert.same({ "a:6|camp9", "b:7|nil", "c:8|camp3" }, out())
+    end)
+
+    it("a missing file makes the batch wait with a warning, and runs once it is there", function()
+        local path = dir .. "/later.tsv"
+        local desc, host = load("join", path)
+        local ok, failed, err, fatal = H.run(desc, 1000, { "a=1" })
+        assert.is_false(ok)
+        assert.is_false(fatal)
+        assert.equal(0, failed)
+        assert.matches("table 'table 1' %(.*job%.lua:4, file .*later%.tsv%) is not loaded yet", err)
+        assert.matches("the job waits for its first load", err)
+        assert.is_nil(sink.last(), "no batch ran against an empty table")
+        local warned = 0
+        for _, l in ipairs(host.logs) do
+            if l.level == "warn" and l.msg:find("is not loaded yet", 1, true) then
+                warned = warned + 1
+            end
+        end
+        assert.equal(1, warned)
+        H.write(path, "a\tcamp1\n")
+        ok, failed, err = H.run(desc, 1000, { "a=1" })
+        assert.is_true(ok, err)
+        assert.same({ "a:1|camp1" }, out())
+    end)
+
+    it("a file that goes away later keeps the last contents, with one warning", function()
+        local path = dir .. "/ads.tsv"
+        H.write(path, "a\tcamp1\n")
+        local desc, host = load("join", path)
+        assert.is_true((H.run(desc, 1000, { "a=1" })))
+        os.remove(path)
+        assert.is_true((H.run(desc, 2000, { "a=2" })))
+        assert.is_true((H.run(desc, 3000, { "a=3" })))
+        assert.same({ "a:3|camp1" }, out())
+        local warned = 0
+        for _, l in ipairs(host.logs) do
+            if l.level == "warn" and l.msg:find("cannot read its source", 1, true) then
+                warned = warned + 1
+            end
+        end
+        assert.equal(1, warned)
+    end)
+
+    it("a JSON object file, and key and value functions", function()
+        local path = dir .. "/ads.json"
+        H.write(path, '{"a": {"campaign": "c1"}, "b": {"campaign": "c2"}}')
+        local src = ([[
+local ember = require "ember"
+local sink = require "test_sink"
+local job = ember.job { name = "t" }
+local ads = job:table { from = { file = %q, format = "json" },
+                        key = function(f) return f:upper() end,
+                        value = function(f, v) return v.campaign end }
+job:generator {}:map(function(s) return s, 1 end):join(ads):foreach_batch(sink.collect)
+return job
+]]):format(path)
+        local desc, err = H.load(dir, src, "job")
+        assert(desc, err)
+        assert.is_true((H.run(desc, 1000, { "A", "b", "B" })))
+        assert.same({ "A:1|c1", "B:1|c2" }, out())
+    end)
+
+    it("bad declarations fail at the script's line", function()
+        local cases = {
+            { "job:table { from = { redis = 'redis://x', hash = 'h', pattern = 'p' } }",
+              "one of 'hash' or 'pattern'" },
+            { "job:table { from = { file = 'x' }, refresh = 'soon' }", "bad option 'refresh'" },
+            { "job:table { from = { file = 'x' }, key = 3 }", "bad option 'key'" },
+            { "job:table { from = { kafka = 'x' } }", "Kafka topic" },
+            { "job:table { from = {} }", "one of 'redis' or 'file'" },
+            { "job:generator {}:join(job:table { from = { file = 'x' } })",
+              "'join' needs a stream of %(key, value%) pairs" },
+        }
+        for _, c in ipairs(cases) do
+            local src = "local ember = require 'ember'\nlocal job = ember.job {}\n" .. c[1]
+                        .. "\njob:generator {}:print()\nreturn job\n"
+            local desc, err = H.load(dir, src, "bad")
+            assert.is_nil(desc, c[1])
+            assert.matches("bad%.lua:3: .*" .. c[2], err)
+        end
+    end)
+end)
