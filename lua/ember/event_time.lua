@@ -117,9 +117,10 @@ end
 
 -- Operations that keep an element a record's (its event time still the
 -- record's): what may stand between a source and event_time, and between
--- event_time and an event-time window.
+-- event_time and an event-time window. A join with a reference table is
+-- one (a lookup per record, as it passes).
 _M.NARROW = { map = true, filter = true, flat_map = true, map_values = true, union = true,
-              event_time = true }
+              event_time = true, join_table = true, left_outer_join_table = true }
 
 
 -- The job's clock: registered when the job has an event_time node.
