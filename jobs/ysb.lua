@@ -23,7 +23,8 @@
 -- SET <ad> <campaign> keys and the "campaigns" set). Optional:
 -- EMBER_YSB_TOPIC (ad-events), EMBER_YSB_GROUP (ysb), EMBER_YSB_BATCH
 -- (batch interval, 1s), EMBER_YSB_DELAY (watermark delay, 1s),
--- EMBER_YSB_LATENESS (allowed lateness, 10s).
+-- EMBER_YSB_LATENESS (allowed lateness, 10s), EMBER_YSB_FETCH_WAIT_MS
+-- (librdkafka's fetch.wait.max.ms; librdkafka's default when unset).
 local ember = require "ember"
 local ffi = require "ffi"
 
@@ -60,9 +61,11 @@ local job = ember.job { name = "ysb", batch_interval = env("EMBER_YSB_BATCH", "1
 -- every 10 s.
 local ads = job:table { from = { redis = redis_url, hash = "ad_campaign" }, refresh = "10s" }
 
-local windows = job:kafka { brokers = brokers, topic = env("EMBER_YSB_TOPIC", "ad-events"),
-                            group = env("EMBER_YSB_GROUP", "ysb"), start = "earliest",
-                            format = "json" }
+local source = { brokers = brokers, topic = env("EMBER_YSB_TOPIC", "ad-events"),
+                 group = env("EMBER_YSB_GROUP", "ysb"), start = "earliest", format = "json",
+                 ["kafka.fetch.wait.max.ms"] = env("EMBER_YSB_FETCH_WAIT_MS") }
+
+local windows = job:kafka(source)
   :filter(function(e) return e.event_type == "view" end)
   :event_time(function(e) return tonumber(e.event_time) end)
   :with_watermark(tonumber(env("EMBER_YSB_DELAY", "1s")) or env("EMBER_YSB_DELAY", "1s"))

@@ -10,13 +10,17 @@
 --       Redis commands (one per line, for redis-cli): the benchmark's
 --       "campaigns" set and SET <ad_id> <campaign_id> per ad, and the hash
 --       ad_campaign (ad_id -> campaign_id) that jobs/ysb.lua's table reads.
+--   luajit bench/ysb/gen.lua campaigns campaigns.lua
+--       the ad -> campaign table as a Lua table (for bench/kafka_ysb.sh).
 --   luajit bench/ysb/gen.lua events N SPAN_MS events.jsonl expected.txt
 --       N events, one per line, with event times spread evenly over SPAN_MS
 --       from a fixed start (a backlog to read as fast as possible).
 --   luajit bench/ysb/gen.lua paced RATE SECONDS expected.txt > events.jsonl
 --       events at RATE per second for SECONDS, each stamped with the wall
 --       clock when it is written (the benchmark's generator), to stdout;
---       on stderr, at the end: "sent N in S s (R/s)".
+--       on stderr, at the end: "sent N in S s (R/s)". A reader slower than
+--       RATE slows it down (at most 10 ms of events per write): R is the
+--       rate reached.
 --
 -- expected.txt: "<campaign> <window start ms> <views>" per window with
 -- views (10 s tumbling windows), then "views <V>" and "events <N>": what
@@ -112,6 +116,12 @@ if mode == "setup" then
         out[#out + 1] = "HSET ad_campaign " .. ad[1] .. " " .. ad[2]
     end
     io.write(concat(out, "\n"), "\n")
+elseif mode == "campaigns" then
+    local f = assert(io.open(arg[2], "w"))
+    f:write("return {\n")
+    for _, ad in ipairs(ads) do f:write(format("[%q] = %q,\n", ad[1], ad[2])) end
+    f:write("}\n")
+    f:close()
 elseif mode == "events" then
     local n, span, path, expected = tonumber(arg[2]), tonumber(arg[3]), arg[4], arg[5]
     local f = assert(io.open(path, "w"))
@@ -147,6 +157,10 @@ elseif mode == "paced" then
         local now = now_ms()
         if now >= stop then break end
         local due = floor((now - start) * rate / 1000)
+        local most = sent + floor(rate / 100) + 1     -- 10 ms of events at a time: a
+        if due > most then                              -- writer behind sends less, and says so
+            due = most
+        end
         if due > sent then
             local t = tostring(floor(now))
             local tn = tonumber(t)

@@ -10,7 +10,6 @@ local ember = require "ember"
 local ffi = require "ffi"
 
 local tonumber = tonumber
-local floor = math.floor
 
 local function env(name, default)
   local v = os.getenv(name)
@@ -48,7 +47,7 @@ local job = ember.job { name = env("EMBER_YSB_NAME", "ysb_handwritten"),
 
 job:kafka { brokers = brokers, topic = env("EMBER_YSB_TOPIC", "ad-events"),
             group = env("EMBER_YSB_GROUP", "ysb_handwritten"), start = "earliest",
-            format = "json" }
+            format = "json", ["kafka.fetch.wait.max.ms"] = env("EMBER_YSB_FETCH_WAIT_MS") }
   :filter(function(e) return e.event_type == "view" end)
   :map(function(e)
     if not campaign_of then load_campaigns() end
