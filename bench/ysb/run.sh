@@ -5,7 +5,7 @@
 # per-batch HINCRBY) in the same run, on librdkafka's mock cluster
 # (tools/kafka-mock) and a real redis-server.
 #
-#   YSB_EVENTS=3000000 YSB_RATE=500000 YSB_SECONDS=30 bench/ysb/run.sh
+#   YSB_EVENTS=3000000 YSB_RATE="500000 50000" YSB_SECONDS=30 bench/ysb/run.sh
 #   YSB_PHASES=paced YSB_RATE=100000 YSB_BATCH=200ms bench/ysb/run.sh
 #
 # 1. Backlog: YSB_EVENTS events (bench/ysb/gen.lua, event times over 60 s)
@@ -15,18 +15,19 @@
 #    events/s over the same span, peak RSS (/usr/bin/time -v) and whether
 #    every (campaign, window) count in Redis equals what was sent
 #    (bench/ysb/check.lua).
-# The mock cluster answers a fetch only after fetch.wait.max.ms (librdkafka's
-# default 500 ms) even when it has data; the jobs ask for 10 ms.
-# 2. Paced: the generator writes YSB_RATE events/s for YSB_SECONDS, each
+# 2. Paced, for each rate in YSB_RATE (default 500,000 and 50,000): the
+#    generator writes that many events/s for YSB_SECONDS, each
 #    stamped with the wall clock, through kcat while the job runs (batch
 #    interval YSB_BATCH); the rate reached, exactness, and the latency
 #    time_updated - window end (p50, p99) over the windows wholly inside the
 #    run. Generator, broker, Redis and ember share the machine.
+# Both jobs get kafka.fetch.wait.max.ms = 10, as the specs' clients of the
+# mock cluster do (librdkafka's default is 500 ms).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${YSB_EVENTS:-2000000}
 PARTS=${YSB_PARTS:-16}
-RATE=${YSB_RATE:-500000}
+RATES=${YSB_RATE:-500000 50000}   # paced runs, one per rate
 SECS=${YSB_SECONDS:-30}
 BATCH=${YSB_BATCH:-100ms}
 PHASES=${YSB_PHASES:-backlog paced}     # either or both
@@ -52,12 +53,15 @@ wait_for() { # file pattern seconds
 taken() { awk '/ batch [0-9]+: [0-9]+ records/ { match($0, /: [0-9]+ records/);
                  s += substr($0, RSTART + 2, RLENGTH - 10) } END { print s + 0 }' "$1"; }
 
-# Kafka: the backlog topic and one paced topic per job.
+# Kafka: the backlog topic and one paced topic per job and rate.
 mkfifo "$work/mock.in"
 sleep 100000 > "$work/mock.in" &
 pids+=($!)
-tools/kafka-mock --topic "ad-events:$PARTS" --topic "paced-ysb:$PARTS" \
-    --topic "paced-ysb_handwritten:$PARTS" < "$work/mock.in" > "$work/mock.out" 2> "$work/mock.log" &
+topics=(--topic "ad-events:$PARTS")
+for r in $RATES; do
+    topics+=(--topic "paced-ysb-$r:$PARTS" --topic "paced-ysb_handwritten-$r:$PARTS")
+done
+tools/kafka-mock "${topics[@]}" < "$work/mock.in" > "$work/mock.out" 2> "$work/mock.log" &
 pids+=($!)
 wait_for "$work/mock.out" BOOTSTRAP= 10
 B=$(sed -n 's/^BOOTSTRAP=//p' "$work/mock.out")
@@ -133,21 +137,21 @@ for job in ysb:jobs/ysb.lua ysb_handwritten:bench/ysb/handwritten.lua; do
     fi
 done
 
+for RATE in $RATES; do
 for job in ysb:jobs/ysb.lua ysb_handwritten:bench/ysb/handwritten.lua; do
     [[ " $PHASES " == *" paced "* ]] || break
     name=${job%%:*}; script=${job#*:}
     reset_redis
-    start_job "$name" "$script" "paced-$name" "$BATCH" 0
+    start_job "$name" "$script" "paced-$name-$RATE" "$BATCH" 0
     sleep 1 # the first batches: the table loaded, the pool connected
     from=$(date +%s%3N)
     c0=$(cpu_ticks "$epid")
     luajit bench/ysb/gen.lua paced "$RATE" "$SECS" "$work/expected-paced.txt" 2> "$work/gen.txt" |
-        kcat -b "$B" -P -t "paced-$name" -z ${YSB_CODEC:-lz4} -X linger.ms=5 -X batch.num.messages=10000 \
+        kcat -b "$B" -P -t "paced-$name-$RATE" -z ${YSB_CODEC:-lz4} -X linger.ms=5 -X batch.num.messages=10000 \
             -X queue.buffering.max.messages=1000000 -X sticky.partitioning.linger.ms=0
     to=$(date +%s%3N)
     sent=$(awk '$1 == "events" {print $2}' "$work/expected-paced.txt")
     if wait_taken "$name" "$sent" 300; then
-        sleep 1.5 # the batch after the last: the last windows' final write
         c1=$(cpu_ticks "$epid")
         stop_job
         out=$(luajit bench/ysb/check.lua "$work/expected-paced.txt" "$cli" "$from" "$to") || true
@@ -155,4 +159,5 @@ for job in ysb:jobs/ysb.lua ysb_handwritten:bench/ysb/handwritten.lua; do
     else
         stop_job
     fi
+done
 done
