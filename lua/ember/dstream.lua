@@ -302,6 +302,11 @@ require("ember.table_ops").declare(DStream, {
     new_node = new_node, check_self = check_self, need_pairs = need_pairs, where = where,
 })
 
+-- stream:lookup_redis{...}: batched lookups in an external Redis.
+require("ember.lookup").declare(DStream, {
+    new_node = new_node, check_self = check_self, need_pairs = need_pairs, where = where,
+})
+
 require("ember.state_ops").declare(DStream, {
     new_node = new_node, check_self = check_self, check_fn = check_fn,
     need_pairs = need_pairs, where = where,

@@ -47,6 +47,7 @@ local records = require "ember.records"
 local state_ops = require "ember.state_ops"
 local join_ops = require "ember.join_ops"
 local tables = require "ember.table"
+local lookup = require "ember.lookup"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
@@ -189,6 +190,10 @@ function _M.compile(job, host, store)
                 input[node] = c.push
             elseif state_ops.is_stateful(op) then
                 local w = state_ops.make(node, ctx, out, store)
+                input[node] = w.push
+                wides[#wides + 1] = { node = node, w = w, out = out }
+            elseif lookup.is_lookup(op) then
+                local w = lookup.make(node, ctx, fails)
                 input[node] = w.push
                 wides[#wides + 1] = { node = node, w = w, out = out }
             elseif join_ops.is_join(op) then
@@ -357,8 +362,12 @@ function _M.compile(job, host, store)
         -- wide operations, in topological order
         for i = 1, #wides do
             local wd = wides[i]
-            local ok, ka, vb, n = pcall(wd.w.finish)
-            if not ok then
+            local ok, ka, vb, n, io_err, stop = pcall(wd.w.finish)
+            if ok and (io_err or stop) then
+                -- a lookup's server failed (the batch runs again), or
+                -- on_error stopped it
+                return false, io_err
+            elseif not ok then
                 local size = wd.w.size and wd.w.size() or 0
                 if fails:add(ka, batch_note(size)) then
                     return false

@@ -23,11 +23,15 @@
 --                                       string key (other types are skipped)
 --   { file = path [, format = "lines" | "json"] [, separator = "\t"] }
 --       "lines": field<separator>value per line; "json": one JSON object
+--   { kafka = brokers, topic = "name" [, config = { ... }] }
+--       a compacted topic, read to its end, then followed record by record
+--       (ember.table_kafka): refresh does not apply, each batch takes what
+--       came since the last
 --
 -- key(field, value) and value(field, value) make the table's entry (both
--- default to the field and the value). A key or value function that raises,
--- or returns a nil key, skips that entry with a warning naming it. A value
--- of nil leaves the key out: deleted when it was there.
+-- default to the field and the value). A key or value function that raises
+-- skips that entry with a warning naming it; a nil key or a nil value
+-- leaves the entry out (deleted when it was there).
 --
 -- Tables are not checkpointed: a new Lua state (a start, a restart after a
 -- crash, a reload) loads them again from their source, the one place that
@@ -37,6 +41,7 @@ local ffi = require "ffi"
 local redis = require "ember.redis"
 local json = require "ember.json"
 local state_ops = require "ember.state_ops"
+local table_kafka = require "ember.table_kafka"
 
 local C = ffi.C
 local ffi_new = ffi.new
@@ -331,10 +336,15 @@ local function source_of(from, level)
         src.read = read_file
         src.what = "file " .. from.file
     elseif from.kafka ~= nil or from.topic ~= nil then
-        error("bad option 'from' to 'table' (a Kafka topic as a table source is not "
-              .. "available yet; use a Redis hash, a Redis key pattern or a file)", level)
+        local bad = table_kafka.check(from)
+        if bad then
+            error("bad option 'from' to 'table' (" .. bad .. ")", level)
+        end
+        src.kind = "kafka"
+        src.follow = table_kafka.follow
+        src.what = "Kafka topic '" .. from.topic .. "' at " .. from.kafka
     else
-        error("bad option 'from' to 'table' (one of 'redis' or 'file' expected)", level)
+        error("bad option 'from' to 'table' (one of 'redis', 'file' or 'kafka' expected)", level)
     end
     return src
 end
@@ -432,6 +442,7 @@ end
 function Table:build(fields, values, n)
     local kf, vf = self.key_fn, self.value_fn
     local data, size = {}, 0
+    local skipped, first_why = 0, nil
     for i = 1, n do
         local f, v = fields[i], values[i]
         local k, val = f, v
@@ -445,25 +456,65 @@ function Table:build(fields, values, n)
             err = val
         end
         if not ok then
-            self:warn("entry '" .. tostring(f) .. "' skipped: " .. tostring(err))
-        elseif k == nil then
-            if kf then
-                self:warn("entry '" .. tostring(f) .. "' skipped: its key function returned nil")
-            end
-        elseif val ~= nil then
+            skipped = skipped + 1
+            first_why = first_why or ("'" .. tostring(f) .. "': " .. tostring(err))
+        elseif k ~= nil and val ~= nil then
             if data[k] == nil then
                 size = size + 1
             end
             data[k] = val
         end
     end
+    -- One line per read that skips a different number of entries than the
+    -- last, so a bad entry does not log at every refresh.
+    if skipped ~= (self.skipped or 0) and skipped > 0 then
+        self:warn(skipped .. " entr" .. (skipped == 1 and "y" or "ies") .. " skipped, their key "
+                  .. "or value function raised; the first, " .. first_why)
+    end
+    self.skipped = skipped
     return data, size
+end
+
+
+-- A source followed record by record (a Kafka topic): its follow step
+-- updates the contents in place.
+function Table:follow(time)
+    local src = self.source
+    local ok, how = src.follow(src, self)
+    if not ok then
+        if not self.loaded then
+            return nil, self:describe() .. " is not loaded yet (" .. tostring(how)
+                        .. "); the job waits for its first load"
+        end
+        if not self.failing then
+            self.failing = true
+            self:warn("cannot read its source (" .. tostring(how) .. "); joins keep using the "
+                      .. self.size .. " entries read so far")
+        end
+        return true
+    end
+    if self.failing then
+        self.failing = false
+        log("info", self:describe() .. ": its source can be read again")
+    end
+    self.last_read = time
+    if how == "loaded" then
+        self.loaded = true
+        log("info", self:describe() .. ": loaded, " .. self.size .. " entries")
+    elseif (self.set or 0) > 0 or (self.deleted or 0) > 0 then
+        log("debug", self:describe() .. ": followed, " .. self.size .. " entries ("
+                     .. self.set .. " set, " .. self.deleted .. " deleted)")
+    end
+    return true
 end
 
 
 -- Reads the source once; true when the table holds what the source holds.
 function Table:load(time)
     local src = self.source
+    if src.follow then
+        return self:follow(time)
+    end
     local fields, values, n = src.read(src, self)
     if fields == "same" then
         self.last_read = time
@@ -537,7 +588,8 @@ function _M.before_batch(job, time)
     end
     for i = 1, #tables do
         local t = tables[i]
-        if not t.loaded or t.last_read == nil or time - t.last_read >= t.refresh_ms then
+        if not t.loaded or t.last_read == nil or t.source.follow
+                or time - t.last_read >= t.refresh_ms then
             local ok, err = t:load(time)
             if not ok then
                 if not t.waiting then       -- once; the driver logs each retry

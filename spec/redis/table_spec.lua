@@ -63,9 +63,9 @@ describe("reference tables from Redis", function()
         d:stop()
     end)
 
+    -- The list, sorted, once it holds n items (what the check expects).
     local function wait_out(key, n)
         srv:wait_len(d, key, n, 20)
-        -- nothing more comes
         return sorted(srv:lines("LRANGE", key, "0", "-1"))
     end
 
@@ -99,6 +99,23 @@ describe("reference tables from Redis", function()
         assert.equal(0, srv:num("LLEN", "e:in:processing:tables"))
     end)
 
+    it("reads a key pattern over many SCAN pages", function()
+        local cmds = {}
+        for i = 1, 2500 do
+            cmds[#cmds + 1] = { "SET", "ad:" .. i, "v" .. i }
+        end
+        for i = 1, 300 do
+            cmds[#cmds + 1] = { "SET", "other:" .. i, "x" }
+        end
+        srv:pipe(cmds)
+        d:write_job("tables", render(JOB, { url = q(srv.url), table_url = q(srv.url),
+                                            kind = "join" }))
+        d:start { conf = CONF }
+        d:wait_for_log("table 'keys' .*: loaded, 2500 entries", 20)
+        srv:cli("LPUSH", "e:in", "ad1=x", "ad2500=y", "ad2501=z")
+        assert.same({ "ad1|x|v1", "ad2500|y|v2500" }, wait_out("e:keys", 2))
+    end)
+
     it("applies updates and deletes of the table to the records after them", function()
         srv:cli("HSET", "ads", "1", "camp-a", "2", "camp-b")
         d:write_job("tables", render(JOB, { url = q(srv.url), table_url = q(srv.url),
@@ -124,6 +141,26 @@ describe("reference tables from Redis", function()
         srv:cli("DEL", "e:out")
         srv:cli("LPUSH", "e:in", "ad1=x", "ad3=z")
         assert.same({ "ad1|x|nil", "ad3|z|nil" }, wait_out("e:out", 2))
+    end)
+
+    it("is loaded again by the new version of a reloaded job, which joins with it", function()
+        srv:cli("HSET", "ads", "1", "camp-a")
+        d:write_job("tables", render(JOB, { url = q(srv.url), table_url = q(srv.url),
+                                            kind = "join" }))
+        d:start { conf = CONF }
+        d:wait_for_log("table 'ads' .*: loaded, 1 entries", 20)
+        srv:cli("LPUSH", "e:in", "ad1=x", "ad2=y")
+        assert.same({ "ad1|x|CAMP-A" }, wait_out("e:out", 1))
+        srv:cli("HSET", "ads", "2", "camp-b")
+        d:write_job("tables", render(JOB, { url = q(srv.url), table_url = q(srv.url),
+                                            kind = "left_outer_join" }))
+        local mark = d:log_mark()
+        d:signal("HUP")
+        d:wait_for_log("%[tables%] now running the new version", 20, { from = mark })
+        d:wait_for_log("table 'ads' .*: loaded, 2 entries", 20, { from = mark })
+        srv:cli("DEL", "e:out")
+        srv:cli("LPUSH", "e:in", "ad1=x", "ad2=y", "ad3=z")
+        assert.same({ "ad1|x|CAMP-A", "ad2|y|CAMP-B", "ad3|z|nil" }, wait_out("e:out", 3))
     end)
 
     it("waits for a table whose server is down at start, with a warning, and runs no batch "

@@ -139,14 +139,85 @@ return job
         assert.same({ "A:1|c1", "B:1|c2" }, out())
     end)
 
+    it("skips entries whose value function raises, warning once until their number changes",
+       function()
+        local path = dir .. "/ads.tsv"
+        H.write(path, "a\tcamp1\nbad\tx\n")
+        local src = ([[
+local ember = require "ember"
+local sink = require "test_sink"
+local job = ember.job { name = "t" }
+local ads = job:table { from = { file = %q }, refresh = "1s",
+                        value = function(f, v) if f:find("bad") then error("no campaign") end
+                                               return v end }
+job:generator {}:map(function(s) return s, 1 end):left_outer_join(ads):foreach_batch(sink.collect)
+return job
+]]):format(path)
+        local desc, err, host = H.load(dir, src, "job")
+        assert(desc, err)
+        local function warnings()
+            local n, last = 0, nil
+            for _, l in ipairs(host.logs) do
+                if l.level == "warn" and l.msg:find("skipped, their key or value function raised",
+                                                    1, true) then
+                    n, last = n + 1, l.msg
+                end
+            end
+            return n, last
+        end
+        assert.is_true((H.run(desc, 1000, { "a", "bad" })))
+        assert.same({ "a:1|camp1", "bad:1|nil" }, out())
+        local n, msg = warnings()
+        assert.equal(1, n)
+        assert.matches("1 entry skipped, .*the first, 'bad': .*no campaign", msg)
+        H.write(path, "a\tcamp2\nbad\tx\n")           -- read again, still one bad entry
+        assert.is_true((H.run(desc, 2000, { "a" })))
+        assert.same({ "a:1|camp2" }, out())
+        assert.equal(1, (warnings()))
+        H.write(path, "a\tcamp2\nbad\tx\nbad2\ty\n")    -- two now
+        assert.is_true((H.run(desc, 3000, { "a" })))
+        n, msg = warnings()
+        assert.equal(2, n)
+        assert.matches("2 entries skipped", msg)
+    end)
+
+    it("holds a stateful job's batch without staging anything until the table loads", function()
+        local path = dir .. "/ads.tsv"
+        local src = ([[
+local ember = require "ember"
+local sink = require "test_sink"
+local job = ember.job { name = "t" }
+local ads = job:table { from = { file = %q } }
+job:generator {}:map(function(s) return s, 1 end):join(ads)
+   :map_values(function(p) return p[2] end)
+   :update_state_by_key(function(vs, n) return (n or 0) + #vs end, { name = "per_campaign" })
+   :foreach_batch(sink.collect)
+return job
+]]):format(path)
+        local desc, err = H.load(dir, src, "job")
+        assert(desc, err)
+        assert.is_true(desc.stateful)
+        assert(desc.restore(0))
+        local ok, failed, e, fatal = H.run_id(desc, 1, 1000, { "a", "b", "a" })
+        assert.is_false(ok)
+        assert.is_false(fatal)
+        assert.matches("is not loaded yet", e)
+        assert(desc.abort())
+        H.write(path, "a\tc1\nb\tc1\n")
+        H.commit(desc, 1, 1000, { "a", "b", "a" })
+        assert.same({ { "a", 2 }, { "b", 1 } }, sink.last())
+        H.commit(desc, 2, 2000, { "b" })
+        assert.same({ { "a", 2 }, { "b", 2 } }, sink.last())
+    end)
+
     it("bad declarations fail at the script's line", function()
         local cases = {
             { "job:table { from = { redis = 'redis://x', hash = 'h', pattern = 'p' } }",
               "one of 'hash' or 'pattern'" },
             { "job:table { from = { file = 'x' }, refresh = 'soon' }", "bad option 'refresh'" },
             { "job:table { from = { file = 'x' }, key = 3 }", "bad option 'key'" },
-            { "job:table { from = { kafka = 'x' } }", "Kafka topic" },
-            { "job:table { from = {} }", "one of 'redis' or 'file'" },
+            { "job:table { from = { kafka = 'x' } }", "a Kafka source takes topic" },
+            { "job:table { from = {} }", "one of 'redis', 'file' or 'kafka'" },
             { "job:generator {}:join(job:table { from = { file = 'x' } })",
               "'join' needs a stream of %(key, value%) pairs" },
         }
