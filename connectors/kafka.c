@@ -61,10 +61,12 @@
 #include <librdkafka/rdkafka.h>
 
 #include "../core/block.h"
+#include "../core/budget.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
 #include "../core/identity.h"
 #include "../core/log.h"
+#include "../core/pool.h"
 #include "../core/receiver.h"
 
 #define CONSUME_BATCH 1024    /* messages asked of librdkafka per call */
@@ -1523,6 +1525,7 @@ typedef struct producer {
     rd_kafka_t *rk;
     pthread_t poller;
     atomic_int last_err; /* error code last logged (an outage once); 0 after a delivery */
+    em_pool *entry;      /* its entry beside the sink pools (core/pool.h): status, last error */
     struct producer *next;
 } producer;
 
@@ -1551,6 +1554,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         d->err = m->err;
         snprintf(d->why, sizeof d->why, "delivery to %s[%" PRId32 "] failed: %s",
                  rd_kafka_topic_name(m->rkt), m->partition, rd_kafka_err2str(m->err));
+        em_pool_note_error(p->entry, d->why); /* once per batch */
     }
     if (--d->pending == 0)
         pthread_cond_signal(&d->done);
@@ -1624,6 +1628,7 @@ static producer *new_producer(const char *brokers, char *why, size_t len)
         return NULL;
     }
     pthread_setname_np(p->poller, "kafka-sink");
+    p->entry = em_pool_get("kafka", brokers, NULL);
     return p;
 }
 
@@ -1681,7 +1686,21 @@ static void delivery_fail(em_kafka_delivery *d, rd_kafka_resp_err_t e, const cha
  * waiting: their delivery reports come into d. Returns 0, or -1 when one
  * could not be produced (d holds why; the rest are not produced). Safe
  * from any thread; callers share the producer of their brokers string. */
+static int kafka_send_now(em_kafka_delivery *d, const char *brokers, const char *topic_name, uint32_t n,
+                  const char *const *keys, const uint32_t *key_lens, const char *const *values,
+                  const uint32_t *value_lens);
+
 int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_name, uint32_t n,
+                  const char *const *keys, const uint32_t *key_lens, const char *const *values,
+                  const uint32_t *value_lens)
+{
+    em_budget_wait_begin(); /* a full producer queue blocks: the broker's time */
+    int r = kafka_send_now(d, brokers, topic_name, n, keys, key_lens, values, value_lens);
+    em_budget_wait_end();
+    return r;
+}
+
+static int kafka_send_now(em_kafka_delivery *d, const char *brokers, const char *topic_name, uint32_t n,
                   const char *const *keys, const uint32_t *key_lens, const char *const *values,
                   const uint32_t *value_lens)
 {
@@ -1715,6 +1734,7 @@ int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_n
             d->pending--;
             pthread_mutex_unlock(&d->lock);
             snprintf(why, sizeof why, "cannot produce to %s: %s", topic_name, rd_kafka_err2str(e));
+            em_pool_note_error(p->entry, why);
             delivery_fail(d, e, why);
             rc = -1;
             break; /* the rest would fail the batch anyway */
@@ -1726,7 +1746,17 @@ int em_kafka_send(em_kafka_delivery *d, const char *brokers, const char *topic_n
 
 /* Waits for every delivery report d expects, then frees d. Returns 0, or
  * -1 with err holding the first failure. */
+static int kafka_delivery_wait_now(em_kafka_delivery *d, char *err, size_t errlen);
+
 int em_kafka_delivery_wait(em_kafka_delivery *d, char *err, size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
+    int r = kafka_delivery_wait_now(d, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static int kafka_delivery_wait_now(em_kafka_delivery *d, char *err, size_t errlen)
 {
     pthread_mutex_lock(&d->lock);
     while (d->pending > 0)

@@ -40,6 +40,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "../core/buf.h"
+#include "../core/budget.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
 #include "../core/identity.h"
@@ -57,6 +59,7 @@
 #define DEFAULT_PREFETCH 1000
 #define RATE_WINDOW_BATCHES 2.0 /* derived prefetch: two batch intervals at max_rate, see rmq_create() */
 #define CONFIRM_DRAIN_EVERY 1024
+#define LAG_PERIOD_MS 1000   /* how often the queue's depth is asked and told to the receiver */
 
 /* ---- shared: URLs, connections, broker replies ---------------------------------------- */
 
@@ -312,6 +315,8 @@ typedef struct rmq_src {
     amqp_connection_state_t conn; /* NULL when not connected */
     int32_t gen;                  /* generation of conn; 1 for the first */
     uint64_t settled;             /* every tag <= settled of gen is acked or nacked */
+    uint64_t last_tag;            /* the highest delivery tag taken on conn */
+    int64_t lag_at;               /* when the lag was last told (monotonic ms) */
     tag_range *ahead;             /* settled ranges past a gap, folded in when it closes */
     size_t nahead, capahead;
 
@@ -357,6 +362,7 @@ static int fail(rmq_src *s, const char *why, int alive)
         close_connection(s->conn, alive);
         s->conn = NULL;
     }
+    em_receiver_set_lag(s->r, -1, NULL); /* unknown until the next connection tells it */
     if (s->healthy)
         s->delay_ms = s->delay0_ms;
     s->healthy = 0;
@@ -441,6 +447,8 @@ static int connect_src(rmq_src *s, int64_t deadline)
                "no batch held yet; the broker redelivers them", s->name, dropped);
     s->gen++;
     s->settled = 0;
+    s->last_tag = 0;
+    s->lag_at = 0;
     s->nahead = 0;
     s->connected_at = em_clock_mono_ms();
     if (s->down_since && s->ever_connected)
@@ -615,11 +623,56 @@ static int take(rmq_src *s, em_receiver *r, const amqp_envelope_t *e, char *why,
                    .key_len = e->routing_key.len, .ts_ms = ts, .partition = s->gen,
                    .offset = (int64_t)e->delivery_tag, .meta = e->exchange.bytes,
                    .meta_len = e->exchange.len};
+    if (e->delivery_tag > s->last_tag)
+        s->last_tag = e->delivery_tag;
     if (em_receiver_push(r, &rec) == 0)
         return 1;
     em_log(EM_LOG_ERROR, job_of(s), "%s: the receiver refused a %zu-byte message; requeued it",
            s->name, e->message.body.len);
     return settle(s, e->delivery_tag, e->delivery_tag, 0, why, n) == 0 ? 0 : -1;
+}
+
+/* Tells the receiver what the broker holds for this source, at most once a
+ * LAG_PERIOD_MS, from the receiver thread (so never once per record): the
+ * queue's ready messages (queue.declare passive on the consuming channel;
+ * deliveries that arrive meanwhile are queued by librabbitmq for the next
+ * consume) plus the deliveries this consumer took and has not acked yet.
+ * Deliveries still in the socket, not yet taken, are in neither count.
+ * 0, or -1 with why when the channel or the connection failed. */
+static int report_lag(rmq_src *s, char *why, size_t n, int *alive)
+{
+    int64_t now = em_clock_mono_ms();
+    if (s->lag_at && now - s->lag_at < LAG_PERIOD_MS)
+        return 0;
+    s->lag_at = now;
+    amqp_queue_declare_ok_t *q = amqp_queue_declare(s->conn, CHANNEL,
+                                                    amqp_cstring_bytes(s->queue), 1, 0, 0, 0,
+                                                    amqp_empty_table);
+    if (!q) {
+        char text[256];
+        amqp_rpc_reply_t res = amqp_get_rpc_reply(s->conn);
+        *alive = res.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION;
+        reply_text(res, text, sizeof text);
+        snprintf(why, n, "cannot read the depth of queue '%.100s' (queue.declare passive): %s",
+                 s->queue, text);
+        return -1;
+    }
+    uint64_t settled = s->settled;
+    for (size_t i = 0; i < s->nahead; i++)
+        settled += s->ahead[i].hi - s->ahead[i].lo + 1;
+    uint64_t unacked = s->last_tag > settled ? s->last_tag - settled : 0;
+    em_buf b;
+    em_buf_init(&b);
+    em_buf_printf(&b, "[{\"queue\":");
+    em_buf_json_str(&b, s->queue);
+    em_buf_printf(&b, ",\"messages\":%u,\"consumers\":%u,\"unacked\":%llu}]",
+                  (unsigned)q->message_count, (unsigned)q->consumer_count,
+                  (unsigned long long)unacked);
+    em_buf_add(&b, "", 1);
+    em_receiver_set_lag(s->r, (int64_t)q->message_count + (int64_t)unacked,
+                        b.oom ? NULL : b.data);
+    em_buf_free(&b);
+    return 0;
 }
 
 /* Validates the options; never touches the network. The prefetch, unless
@@ -727,6 +780,8 @@ static int rmq_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
     int alive = 1, rc = send_settles(s, why, sizeof why);
     if (rc != 0)
         return fail(s, why, rc == -2);
+    if (report_lag(s, why, sizeof why, &alive) != 0)
+        return fail(s, why, alive);
     uint32_t pushed = 0;
     while (pushed < max) {
         amqp_maybe_release_buffers(s->conn);
@@ -1137,7 +1192,17 @@ int em_rabbitmq_batch_publish(em_rabbitmq_batch *b, const char *rk, size_t rklen
 /* Ends a batch: unless abort, waits until the broker confirmed every
  * message. Gives the connection back to the pool (closed after any error
  * or an abort) and frees b. Returns 0, or -1 with err. Accepts NULL. */
+static int rabbitmq_batch_finish_now(em_rabbitmq_batch *b, int abort, char *err, size_t errlen);
+
 int em_rabbitmq_batch_finish(em_rabbitmq_batch *b, int abort, char *err, size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
+    int r = rabbitmq_batch_finish_now(b, abort, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static int rabbitmq_batch_finish_now(em_rabbitmq_batch *b, int abort, char *err, size_t errlen)
 {
     if (!b)
         return -1;
@@ -1155,7 +1220,10 @@ int em_rabbitmq_batch_finish(em_rabbitmq_batch *b, int abort, char *err, size_t 
         rc = -1;
     }
     /* After a failure or an abort, confirms may still be on their way:
-     * a fresh connection is simpler than telling them apart. */
+     * a fresh connection is simpler than telling them apart. A dead socket
+     * is the pool's last error (a nack or a return is the batch's only). */
+    if (b->failed && b->sc->dead)
+        em_pool_note_error(b->pool, b->err);
     em_pool_return(b->pool, b->sc, rc != 0);
     free(b->done);
     free(b->exchange);

@@ -40,6 +40,8 @@
 #include <unistd.h>
 
 #include "../core/block.h"
+#include "../core/budget.h"
+#include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
 #include "../core/identity.h"
@@ -54,6 +56,8 @@
 #define FIRST_DELAY_MS 1000
 #define MAX_DELAY_MS 30000
 #define XACK_CHUNK 1000       /* ids per XACK command */
+#define LAG_PERIOD_MS 1000    /* how often the backlog is asked and told to the receiver */
+#define LAG_RETRY_MS 60000    /* after the server refused the lag's command */
 
 /* ------------------------------------------------------------------ URLs */
 
@@ -543,6 +547,8 @@ typedef struct redis_src {
     ikey resume;         /* ... the last entry its committed state holds */
     int64_t claim_at;    /* stream: when the next XAUTOCLAIM scan starts */
     char claim_from[48]; /* its cursor; "0-0" at the start of a scan */
+    int64_t lag_at;      /* when the lag was last told (monotonic ms; 0: never) */
+    int lag_warned;      /* the server refused the lag's command on this connection (logged) */
     sbuf json;
 
     track *track; /* what is in flight (list and stream modes), shared */
@@ -808,6 +814,7 @@ static void drop_conn(redis_src *s)
     if (s->c)
         redisFree(s->c);
     s->c = NULL;
+    s->lag_warned = 0;
     if (s->recov)
         freeReplyObject(s->recov);
     s->recov = NULL;
@@ -1306,6 +1313,131 @@ static int pubsub_poll(redis_src *s, em_receiver *r, uint32_t want, int *fault)
 
 static int flush_acks_locked(redis_src *s);
 
+/* A reply's integer field of a flat map reply (XINFO GROUPS): 1 and *v, 0
+ * when absent or nil. */
+static int map_int(const redisReply *m, const char *name, long long *v)
+{
+    for (size_t i = 0; m->type == REDIS_REPLY_ARRAY && i + 1 < m->elements; i += 2) {
+        const redisReply *k = m->element[i], *x = m->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING && k->type != REDIS_REPLY_STATUS)
+            continue;
+        if (strcmp(k->str, name) != 0)
+            continue;
+        if (x->type != REDIS_REPLY_INTEGER)
+            return 0;
+        *v = x->integer;
+        return 1;
+    }
+    return 0;
+}
+
+/* The server refused the lag's command (an ACL without LLEN or XINFO, say):
+ * the source reads on, the lag is unknown, asked again in a minute; one
+ * warning per connection. */
+static void lag_refused(redis_src *s, em_receiver *r, const char *cmd, const redisReply *rep)
+{
+    if (!s->lag_warned)
+        em_log(EM_LOG_WARN, s->job, "%s: lag not reported: %s failed: %s", s->name, cmd,
+               rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+    s->lag_warned = 1;
+    s->lag_at = em_clock_mono_ms() + LAG_RETRY_MS;
+    em_receiver_set_lag(r, -1, NULL);
+}
+
+/* Tells the receiver what Redis holds beyond what was acknowledged, at most
+ * once a LAG_PERIOD_MS, on the receiver's own connection between reads (so
+ * never once per record). list: the list's length plus its processing
+ * list's (LLEN both). stream: the group's pending entries plus its lag, the
+ * entries not yet delivered to it (XINFO GROUPS, Redis 7; without a lag,
+ * or when Redis cannot tell it, the total is unknown and the detail has
+ * the pending count only). pubsub holds nothing. While the connection is
+ * down the lag is unknown. -1 after outage(). */
+static int report_lag(redis_src *s, em_receiver *r)
+{
+    int64_t now = em_clock_mono_ms();
+    if (!s->c && s->lag_at) { /* down: Redis cannot tell, and the last figure grows stale */
+        em_receiver_set_lag(r, -1, NULL);
+        s->lag_at = 0;
+    }
+    if (s->mode == PUBSUB || !s->c || (s->lag_at && now - s->lag_at < LAG_PERIOD_MS))
+        return 0;
+    s->lag_at = now;
+    em_buf b;
+    em_buf_init(&b);
+    int64_t total = -1;
+    if (s->mode == LIST) {
+        const char *a1[] = {"LLEN", s->key}, *a2[] = {"LLEN", s->processing};
+        redisAppendCommandArgv(s->c, 2, a1, NULL);
+        redisAppendCommandArgv(s->c, 2, a2, NULL);
+        redisReply *rep[2] = {NULL, NULL};
+        for (int i = 0; i < 2; i++) /* both replies, so the connection stays in step */
+            if (redisGetReply(s->c, (void **)&rep[i]) != REDIS_OK || !rep[i]) {
+                if (i == 1)
+                    freeReplyObject(rep[0]);
+                em_buf_free(&b);
+                return reply_fault(s, "LLEN", NULL);
+            }
+        for (int i = 0; i < 2; i++)
+            if (rep[i]->type != REDIS_REPLY_INTEGER) {
+                lag_refused(s, r, "LLEN", rep[i]);
+                freeReplyObject(rep[0]);
+                freeReplyObject(rep[1]);
+                em_buf_free(&b);
+                return 0;
+            }
+        total = rep[0]->integer + rep[1]->integer;
+        em_buf_printf(&b, "[{\"key\":");
+        em_buf_json_str(&b, s->key);
+        em_buf_printf(&b, ",\"length\":%lld,\"processingKey\":", rep[0]->integer);
+        em_buf_json_str(&b, s->processing);
+        em_buf_printf(&b, ",\"processingLength\":%lld}]", rep[1]->integer);
+        freeReplyObject(rep[0]);
+        freeReplyObject(rep[1]);
+    } else {
+        const char *argv[] = {"XINFO", "GROUPS", s->key};
+        redisReply *rep = command(s, 3, argv);
+        if (!rep) {
+            em_buf_free(&b);
+            return reply_fault(s, "XINFO GROUPS", NULL);
+        }
+        if (rep->type != REDIS_REPLY_ARRAY) {
+            lag_refused(s, r, "XINFO GROUPS", rep);
+            freeReplyObject(rep);
+            em_buf_free(&b);
+            return 0;
+        }
+        for (size_t i = 0; i < rep->elements; i++) {
+            const redisReply *g = rep->element[i];
+            const redisReply *name = g->type == REDIS_REPLY_ARRAY && g->elements >= 2
+                                         ? g->element[1] : NULL;
+            if (!name || name->type != REDIS_REPLY_STRING || strcmp(name->str, s->group) != 0)
+                continue;
+            long long pending = 0, lag = 0;
+            int has_pending = map_int(g, "pending", &pending), has_lag = map_int(g, "lag", &lag);
+            if (has_pending && has_lag)
+                total = pending + lag;
+            em_buf_printf(&b, "[{\"stream\":");
+            em_buf_json_str(&b, s->key);
+            em_buf_printf(&b, ",\"group\":");
+            em_buf_json_str(&b, s->group);
+            if (has_pending)
+                em_buf_printf(&b, ",\"pending\":%lld", pending);
+            else
+                em_buf_printf(&b, ",\"pending\":null");
+            if (has_lag)
+                em_buf_printf(&b, ",\"lag\":%lld}]", lag);
+            else
+                em_buf_printf(&b, ",\"lag\":null}]");
+            break;
+        }
+        freeReplyObject(rep);
+    }
+    em_buf_add(&b, "", 1);
+    em_receiver_set_lag(r, total, b.oom || b.len <= 1 ? NULL : b.data);
+    em_buf_free(&b);
+    return 0;
+}
+
 /* Reads at most max records (and at most `count`), waiting up to `block`
  * for the first. Returns the count pushed, 0 while waiting out a reconnect
  * delay, -1 when the connection failed (logged once per outage). */
@@ -1317,6 +1449,8 @@ static int redis_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
             flush_acks_locked(s);
         pthread_mutex_unlock(&s->ack_lock);
     }
+    if (report_lag(s, r) != 0)
+        return -1;
     if (max == 0) /* held: read nothing */
         return 0;
     int c = ensure_conn(s, em_clock_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0));
@@ -1670,6 +1804,7 @@ typedef struct em_redis_conn {
     redisContext *c;
     em_pool *pool;
     char name[320]; /* the URL without password */
+    char io_err[256]; /* the I/O failure that broke it, for the pool's last error */
 } em_redis_conn;
 
 static void *pool_connect(const char *url, char *err, size_t errlen)
@@ -1751,11 +1886,17 @@ em_redis_conn *em_redis_borrow(const char *url, int timeout_ms, char *err, size_
     }
 }
 
-/* broken = 1 after an I/O error: the connection is closed, not reused. */
+/* broken = 1 after an I/O error: the connection is closed, not reused,
+ * and the failure's text becomes the pool's last error. */
 void em_redis_release(em_redis_conn *c, int broken)
 {
-    if (c)
-        em_pool_return(c->pool, c, broken || c->c->err);
+    if (!c)
+        return;
+    if (c->io_err[0])
+        em_pool_note_error(c->pool, c->io_err);
+    else if (c->c->err)
+        em_pool_note_error(c->pool, c->c->errstr);
+    em_pool_return(c->pool, c, broken || c->c->err);
 }
 
 const char *em_redis_conn_name(const em_redis_conn *c) { return c->name; }
@@ -1765,7 +1906,19 @@ const char *em_redis_conn_name(const em_redis_conn *c) { return c->name; }
  * 0-based index of the first and err its text (every reply was still read,
  * so the connection stays usable); -2 on an I/O failure, err saying what
  * (release the connection broken). */
+static int redis_pipeline_now(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
+                      char *err, size_t errlen);
+
 int em_redis_pipeline(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
+                      char *err, size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
+    int r = redis_pipeline_now(c, cmds, len, n, failed, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static int redis_pipeline_now(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
                       char *err, size_t errlen)
 {
     *failed = -1;
@@ -1779,6 +1932,7 @@ int em_redis_pipeline(em_redis_conn *c, const char *cmds, size_t len, int n, int
             char why[200];
             io_error(c->c, c->name, why, sizeof why);
             snprintf(err, errlen, "%s (after %d of %d replies)", why, i, n);
+            snprintf(c->io_err, sizeof c->io_err, "%s", err);
             return -2;
         }
         if (rep->type == REDIS_REPLY_ERROR && *failed < 0) {
@@ -1793,7 +1947,19 @@ int em_redis_pipeline(em_redis_conn *c, const char *cmds, size_t len, int n, int
 /* Sends one command in RESP and returns its reply in *reply (to walk with
  * em_redis_reply_* and free with em_redis_reply_free; an error reply is a
  * reply). Returns 0, or -2 and err on an I/O failure. */
+static int redis_call_now(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
+                  size_t errlen);
+
 int em_redis_call(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
+                  size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
+    int r = redis_call_now(c, cmd, len, reply, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static int redis_call_now(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
                   size_t errlen)
 {
     *reply = NULL;
@@ -1803,6 +1969,7 @@ int em_redis_call(em_redis_conn *c, const char *cmd, size_t len, void **reply, c
     }
     if (redisGetReply(c->c, reply) != REDIS_OK) {
         io_error(c->c, c->name, err, errlen);
+        snprintf(c->io_err, sizeof c->io_err, "%s", err);
         *reply = NULL;
         return -2;
     }

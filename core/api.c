@@ -191,7 +191,19 @@ static void json_job(em_buf *o, const em_snap_job *j)
                   j->paused ? "true" : "false", j->held ? "true" : "false",
                   j->blocked ? "true" : "false", j->reload_pending ? "true" : "false");
     json_rate(o, j->rate);
-    em_buf_printf(o, ",\"lateRecords\":null,\"stateSize\":null,\"lastError\":");
+    em_buf_printf(o, ",\"maxRate\":");
+    json_rate(o, j->max_rate);
+    em_buf_printf(o, ",\"lateRecords\":");
+    if (t->late_records >= 0)
+        em_buf_printf(o, "%lld", (long long)t->late_records);
+    else
+        em_buf_add(o, "null", 4);
+    em_buf_printf(o, ",\"stateSize\":");
+    if (t->state_bytes >= 0)
+        em_buf_printf(o, "%lld", (long long)t->state_bytes);
+    else
+        em_buf_add(o, "null", 4);
+    em_buf_printf(o, ",\"lastError\":");
     if (t->last_error_ms)
         em_buf_json_str(o, t->last_error);
     else
@@ -476,14 +488,23 @@ void em_api_status_text(const em_snapshot *s, em_buf *o)
         em_buf_printf(o, "%-20.20s %-9s %10.0f %12llu %9s %9s %9s %8llu %7zu\n", j->name,
                       j->state, a.input_rate, (unsigned long long)j->sum.records, sd, pt, td,
                       (unsigned long long)j->sum.failed, j->waiting);
+        if (j->sum.state_bytes >= 0 || j->sum.late_records >= 0) {
+            em_buf_printf(o, "  state:");
+            if (j->sum.state_bytes >= 0)
+                em_buf_printf(o, " %lld bytes", (long long)j->sum.state_bytes);
+            if (j->sum.late_records >= 0)
+                em_buf_printf(o, "%s %lld late records", j->sum.state_bytes >= 0 ? "," : "",
+                              (long long)j->sum.late_records);
+            em_buf_printf(o, "\n");
+        }
         if (j->sum.last_error_ms)
             em_buf_printf(o, "  last error: %.200s\n", j->sum.last_error);
     }
     for (size_t i = 0; i < s->nbroken; i++)
         em_buf_printf(o, "%-20.20s %-9s %.200s\n", s->broken[i].path,
                       s->broken[i].disabled ? "disabled" : "error", s->broken[i].error);
-    em_buf_printf(o, "\n%-28s %-8s %12s %10s %-10s %s\n", "SOURCE", "ACTIVE", "RECORDS", "LIMIT/s",
-                  "PAUSED", "LAST ERROR");
+    em_buf_printf(o, "\n%-28s %-8s %12s %10s %10s %-10s %s\n", "SOURCE", "ACTIVE", "RECORDS",
+                  "LIMIT/s", "LAG", "PAUSED", "LAST ERROR");
     for (size_t i = 0; i < s->njobs; i++)
         for (size_t k = 0; k < s->jobs[i].nreceivers; k++) {
             const em_snap_job *j = &s->jobs[i];
@@ -496,11 +517,27 @@ void em_api_status_text(const em_snapshot *s, em_buf *o)
                 snprintf(lim, sizeof lim, "%.0f", r->st.rate);
             else
                 snprintf(lim, sizeof lim, "-");
-            em_buf_printf(o, "%-28.28s %-8s %12llu %10s %-10.10s %.120s\n", id,
+            char lag[24];
+            if (r->st.lag >= 0)
+                snprintf(lag, sizeof lag, "%lld", (long long)r->st.lag);
+            else
+                snprintf(lag, sizeof lag, "-");
+            em_buf_printf(o, "%-28.28s %-8s %12llu %10s %10s %-10.10s %.120s\n", id,
                           r->st.active ? (r->st.failing_since_ms ? "failing" : "yes") : "no",
-                          (unsigned long long)r->st.records, lim, why ? why : "-",
+                          (unsigned long long)r->st.records, lim, lag, why ? why : "-",
                           r->st.last_error_ms ? r->st.last_error : "-");
         }
+    if (s->npools)
+        em_buf_printf(o, "\n%-40s %5s %5s %10s %9s %s\n", "SINK POOL", "OPEN", "IDLE", "BORROWS",
+                      "IO ERRORS", "LAST I/O ERROR");
+    for (size_t i = 0; i < s->npools; i++) {
+        const em_pool_stats *p = &s->pools[i];
+        char name[128];
+        snprintf(name, sizeof name, "%.31s %.80s", p->kind, p->endpoint);
+        em_buf_printf(o, "%-40.40s %5d %5d %10llu %9llu %.160s\n", name, p->open, p->idle,
+                      (unsigned long long)p->borrows, (unsigned long long)p->io_errors,
+                      p->last_io_error_ms ? p->last_io_error : "-");
+    }
 }
 
 void em_api_pools(const em_snapshot *s, em_buf *out)
@@ -514,15 +551,23 @@ void em_api_pools(const em_snapshot *s, em_buf *out)
         em_buf_json_str(out, p->endpoint);
         em_buf_printf(out, ",\"open\":%d,\"idle\":%d,\"max\":%d,\"borrows\":%llu,"
                       "\"waits\":%llu,\"connectFailures\":%llu,\"broken\":%llu,"
-                      "\"lastError\":", p->open, p->idle, p->max,
+                      "\"ioErrors\":%llu,\"lastError\":", p->open, p->idle, p->max,
                       (unsigned long long)p->borrows, (unsigned long long)p->waits,
-                      (unsigned long long)p->connect_failures, (unsigned long long)p->broken);
+                      (unsigned long long)p->connect_failures, (unsigned long long)p->broken,
+                      (unsigned long long)p->io_errors);
         if (p->last_error_ms)
             em_buf_json_str(out, p->last_error);
         else
             em_buf_add(out, "null", 4);
         em_buf_printf(out, ",\"lastErrorTime\":");
         em_buf_json_time(out, p->last_error_ms);
+        em_buf_printf(out, ",\"lastIoError\":");
+        if (p->last_io_error_ms)
+            em_buf_json_str(out, p->last_io_error);
+        else
+            em_buf_add(out, "null", 4);
+        em_buf_printf(out, ",\"lastIoErrorTime\":");
+        em_buf_json_time(out, p->last_io_error_ms);
         em_buf_add(out, "}", 1);
     }
     em_buf_add(out, "]", 1);

@@ -34,6 +34,10 @@ static em_budget *watched;
 static int64_t default_memory;
 static int64_t default_timeout = -1;
 static int64_t default_interval = 1000;
+/* The batch this thread runs, for em_budget_wait_begin/end. */
+static _Thread_local em_budget *current;
+static _Thread_local int waits;
+static _Thread_local int64_t wait_left, wait_since;
 
 void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
                             int64_t batch_interval_ms)
@@ -211,6 +215,8 @@ void em_budget_begin(em_budget *b)
     b->where[0] = '\0';
     b->refused = 0;
     b->running = 1;
+    current = b;
+    waits = 0;
     if (!b->timeout_ms)
         return;
     pthread_once(&once, start_watchdog);
@@ -241,6 +247,7 @@ em_budget_breach em_budget_end(em_budget *b, char *where, size_t wherelen)
     }
     /* No watchdog sets the hook after this point. */
     b->running = 0;
+    current = NULL;
     em_budget_breach why = (em_budget_breach)atomic_load(&b->breach);
     if (why)
         lua_sethook(b->L, NULL, 0, 0);
@@ -249,6 +256,32 @@ em_budget_breach em_budget_end(em_budget *b, char *where, size_t wherelen)
     if (where)
         snprintf(where, wherelen, "%s", why ? b->where : "");
     return why;
+}
+
+void em_budget_wait_begin(void)
+{
+    em_budget *b = current;
+    if (!b || waits++ || !b->timeout_ms)
+        return;
+    pthread_mutex_lock(&lock);
+    wait_since = mono_ms();
+    wait_left = b->deadline ? b->deadline - wait_since : 0; /* 0: already past */
+    if (b->deadline)
+        b->deadline = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+void em_budget_wait_end(void)
+{
+    em_budget *b = current;
+    if (!b || !waits || --waits || !b->timeout_ms || !wait_left)
+        return;
+    pthread_mutex_lock(&lock);
+    int64_t now = mono_ms();
+    b->due += now - wait_since;
+    b->deadline = now + wait_left;
+    pthread_cond_signal(&wake);
+    pthread_mutex_unlock(&lock);
 }
 
 void em_budget_free(em_budget *b) { free(b); }

@@ -52,6 +52,13 @@ void em_budget_set_job_file(em_budget *b, const char *path);
  * (file:line, or "") in where. */
 void em_budget_begin(em_budget *b);
 em_budget_breach em_budget_end(em_budget *b, char *where, size_t wherelen);
+/* Around a wait on a sink's server (a pooled connection, replies,
+ * confirms, delivery reports) on the thread running a batch: the deadline
+ * stops meanwhile. Those waits have timeouts of their own, and a batch
+ * that waits out a broker's outage must be retried, not stopped as a
+ * runaway. They nest; outside a batch they do nothing. */
+void em_budget_wait_begin(void);
+void em_budget_wait_end(void);
 /* The most the state would have held when the cap was hit. */
 size_t em_budget_refused(const em_budget *b);
 /* How long after its deadline the last timed-out batch had unwound (ms). */

@@ -84,7 +84,8 @@ static const em_option keys[] = {
      "/readyz fails after this many batches in a row took longer than their interval"},
     {"run.pidFile", EM_OPT_STRING, NULL, "the PID file ember run writes (default: <checkpoint.dir>/ember.pid)"},
     {"run.supervise", EM_OPT_BOOL, "false",
-     "restart a job stopped by on_error = \"fail\" from its file (--supervise)"},
+     "start the driver again after a crash, and restart a job stopped by on_error = \"fail\" "
+     "from its file (--supervise; read at start)"},
     {NULL, 0, NULL, NULL},
 };
 

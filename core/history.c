@@ -32,6 +32,7 @@ em_history *em_history_create(size_t capacity)
     }
     atomic_init(&h->refs, 1);
     pthread_mutex_init(&h->lock, NULL);
+    h->t.late_records = h->t.state_bytes = -1;
     return h;
 }
 
@@ -79,6 +80,14 @@ void em_history_set_error(em_history *h, int64_t when_ms, const char *err)
     pthread_mutex_lock(&h->lock);
     snprintf(h->t.last_error, sizeof h->t.last_error, "%s", err);
     h->t.last_error_ms = when_ms;
+    pthread_mutex_unlock(&h->lock);
+}
+
+void em_history_set_state(em_history *h, int64_t late_records, int64_t state_bytes)
+{
+    pthread_mutex_lock(&h->lock);
+    h->t.late_records = late_records;
+    h->t.state_bytes = state_bytes;
     pthread_mutex_unlock(&h->lock);
 }
 

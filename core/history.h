@@ -43,6 +43,8 @@ typedef struct em_history_sum {
     uint32_t late_in_a_row; /* latest batches in a row whose processing took over their interval */
     char last_error[512];   /* "" when no batch failed yet */
     int64_t last_error_ms;
+    int64_t late_records;   /* records event-time windows found late, in the job's state; -1: no event time */
+    int64_t state_bytes;    /* bytes of keyed state its operators hold; -1: a job without state */
 } em_history_sum;
 
 typedef struct em_history em_history;
@@ -53,6 +55,10 @@ void em_history_add(em_history *h, const em_batch_info *info);
 /* The first error of a batch that had one (a failed record, an output that
  * could not deliver): kept as the job's last error. */
 void em_history_set_error(em_history *h, int64_t when_ms, const char *err);
+/* What the job's state holds after a batch, as the worker that ran it read
+ * it from the job's Lua state (the API never enters it): late records and
+ * state bytes, -1 each when the job has no event time, no state. */
+void em_history_set_state(em_history *h, int64_t late_records, int64_t state_bytes);
 /* Copies up to max of the newest entries, newest first; returns the count. */
 size_t em_history_recent(em_history *h, em_batch_info *out, size_t max);
 size_t em_history_capacity(const em_history *h);

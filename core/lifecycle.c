@@ -209,6 +209,9 @@ static void record(em_batch *b, const em_batch_result *res, int ok, int64_t end,
     info.pool_wait_ms = pools.wait_ms;
     em_history_add(j->history, &info);
     em_history_set_error(j->history, end, res->err);
+    if (b->version->desc->stateful) /* this worker holds the job's Lua state now */
+        em_history_set_state(j->history, em_luahost_late_records(b->version->host),
+                             (int64_t)em_luahost_state_bytes(b->version->host));
     if (b->first_of_reload)
         em_log(EM_LOG_INFO, j->name, "first batch of the new version done %lld ms after the reload",
                (long long)(end - b->version->reload_ms));

@@ -472,6 +472,17 @@ uint64_t em_luahost_state_bytes(em_luahost *h)
     return total;
 }
 
+int64_t em_luahost_late_records(em_luahost *h)
+{
+    if (!push_state_fn(h, "late_records"))
+        return -1;
+    int64_t n = -1;
+    if (lua_pcall(h->L, 0, 1, 0) == 0 && lua_isnumber(h->L, -1))
+        n = (int64_t)lua_tonumber(h->L, -1);
+    lua_settop(h->L, 0);
+    return n;
+}
+
 void em_luahost_free(em_luahost *h)
 {
     if (!h)

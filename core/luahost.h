@@ -94,6 +94,9 @@ int em_luahost_check_migrate(em_luahost *h, uint64_t committed_id,
                              const char *old_state_version, char *err, size_t errlen);
 /* Bytes of state the job's operators hold, in all. */
 uint64_t em_luahost_state_bytes(em_luahost *h);
+/* Records its event-time windows found late since its state began; -1 for
+ * a job without event time. */
+int64_t em_luahost_late_records(em_luahost *h);
 /* Bytes the job's Lua state holds now, and its cap (0: none). */
 size_t em_luahost_memory_used(const em_luahost *h);
 int64_t em_luahost_memory_cap(const em_luahost *h);

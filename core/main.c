@@ -19,6 +19,7 @@
 #include "http.h"
 #include "metrics.h"
 #include "snapshot.h"
+#include "supervise.h"
 #include "config.h"
 #include "deadletters.h"
 #include "driver.h"
@@ -180,8 +181,9 @@ static int load_config(em_config *cfg, int argc, char **argv, const char **confi
             continue;
         }
         if (strcmp(flag, "--supervise") == 0) {
-            em_log(EM_LOG_INFO, NULL, "--supervise: run.supervise = true (a job stopped by "
-                   "on_error = \"fail\" is restarted from its file)");
+            em_log(EM_LOG_INFO, NULL, "--supervise: run.supervise = true (a driver that crashes "
+                   "is started again, and a job stopped by on_error = \"fail\" is restarted "
+                   "from its file)");
             if (em_config_set(cfg, "run.supervise=true", err, errlen) != 0)
                 return -1;
             continue;
@@ -363,6 +365,8 @@ static int run(int argc, char **argv)
     em_log_set_id(cfg->ember_id);
     em_pool_set_default_size(cfg->pool_size);
     em_budget_set_defaults(cfg->job_memory, cfg->job_batch_timeout_ms, cfg->batch_interval_ms);
+    if (cfg->supervise) /* the parent stays there for good (logging to stderr); the driver goes on */
+        em_supervise();
     if (cfg->log_file[0] && em_log_open_file(cfg->log_file, cfg->log_rolling_strategy,
                                              cfg->log_rolling_interval,
                                              cfg->log_rolling_max_retained) != 0) {

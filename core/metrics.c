@@ -50,12 +50,20 @@ static double v_up(const em_snap_job *j)
     return strcmp(j->state, "running") == 0 || strcmp(j->state, "paused") == 0;
 }
 
+static double v_late_records(const em_snap_job *j) { return (double)j->sum.late_records; }
+static double v_state_bytes(const em_snap_job *j) { return (double)j->sum.state_bytes; }
+
 static void per_job(em_buf *o, const em_snapshot *s, const char *name, const char *type,
                     const char *help, job_value fn)
 {
     family(o, name, type, help);
-    for (size_t i = 0; i < s->njobs; i++)
-        job_sample(o, name, &s->jobs[i], fn(&s->jobs[i]));
+    for (size_t i = 0; i < s->njobs; i++) {
+        double v = fn(&s->jobs[i]);
+        /* late records and state size: -1 for a job without event time or state */
+        if (v < 0 && (fn == v_late_records || fn == v_state_bytes))
+            continue;
+        job_sample(o, name, &s->jobs[i], v);
+    }
 }
 
 static void histogram(em_buf *o, const em_snapshot *s, const char *name, const char *help,
@@ -120,7 +128,8 @@ static void pool_family(em_buf *o, const em_snapshot *s, const char *name, const
     for (size_t i = 0; i < s->npools; i++) {
         const em_pool_stats *p = &s->pools[i];
         double v = which == 0 ? p->open : which == 1 ? p->idle : which == 2 ? (double)p->borrows
-                 : which == 3 ? (double)p->waits : (double)p->connect_failures;
+                 : which == 3 ? (double)p->waits : which == 4 ? (double)p->connect_failures
+                 : (double)p->io_errors;
         em_buf_printf(o, "%s{kind=", name);
         label(o, p->kind);
         em_buf_printf(o, ",endpoint=");
@@ -171,6 +180,8 @@ void em_metrics_write(const em_snapshot *s, em_buf *o)
     per_job(o, s, "ember_job_late_batches", "gauge", "Latest batches in a row that took longer than their interval.", v_late);
     per_job(o, s, "ember_job_rate_limit_records_per_second", "gauge", "Sum of the receivers' rates in force (0: unlimited).", v_rate);
     per_job(o, s, "ember_job_batch_interval_seconds", "gauge", "The job's batch interval.", v_interval);
+    per_job(o, s, "ember_job_late_records_total", "counter", "Records event-time windows found late, since the job's state began (jobs with event time).", v_late_records);
+    per_job(o, s, "ember_job_state_bytes", "gauge", "Bytes of keyed state the job's operators hold, after its latest batch (stateful jobs).", v_state_bytes);
     histogram(o, s, "ember_batch_processing_seconds", "Time from a worker starting a batch to every output finishing.", 0);
     histogram(o, s, "ember_batch_total_delay_seconds", "Time from a batch's time to every output finishing.", 1);
 
@@ -179,12 +190,13 @@ void em_metrics_write(const em_snapshot *s, em_buf *o)
     pool_family(o, s, "ember_pool_borrows_total", "counter", "Connections borrowed from a sink pool.", 2);
     pool_family(o, s, "ember_pool_waits_total", "counter", "Borrows that waited for a free connection.", 3);
     pool_family(o, s, "ember_pool_connect_failures_total", "counter", "Connections a sink pool failed to open.", 4);
+    pool_family(o, s, "ember_pool_io_errors_total", "counter", "I/O errors on connections of a sink pool in use (a broken socket, a failed delivery).", 5);
     per_receiver(o, s, "ember_receiver_records_total", "counter", "Records a receiver took in.", r_records);
     per_receiver(o, s, "ember_receiver_bytes_total", "counter", "Bytes (values, keys, metadata) a receiver took in.", r_bytes);
     per_receiver(o, s, "ember_receiver_active", "gauge", "1 while the receiver's thread reads.", r_active);
     per_receiver(o, s, "ember_receiver_paused", "gauge", "1 while the receiver does not read (rate, waiting batches, memory.max, a paused job).", r_paused);
     per_receiver(o, s, "ember_receiver_failing", "gauge", "1 while the receiver's source keeps failing (connection lost).", r_failing);
-    per_receiver(o, s, "ember_receiver_lag_records", "gauge", "Records the broker holds beyond what was acknowledged (Kafka: high watermark minus committed offset, summed over partitions).", r_lag);
+    per_receiver(o, s, "ember_receiver_lag_records", "gauge", "Records the broker holds beyond what was acknowledged (Kafka: high watermark minus committed offset, summed over partitions; Redis: list and processing list lengths, or a stream group's pending entries plus its lag; RabbitMQ: ready messages plus this consumer's unacked deliveries).", r_lag);
     per_receiver(o, s, "ember_receiver_rate_limit_records_per_second", "gauge", "The rate in force (0: unlimited).", r_limit);
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "budget.h"
 #include "clock.h"
 #include "props.h"
 
@@ -18,9 +19,9 @@ struct em_pool {
     pthread_cond_t freed;
     void **idle;
     int nidle, size, max;
-    uint64_t borrows, waits, connect_failures, broken; /* under lock */
-    int64_t last_error_ms;
-    char last_error[256];
+    uint64_t borrows, waits, connect_failures, broken, io_errors; /* under lock */
+    int64_t last_error_ms, last_io_error_ms;
+    char last_error[256], last_io_error[256];
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -47,7 +48,8 @@ em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *
         p->kind = strdup(kind);
         p->endpoint = strdup(endpoint);
         p->ops = ops;
-        p->max = default_size;
+        p->max = ops ? default_size : 1;
+        p->size = ops ? 0 : 1; /* a shared client: one, always open */
         p->idle = calloc((size_t)p->max, sizeof *p->idle);
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->freed, NULL);
@@ -67,12 +69,26 @@ static void note_wait(int waited, int64_t started)
     usage.wait_ms += ms;
 }
 
+static void *pool_borrow_now(em_pool *p, int timeout_ms, char *err, size_t errlen);
+
 void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
+{
+    em_budget_wait_begin(); /* a wait for a connection is not the batch's own time */
+    void *r = pool_borrow_now(p, timeout_ms, err, errlen);
+    em_budget_wait_end();
+    return r;
+}
+
+static void *pool_borrow_now(em_pool *p, int timeout_ms, char *err, size_t errlen)
 {
     struct timespec until;
     em_clock_deadline(&until, timeout_ms);
     int64_t started = em_clock_mono_ms();
     int waited = 0;
+    if (!p->ops) {
+        snprintf(err, errlen, "%s: a shared client, not a pool", p->kind);
+        return NULL;
+    }
     usage.borrows++;
     pthread_mutex_lock(&p->lock);
     p->borrows++;
@@ -120,7 +136,7 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen)
 
 void em_pool_return(em_pool *p, void *conn, int broken)
 {
-    if (!conn)
+    if (!conn || !p->ops)
         return;
     pthread_mutex_lock(&p->lock);
     if (broken || p->nidle >= p->max) {
@@ -136,6 +152,17 @@ void em_pool_return(em_pool *p, void *conn, int broken)
     pthread_mutex_unlock(&p->lock);
 }
 
+void em_pool_note_error(em_pool *p, const char *err)
+{
+    if (!p || !err || !*err)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->io_errors++;
+    p->last_error_ms = p->last_io_error_ms = em_clock_now_ms();
+    snprintf(p->last_error, sizeof p->last_error, "%s", err);
+    snprintf(p->last_io_error, sizeof p->last_io_error, "%s", err);
+    pthread_mutex_unlock(&p->lock);
+}
 
 size_t em_pool_list(em_pool_stats *out, size_t max)
 {
@@ -155,8 +182,11 @@ size_t em_pool_list(em_pool_stats *out, size_t max)
         o->waits = p->waits;
         o->connect_failures = p->connect_failures;
         o->broken = p->broken;
+        o->io_errors = p->io_errors;
         o->last_error_ms = p->last_error_ms;
         snprintf(o->last_error, sizeof o->last_error, "%s", p->last_error);
+        o->last_io_error_ms = p->last_io_error_ms;
+        snprintf(o->last_io_error, sizeof o->last_io_error, "%s", p->last_io_error);
         pthread_mutex_unlock(&p->lock);
     }
     pthread_mutex_unlock(&registry_lock);

@@ -31,7 +31,10 @@ typedef struct em_pool_usage {
 void em_pool_usage_take(em_pool_usage *out);
 
 void em_pool_set_default_size(int n); /* from connector.pool.size */
-/* The pool for this endpoint, made on first call; ops must be static. */
+/* The pool for this endpoint, made on first call; ops must be static.
+ * ops NULL registers a client that is not pooled (Kafka's producer: one
+ * per brokers string, shared by every batch) so that its status and its
+ * errors show beside the pools; it has nothing to borrow. */
 em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops);
 /* A connection, connecting if the pool has room; NULL and err after
  * timeout_ms or when connecting fails. */
@@ -39,15 +42,25 @@ void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen);
 /* Gives it back; broken = 1 closes it instead (after an I/O error). */
 void em_pool_return(em_pool *p, void *conn, int broken);
 
+/* An I/O error met on a borrowed connection (a socket broken mid-batch, a
+ * delivery the broker failed): kept as the pool's last I/O error and as its
+ * last error, with the time, so the API says why `broken` went up even
+ * after the reconnects that follow fail for another reason. Accepts p NULL. */
+void em_pool_note_error(em_pool *p, const char *err);
+
 /* A pool's status for the API: its connections, counts, and its last
- * error (a failed connect, or every connection busy past the deadline). */
+ * error (a failed connect, every connection busy past the deadline, or an
+ * I/O error on a connection in use). */
 typedef struct em_pool_stats {
     char kind[32];
     char endpoint[512]; /* password masked */
     int open, idle, max;
     uint64_t borrows, waits, connect_failures, broken;
+    uint64_t io_errors;    /* I/O errors noted on connections in use */
     int64_t last_error_ms; /* 0: none */
     char last_error[256];
+    int64_t last_io_error_ms; /* 0: none */
+    char last_io_error[256];
 } em_pool_stats;
 
 /* Copies the stats of up to max pools into out; returns how many exist. */

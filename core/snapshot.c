@@ -153,6 +153,10 @@ static int fill_job(em_snap_job *o, em_job *j, em_scheduler *sched)
         r->acknowledges = em_receiver_acknowledges(v->receivers[i]);
         em_receiver_get_stats(v->receivers[i], &r->st);
         o->rate += r->st.rate;
+        if (i > 0 && (o->max_rate <= 0 || r->st.max_rate <= 0))
+            o->max_rate = 0; /* one source without a cap: the job has none */
+        else
+            o->max_rate += r->st.max_rate;
     }
     o->nreceivers = v->nreceivers;
     for (size_t i = 0; i < v->desc->noutputs; i++) {

@@ -50,6 +50,7 @@ typedef struct em_snap_job {
     int blocked;            /* a batch failed streaming.batch.maxRetries times and keeps retrying */
     size_t nrecovered;      /* recovered blocks still to be cut */
     double rate;            /* sum of the receivers' rates in force; 0: unlimited */
+    double max_rate;        /* sum of their configured max_rate; 0: one is unlimited */
     em_snap_receiver *receivers;
     size_t nreceivers;
     em_snap_output *outputs;

@@ -162,10 +162,11 @@ function _M.load(path, host)
             return store:check_migrate(committed, old_version)
         end,
         state_bytes = function() return store:state_bytes() end,
-        -- records event-time windows found late, since the job's state began
+        -- records event-time windows found late, since the job's state
+        -- began; -1 for a job without event time
         late_records = function()
             local op = store.ops["event_time#clock"]
-            return op and (state.committed_of(op, "late") or 0) or 0
+            return op and (state.committed_of(op, "late") or 0) or -1
         end,
     }
 end

@@ -1,10 +1,14 @@
 -- The web page at / in a real browser: headless Chromium from Debian loads
 -- it against a running driver; the spec reads the DOM the page's script
--- rendered and keeps a screenshot in build/spec-artifacts/.
+-- rendered and keeps a screenshot in build/spec-artifacts/. Beside two
+-- generator jobs, a job with event-time windows (its state size) and a
+-- Redis list to Redis list job (its source's lag, its sink pool).
 
 local driver = require "support.driver"
 local http = require "support.http"
+local redis_server = require "support.redis_server"
 local stdlib = require "posix.stdlib"
+local cjson = require "cjson"
 
 
 local GEN_JOB = [[
@@ -12,6 +16,29 @@ local ember = require "ember"
 local job = ember.job { name = {{name}}, batch_interval = "200ms" }
 job:generator { kind = "sequence", rate = {{rate}} }
    :foreach_batch(function() end)
+return job
+]]
+
+-- Event-time windows over a sequence: a job with state (and no late records).
+local WINDOW_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "windows", batch_interval = "200ms" }
+job:generator { kind = "sequence", rate = 50 }
+   :event_time(function(n) return tonumber(n) * 10 end)
+   :with_watermark(0)
+   :map(function(n) return "k" .. (tonumber(n) % 5), 1 end)
+   :event_window { size = "1s", name = "per_key" }
+   :count()
+   :foreach_batch(function() end)
+return job
+]]
+
+-- A Redis list in, a Redis list out: a lag with its detail, and a sink pool.
+local QUEUE_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "queue", batch_interval = "200ms" }
+job:redis { url = {{url}}, mode = "list", key = "ui:in", block = "50ms" }
+   :to_redis { url = {{url}}, command = function(v) return "RPUSH", "ui:out", v end }
 return job
 ]]
 
@@ -37,10 +64,14 @@ end
 
 
 describe("the web UI", function()
-    local d
+    local d, redis
 
     setup(function()
         d = driver.new()
+        redis = redis_server.start()
+        redis:cli("RPUSH", "ui:in", "a", "b", "c")
+        d:write_job("windows.lua", WINDOW_JOB)
+        d:write_job("queue.lua", driver.render(QUEUE_JOB, { url = driver.quote(redis.url) }))
         d:write_job("fast.lua", driver.render(GEN_JOB, { name = driver.quote("fast"), rate = 500 }))
         d:write_job("slow.lua", driver.render(GEN_JOB, { name = driver.quote("slow"), rate = 20 }))
         d:start()
@@ -48,6 +79,7 @@ describe("the web UI", function()
 
     teardown(function()
         d:stop()
+        redis:stop()
     end)
 
     it("renders every job with charts that have points, the receivers and health", function()
@@ -57,6 +89,24 @@ describe("the web UI", function()
             local s = http.json(port, "/api/v1/statistics")
             return s.numRetainedCompletedBatches >= 10, s.numRetainedCompletedBatches
         end, 30, 0.1, "10 retained batches")
+        redis:wait_len(d, "ui:out", 3, 30)
+        local windows = d:wait_until(function()
+            local j = http.json(port, "/api/v1/jobs/windows")
+            return j.stateSize ~= cjson.null and j.stateSize > 0 and j
+        end, 30, 0.1, "the windows job's state")
+        d:wait_until(function()
+            local r = http.json(port, "/api/v1/receivers")
+            for _, x in ipairs(r) do
+                if x.job == "queue" then
+                    return x.lag == 0
+                end
+            end
+        end, 30, 0.1, "the queue job's lag of 0")
+        -- the windows job's first batches (its state files) may run late on a
+        -- loaded machine: the page is read once the driver is ready again
+        d:wait_until(function()
+            return http.request(port, "GET", "/readyz") == 200
+        end, 30, 0.1, "/readyz 200")
         local code, page, headers = http.request(port, "GET", "/")
         assert.equal(200, code)
         assert.truthy(headers["content-type"]:find("text/html", 1, true))
@@ -84,6 +134,20 @@ describe("the web UI", function()
                                    .. '</td><td class="state%-running">running</td>'), name .. " row")
         end
         assert.truthy(dom:find("fast/1 generator", 1, true))
+        -- the windows job's late records (0) and its state size
+        local cells = dom:match('<tr class="job%-row" data%-job="windows">(.-)</tr>')
+        assert.truthy(cells, "no row for the windows job")
+        assert.truthy(cells:find('<td class="num late%-records">0</td>'), cells)
+        local size = cells:match('<td class="num state%-size">([%d,]+)</td>')
+        assert.truthy(size and tonumber((size:gsub(",", ""))) > 0, cells)
+        assert.equal(cjson.null, http.json(port, "/api/v1/jobs/fast").stateSize)
+        assert.truthy(dom:find('<tr class="job%-row" data%-job="fast">.-<td class="num late%-records">–</td>'))
+        -- the Redis list source's lag in its connector's shape
+        assert.truthy(dom:find('<td class="lag">0 (list ui:in 0, processing 0)</td>', 1, true),
+                      dom:match('<table id="receivers">.-</table>'))
+        -- the sink pool
+        local pool = dom:match('<tr class="pool%-row">(.-)</tr>')
+        assert.truthy(pool and pool:find("redis redis://127.0.0.1:" .. redis.port, 1, true), tostring(pool))
         assert.truthy(dom:find('class="health-ok">ready<', 1, true))
 
         os.execute("mkdir -p '" .. ARTIFACTS .. "'")
