@@ -34,7 +34,10 @@ PHASES=${YSB_PHASES:-backlog paced}     # either or both
 work=$(mktemp -d /tmp/ember-bench-ysb.XXXXXX)
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do   # ember runs under /usr/bin/time: its child first
+        for c in $(pgrep -P "$p" 2>/dev/null); do kill -9 "$c" 2>/dev/null || true; done
+        kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
+    done
     cp "$work"/ember-*.log /tmp/ 2>/dev/null || true   # for a look afterwards
     rm -rf "$work"
 }
@@ -70,14 +73,18 @@ B=$(sed -n 's/^BOOTSTRAP=//p' "$work/mock.out")
 for _ in 1 2 3 4 5; do
     port=$((20000 + RANDOM % 30000))
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-        --dir "$work" --logfile "$work/redis.log" &
+        --dir "$work" --logfile "$work/redis.log" > /dev/null 2>&1 &
     rpid=$!
-    sleep 0.3
-    if kill -0 $rpid 2>/dev/null && redis-cli -p "$port" PING >/dev/null 2>&1; then break; fi
+    pids+=($rpid)
+    for _ in $(seq 100); do    # up to 10 s on a loaded machine
+        redis-cli -p "$port" PING >/dev/null 2>&1 && break 2
+        kill -0 $rpid 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 $rpid 2>/dev/null || true
     rpid=
 done
 [ -n "$rpid" ] || { echo "redis-server did not start" >&2; exit 1; }
-pids+=($rpid)
 cli="redis-cli -p $port"
 luajit bench/ysb/gen.lua setup > "$work/setup.redis"
 reset_redis() { $cli FLUSHALL >/dev/null; $cli < "$work/setup.redis" >/dev/null; }
