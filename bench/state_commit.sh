@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Keyed state's commit and restore, end to end in the driver: a million keys
-# of state, 10,000 changed per batch. Prints the commit time (state files,
-# the fsynced checkpoint, apply) and the state bytes written per commit once
-# the state is full, the restore time after kill -9, and RSS per key.
+# of state, 10,000 changed per batch. Prints the commit time (the state's
+# delta, the fsynced checkpoint, apply) and the state bytes written per
+# commit once the state is full, the snapshot slices written after the acks,
+# the restore time after kill -9, and RSS per key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-$(mktemp -d /tmp/ember-state-bench.XXXXXX)}
@@ -37,7 +38,16 @@ if [ "$k" -gt 0 ]; then
     p50=$(sort -n "$work/commits" | awk -v k="$k" 'NR == int((k + 1) / 2) {print $1}')
     max=$(sort -n "$work/commits" | tail -1 | cut -d' ' -f1)
     per=$(awk '{w += $2; n += $3} END {printf "%.0f", w / n}' "$work/commits")
-    echo "commit with 1,000,000 keys, ~10,000 changed per batch: p50 $p50 ms, max $max ms over $k batches; $per bytes of state written per changed record"
+    p99=$(sort -n "$work/commits" | awk -v k="$k" 'NR == int((k * 99 + 99) / 100) {print $1}')
+    echo "commit with 1,000,000 keys, ~10,000 changed per batch: p50 $p50 ms, p99 $p99 ms, max $max ms over $k batches; $per bytes of state written per changed record"
+    # the snapshot slices, written after each batch's acks (outside the commit)
+    grep -o "state snapshot slice after batch [0-9]*: [0-9]* bytes in [0-9]* ms" "$work/log" |
+        awk '{print $(NF-1), $(NF-4)}' | sort -n > "$work/slices" || true
+    m=$(wc -l < "$work/slices")
+    if [ "$m" -gt 0 ]; then
+        awk -v m="$m" '{ b += $2 } NR == int((m + 1) / 2) { p50 = $1 } END {
+            printf "snapshot slices after the acks: p50 %d ms, max %d ms over %d batches, %.0f bytes each on average\n", p50, $1, m, b / m }' "$work/slices"
+    fi
 else
     echo "no batches on a full state"
 fi

@@ -209,27 +209,43 @@ static void scan(file_src *s, em_receiver *r)
  * Returns 0, or -1 when the receiver refused a record (logged). */
 static int drain(file_src *s, tailed *t, em_receiver *r, uint32_t max, uint32_t *pushed)
 {
+    em_push recs[EM_PUSH_RUN];
     const char *line;
     size_t n;
     int cut;
     int64_t now = em_clock_now_ms(); /* one arrival time per read, not a clock read per line */
-    while (*pushed < max && em_linebuf_next(&t->lines, t->closing, &line, &n, &cut)) {
-        int64_t off = t->read_off - (int64_t)em_linebuf_pending(&t->lines);
-        em_push rec = {.value = line, .value_len = n, .ts_ms = now, .partition = -1,
-                       .offset = off, .meta = t->name, .meta_len = t->name_len};
-        if (em_receiver_push(r, &rec) != 0) {
+    while (*pushed < max) {
+        /* Gather up to EM_PUSH_RUN lines (they stay in the buffer until the
+         * next read), push them under one lock; a refused push puts the
+         * buffer back as it was before the lines not taken. */
+        em_linebuf before = t->lines;
+        size_t k = 0;
+        while (k < EM_PUSH_RUN && *pushed + k < max &&
+               em_linebuf_next(&t->lines, t->closing, &line, &n, &cut)) {
+            int64_t off = t->read_off - (int64_t)em_linebuf_pending(&t->lines);
+            recs[k++] = (em_push){.value = line, .value_len = n, .ts_ms = now, .partition = -1,
+                                  .offset = off, .meta = t->name, .meta_len = t->name_len};
+            em_linebuf_consume(&t->lines);
+            if (cut)
+                em_log(EM_LOG_WARN, em_receiver_job(r),
+                       "file %s/%s: line at offset %lld is longer than 1 MiB; "
+                       "delivered its first 1 MiB, dropped the rest",
+                       s->path, t->name, (long long)off);
+        }
+        if (k == 0)
+            break;
+        size_t took = em_receiver_push_many(r, recs, k);
+        *pushed += (uint32_t)took;
+        if (took < k) {
+            t->lines = before;
+            for (size_t i = 0; i < took && em_linebuf_next(&t->lines, t->closing, &line, &n, &cut);
+                 i++)
+                em_linebuf_consume(&t->lines);
             em_log(EM_LOG_ERROR, em_receiver_job(r),
                    "file %s/%s: receiver refused the line at offset %lld",
-                   s->path, t->name, (long long)off);
+                   s->path, t->name, (long long)recs[took].offset);
             return -1;
         }
-        (*pushed)++;
-        em_linebuf_consume(&t->lines);
-        if (cut)
-            em_log(EM_LOG_WARN, em_receiver_job(r),
-                   "file %s/%s: line at offset %lld is longer than 1 MiB; "
-                   "delivered its first 1 MiB, dropped the rest",
-                   s->path, t->name, (long long)off);
     }
     return 0;
 }

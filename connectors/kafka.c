@@ -1628,7 +1628,7 @@ static producer *new_producer(const char *brokers, char *why, size_t len)
         return NULL;
     }
     pthread_setname_np(p->poller, "kafka-sink");
-    p->entry = em_pool_get("kafka", brokers, NULL);
+    p->entry = em_pool_get("kafka", brokers, NULL, 1);
     return p;
 }
 

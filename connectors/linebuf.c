@@ -9,6 +9,11 @@
 
 char *em_linebuf_room(em_linebuf *lb, size_t *room)
 {
+    if (lb->len == 0 && lb->cap > READ_CHUNK) { /* a long line passed: give the memory back */
+        free(lb->buf);
+        lb->buf = NULL;
+        lb->cap = lb->start = 0;
+    }
     if (lb->start > 0) {
         memmove(lb->buf, lb->buf + lb->start, lb->len);
         lb->start = 0;
@@ -34,14 +39,8 @@ static void drop(em_linebuf *lb, size_t n)
     lb->start += n;
     lb->len -= n;
     lb->scanned = 0;
-    if (lb->len == 0) {
-        lb->start = 0;
-        if (lb->cap > READ_CHUNK) { /* a long line passed: give the memory back */
-            free(lb->buf);
-            lb->buf = NULL;
-            lb->cap = 0;
-        }
-    }
+    /* The buffer stays (start and all) until the next em_linebuf_room():
+     * lines taken since then still point into it. */
 }
 
 int em_linebuf_next(em_linebuf *lb, int last, const char **line, size_t *len, int *cut)

@@ -3,7 +3,9 @@
  *
  * Bytes are read into the buffer's free room; complete lines are taken one
  * at a time and consumed only after the receiver took them, so a refused
- * push loses nothing. A line longer than EM_LINE_MAX is cut there (its rest
+ * push loses nothing. The bytes of the lines next() returned stay where
+ * they are until the next em_linebuf_room(), consumed or not, so a source
+ * can gather a read's lines and push them at once. A line longer than EM_LINE_MAX is cut there (its rest
  * dropped up to the next "\n"), which keeps the buffer bounded. A trailing
  * "\r" is removed, so CRLF text reads like LF text.
  */

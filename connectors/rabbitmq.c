@@ -1122,7 +1122,8 @@ static int read_confirms(em_rabbitmq_batch *b, int block)
  * exchange "" is the default exchange. NULL and err on failure. The caller
  * must end it with em_rabbitmq_batch_finish(). */
 em_rabbitmq_batch *em_rabbitmq_batch_begin(const char *url, const char *exchange, int mandatory,
-                                           int timeout_ms, char *err, size_t errlen)
+                                           int pool_size, int timeout_ms, char *err,
+                                           size_t errlen)
 {
     if (strlen(exchange) > 255) {
         snprintf(err, errlen, "exchange name longer than 255 bytes");
@@ -1134,7 +1135,7 @@ em_rabbitmq_batch *em_rabbitmq_batch_begin(const char *url, const char *exchange
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    b->pool = em_pool_get("rabbitmq", url, &sink_ops);
+    b->pool = em_pool_get("rabbitmq", url, &sink_ops, pool_size);
     b->sc = b->pool ? em_pool_borrow(b->pool, timeout_ms, err, errlen) : NULL;
     if (!b->sc) {
         if (!b->pool)

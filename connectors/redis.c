@@ -1861,14 +1861,16 @@ static int looks_dead(const em_redis_conn *c)
     return c->c->err || poll(&p, 1, 0) != 0;
 }
 
-/* A connection from the pool of url's endpoint, made on demand; NULL and
- * err when the pool stays exhausted for timeout_ms or connecting fails.
- * Give it back with em_redis_release(). */
-em_redis_conn *em_redis_borrow(const char *url, int timeout_ms, char *err, size_t errlen)
+/* A connection from the pool of url's endpoint (pool_size connections, the
+ * caller's connector.pool.size), made on demand; NULL and err when the pool
+ * stays exhausted for timeout_ms or connecting fails. Give it back with
+ * em_redis_release(). */
+em_redis_conn *em_redis_borrow(const char *url, int pool_size, int timeout_ms, char *err,
+                               size_t errlen)
 {
     if (em_redis_url_check(url, err, errlen) != 0)
         return NULL;
-    em_pool *p = em_pool_get("redis", url, &pool_ops);
+    em_pool *p = em_pool_get("redis", url, &pool_ops, pool_size);
     if (!p) {
         snprintf(err, errlen, "out of memory");
         return NULL;

@@ -109,25 +109,41 @@ static int fail(sock_src *s, em_receiver *r, const char *why)
  * Returns 0, or -1 when the receiver refused a record (logged). */
 static int drain(sock_src *s, em_receiver *r, uint32_t max, uint32_t *pushed)
 {
+    em_push recs[EM_PUSH_RUN];
     const char *line;
     size_t n;
     int cut;
     int64_t now = em_clock_now_ms(); /* one arrival time per read, not a clock read per line */
-    while (*pushed < max && em_linebuf_next(&s->lines, s->peer_closed, &line, &n, &cut)) {
-        em_push rec = {.value = line, .value_len = n, .ts_ms = now, .partition = -1,
-                       .offset = s->line_no + 1};
-        if (em_receiver_push(r, &rec) != 0) {
+    while (*pushed < max) {
+        /* As the file source: a run of lines under one lock, the buffer put
+         * back before the lines a refused push did not take. */
+        em_linebuf before = s->lines;
+        size_t k = 0;
+        while (k < EM_PUSH_RUN && *pushed + k < max &&
+               em_linebuf_next(&s->lines, s->peer_closed, &line, &n, &cut)) {
+            recs[k] = (em_push){.value = line, .value_len = n, .ts_ms = now, .partition = -1,
+                                .offset = s->line_no + 1 + (int64_t)k};
+            k++;
+            em_linebuf_consume(&s->lines);
+            if (cut)
+                em_log(EM_LOG_WARN, em_receiver_job(r),
+                       "%s: line %lld is longer than 1 MiB; delivered its first 1 MiB, dropped "
+                       "the rest", s->name, (long long)(s->line_no + (int64_t)k));
+        }
+        if (k == 0)
+            break;
+        size_t took = em_receiver_push_many(r, recs, k);
+        s->line_no += (int64_t)took;
+        *pushed += (uint32_t)took;
+        if (took < k) {
+            s->lines = before;
+            for (size_t i = 0; i < took && em_linebuf_next(&s->lines, s->peer_closed, &line, &n,
+                                                           &cut); i++)
+                em_linebuf_consume(&s->lines);
             em_log(EM_LOG_ERROR, em_receiver_job(r), "%s: receiver refused line %lld", s->name,
                    (long long)(s->line_no + 1));
             return -1;
         }
-        s->line_no++;
-        (*pushed)++;
-        em_linebuf_consume(&s->lines);
-        if (cut)
-            em_log(EM_LOG_WARN, em_receiver_job(r),
-                   "%s: line %lld is longer than 1 MiB; delivered its first 1 MiB, dropped the rest",
-                   s->name, (long long)s->line_no);
     }
     return 0;
 }

@@ -278,9 +278,11 @@ static void json_batch(em_buf *o, const em_snap_job *j, const em_batch_info *b)
                   (long long)b->processing_ms, (long long)b->total_delay_ms, j->noutputs,
                   (long long)b->failed, b->retries);
     json_rate(o, b->rate);
-    em_buf_printf(o, ",\"poolBorrows\":%llu,\"poolWaits\":%llu,\"poolWaitTime\":%lld}",
+    em_buf_printf(o, ",\"poolBorrows\":%llu,\"poolWaits\":%llu,\"poolWaitTime\":%lld,"
+                  "\"commitTime\":%lld,\"stateWritten\":%llu,\"stateBytes\":%llu}",
                   (unsigned long long)b->pool_borrows, (unsigned long long)b->pool_waits,
-                  (long long)b->pool_wait_ms);
+                  (long long)b->pool_wait_ms, (long long)b->commit_ms,
+                  (unsigned long long)b->state_written, (unsigned long long)b->state_bytes);
 }
 
 int em_api_batches(const em_snapshot *s, const char *name, int64_t time_ms, em_buf *out)

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block_pool.h"
 #include "receiver.h"
 
 static atomic_size_t total_bytes;
@@ -21,12 +22,36 @@ void em_block_reserve(ptrdiff_t bytes)
 static int reserve_arena(em_block *b, size_t more);
 static int reserve_records(em_block *b, uint32_t cap);
 
-em_block *em_block_create(uint32_t records, uint32_t bytes)
+/* What a block's buffers take, for memory.max. */
+static size_t block_bytes(const em_block *b)
 {
-    em_block *b = calloc(1, sizeof *b);
+    return (size_t)b->cap * sizeof(em_record) + b->arena_cap + (size_t)b->runs_cap * sizeof(em_run);
+}
+
+/* A recycled block (see block_pool.h) emptied for new records, its buffers
+ * counted again as held for records. */
+static em_block *recycled(uint32_t bytes)
+{
+    em_block *b = em_block_pool_take(bytes);
     if (!b)
         return NULL;
-    atomic_init(&b->refs, 1);
+    b->count = b->arena_len = b->nruns = 0;
+    b->sealed_ms = 0;
+    b->receiver = NULL;
+    b->wal_path = NULL;
+    atomic_store(&b->refs, 1);
+    atomic_fetch_add(&total_bytes, block_bytes(b));
+    return b;
+}
+
+em_block *em_block_create(uint32_t records, uint32_t bytes)
+{
+    em_block *b = recycled(bytes);
+    if (!b) {
+        if (!(b = calloc(1, sizeof *b)))
+            return NULL;
+        atomic_init(&b->refs, 1);
+    }
     b->first_offset = -1;
     b->last_offset = -1;
     /* Hints only: when they cannot be had, the block grows as it fills. */
@@ -50,7 +75,14 @@ static int reserve_arena(em_block *b, size_t more)
         cap *= 2;
     if (cap > UINT32_MAX)
         cap = UINT32_MAX;
-    char *a = realloc(b->arena, cap);
+    char *a;
+    if (b->arena_len == 0) { /* nothing to keep (a recycled block): no copy */
+        a = malloc(cap);
+        if (a)
+            free(b->arena);
+    } else {
+        a = realloc(b->arena, cap);
+    }
     if (!a)
         return -1;
     atomic_fetch_add(&total_bytes, cap - b->arena_cap);
@@ -207,17 +239,27 @@ void em_block_read(const em_block *b, uint32_t i, uint32_t *run, em_push *out)
     }
 }
 
-void em_block_unref(em_block *b)
+void em_block_destroy(em_block *b)
 {
-    if (!b || atomic_fetch_sub(&b->refs, 1) != 1)
+    if (!b)
         return;
-    atomic_fetch_sub(&total_bytes, (size_t)b->cap * sizeof(em_record) + b->arena_cap +
-                                       (size_t)b->runs_cap * sizeof(em_run));
-    em_receiver_block_freed(b->receiver, b->count);
-    em_receiver_unref(b->receiver);
-    free(b->wal_path);
     free(b->runs);
     free(b->records);
     free(b->arena);
     free(b);
+}
+
+void em_block_unref(em_block *b)
+{
+    if (!b || atomic_fetch_sub(&b->refs, 1) != 1)
+        return;
+    size_t bytes = block_bytes(b);
+    atomic_fetch_sub(&total_bytes, bytes);
+    em_receiver_block_freed(b->receiver, b->count);
+    em_receiver_unref(b->receiver);
+    free(b->wal_path);
+    b->receiver = NULL;
+    b->wal_path = NULL;
+    if (!em_block_pool_give(b, bytes))
+        em_block_destroy(b);
 }

@@ -1,6 +1,8 @@
 /* budget.c — see budget.h. */
 #include "budget.h"
 
+#include "bigcache.h"
+
 #include <lauxlib.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -16,6 +18,7 @@ struct em_budget {
     lua_State *L;
     lua_Alloc inner; /* LuaJIT's own allocator, which does the work */
     void *inner_ud;
+    em_bigcache big; /* its large allocations, through malloc (bigcache.h) */
     size_t used, memory, refused;
     int64_t timeout_ms;
     int64_t deadline;       /* monotonic ms; 0: none; guarded by lock */
@@ -31,32 +34,20 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static em_budget *watched;
-static int64_t default_memory;
-static int64_t default_timeout = -1;
-static int64_t default_interval = 1000;
 /* The batch this thread runs, for em_budget_wait_begin/end. */
 static _Thread_local em_budget *current;
 static _Thread_local int waits;
 static _Thread_local int64_t wait_left, wait_since;
 
-void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
-                            int64_t batch_interval_ms)
-{
-    default_memory = memory_bytes;
-    default_timeout = batch_timeout_ms;
-    default_interval = batch_interval_ms > 0 ? batch_interval_ms : 1000;
-}
-
-int64_t em_budget_default_memory(void) { return default_memory; }
-
-int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms)
+int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms, int64_t default_timeout_ms,
+                              int64_t default_interval_ms)
 {
     if (timeout_ms < 0)
-        timeout_ms = default_timeout;
+        timeout_ms = default_timeout_ms;
     if (timeout_ms >= 0)
         return timeout_ms;
     if (interval_ms <= 0)
-        interval_ms = default_interval;
+        interval_ms = default_interval_ms > 0 ? default_interval_ms : 1000;
     int64_t t = interval_ms * EM_BUDGET_INTERVALS;
     return t < EM_BUDGET_MIN_TIMEOUT_MS ? EM_BUDGET_MIN_TIMEOUT_MS : t;
 }
@@ -127,7 +118,7 @@ static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         if (want > b->memory + slack)
             return NULL;
     }
-    void *p = b->inner(b->inner_ud, ptr, osize, nsize);
+    void *p = em_bigcache_realloc(&b->big, b->inner, b->inner_ud, ptr, osize, nsize);
     if (p || nsize == 0)
         b->used += nsize - osize; /* wraps correctly when shrinking */
     return p;
@@ -284,4 +275,10 @@ void em_budget_wait_end(void)
     pthread_mutex_unlock(&lock);
 }
 
-void em_budget_free(em_budget *b) { free(b); }
+void em_budget_free(em_budget *b)
+{
+    if (!b)
+        return;
+    em_bigcache_clear(&b->big);
+    free(b);
+}

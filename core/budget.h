@@ -23,18 +23,19 @@ typedef enum em_budget_breach {
 
 typedef struct em_budget em_budget;
 
-/* Defaults for jobs that set no `memory` / `batch_timeout` option:
+/* Defaults for jobs that set no `memory` / `batch_timeout` option come from
+ * the runtime's configuration (core/luahost.c reads them there):
  * streaming.job.memory (bytes, 0: no cap) and streaming.job.batchTimeout
  * (ms; 0: no deadline; -1: the job's batch interval times
  * EM_BUDGET_INTERVALS, at least EM_BUDGET_MIN_TIMEOUT_MS). */
 #define EM_BUDGET_INTERVALS 10
 #define EM_BUDGET_MIN_TIMEOUT_MS 30000
-void em_budget_set_defaults(int64_t memory_bytes, int64_t batch_timeout_ms,
-                            int64_t batch_interval_ms);
-int64_t em_budget_default_memory(void);
 /* The deadline of a job whose option is timeout_ms (-1: not set) and
- * whose batch interval is interval_ms (0: streaming.batchInterval). 0: none. */
-int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms);
+ * whose batch interval is interval_ms (0: not set); the defaults are the
+ * runtime's streaming.job.batchTimeout (-1: none set) and
+ * streaming.batchInterval. 0: none. */
+int64_t em_budget_timeout_for(int64_t timeout_ms, int64_t interval_ms, int64_t default_timeout_ms,
+                              int64_t default_interval_ms);
 
 /* A fresh Lua state (luaL_newstate) whose allocations are counted in a new
  * budget; NULL when out of memory. The cap starts at 0 (none). */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "batch.h"
+#include "block_pool.h"
 #include "clock.h"
 #include "job.h"
 #include "log.h"
@@ -232,6 +233,8 @@ static void publish(em_driver *d)
 static void tick(int64_t now, void *arg)
 {
     em_driver *d = arg;
+    em_block_pool_limit((size_t)d->cfg->memory_max);
+    em_block_pool_trim(0); /* blocks no receiver took again go back to malloc */
     pthread_mutex_lock(&d->lock);
     for (size_t i = 0; i < d->njobs; i++) {
         em_job *j = d->jobs[i];
@@ -674,6 +677,7 @@ void em_driver_free(em_driver *d)
     em_snapshot_slot_free(d->snap);
     pthread_mutex_destroy(&d->lock);
     free(d);
+    em_block_pool_trim(1);
 }
 
 em_snapshot *em_driver_snapshot(em_driver *d) { return em_snapshot_slot_get(d->snap); }

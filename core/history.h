@@ -26,6 +26,7 @@ typedef struct em_batch_info {
     int64_t pool_wait_ms;        /* time those waits took */
     int64_t commit_ms;           /* the commit: state files, checkpoint, apply */
     uint64_t state_written;      /* bytes of state the commit wrote */
+    uint64_t state_bytes;        /* the job's keyed state after it (about its snapshot size) */
     int64_t interval_ms;         /* the batch interval of the version that ran it */
     uint32_t retries;            /* runs after the first (an output failed) */
     int ok;

@@ -185,7 +185,7 @@ static void adapt_rate(em_batch *b, const em_batch_info *info)
 /* end: when the last run finished its outputs (Spark's processing time
  * ends there; the commit after it is the driver's, not the job's). */
 static void record(em_batch *b, const em_batch_result *res, int ok, int64_t end,
-                   int64_t commit_ms, uint64_t written)
+                   int64_t commit_ms, uint64_t written, uint64_t state_bytes)
 {
     em_job *j = b->job;
     em_batch_info info = {.time_ms = b->time_ms, .records = b->records, .blocks = b->nblocks,
@@ -198,6 +198,7 @@ static void record(em_batch *b, const em_batch_result *res, int ok, int64_t end,
     info.ok = ok;
     info.commit_ms = commit_ms;
     info.state_written = written;
+    info.state_bytes = state_bytes;
     if (ok && j->rt->cfg->backpressure)
         adapt_rate(b, &info);
     for (size_t i = 0; i < b->version->nreceivers; i++)
@@ -270,9 +271,18 @@ static void retry_later(em_batch *b, const char *why)
 static int restore(em_batch *b, char *err, size_t errlen)
 {
     em_version *v = b->version;
-    if (v->restored || !v->desc->stateful)
+    if (v->restored)
         return 0;
     em_job *j = b->job;
+    if (!v->desc->stateful) {
+        /* No stateful operator: the state an older version left is archived
+         * (the store logs it), never kept live nor dropped. A failure to move
+         * it is no reason to stop a job that keeps no state: it stays put. */
+        v->restored = 1;
+        if (em_luahost_restore(v->host, j->cp.batch_id, j->cp.state_version, err, errlen) != 0)
+            em_log(EM_LOG_ERROR, j->name, "the old state could not be archived: %s", err);
+        return 0;
+    }
     int64_t t0 = em_clock_now_ms();
     if (em_luahost_restore(v->host, j->cp.batch_id, j->cp.state_version, err, errlen) != 0)
         return -1;
@@ -328,7 +338,19 @@ void em_lifecycle_run(em_task *t)
     }
     int64_t committed_ms = em_clock_now_ms();
     em_batch_release(b, ok);
-    record(b, &res, ok, ran_ms, committed_ms - ran_ms, written);
+    uint64_t state_bytes = 0;
+    if (ok && b->version->desc->stateful) {
+        /* Snapshot slices: after the acks, before the job's next batch
+         * (a job's batches run one at a time), never inside a commit. */
+        int64_t m0 = em_clock_now_ms();
+        uint64_t mbytes = em_luahost_maintain(b->version->host);
+        if (mbytes)
+            em_log(EM_LOG_DEBUG, j->name, "state snapshot slice after batch %lld: %llu bytes "
+                   "in %lld ms", (long long)b->time_ms, (unsigned long long)mbytes,
+                   (long long)(em_clock_now_ms() - m0));
+        state_bytes = em_luahost_state_bytes(b->version->host); /* merged: the batch's */
+    }
+    record(b, &res, ok, ran_ms, committed_ms - ran_ms, written, state_bytes);
     if (res.fatal) {
         em_log(EM_LOG_ERROR, j->name, "job stopped (%s): %s",
                res.stopped_by[0] ? res.stopped_by : "on_error = fail", res.err);

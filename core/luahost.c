@@ -213,8 +213,9 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     /* The script runs under the driver's default budgets; the job's own
      * options apply from its first batch. */
     em_budget_set_job_file(h->budget, path);
-    em_budget_set_memory(h->budget, em_budget_default_memory());
-    em_budget_set_timeout(h->budget, em_budget_timeout_for(-1, 0));
+    em_budget_set_memory(h->budget, cfg->job_memory);
+    em_budget_set_timeout(h->budget, em_budget_timeout_for(-1, 0, cfg->job_batch_timeout_ms,
+                                                           cfg->batch_interval_ms));
     luaL_openlibs(L);
     prepend_path(L);
     lua_getglobal(L, "require");
@@ -227,7 +228,7 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     }
     lua_getfield(L, -1, "load");
     lua_pushstring(L, path);
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 8);
     lua_pushlightuserdata(L, h);
     lua_pushcclosure(L, host_stopped_by, 1);
     lua_setfield(L, -2, "stopped_by");
@@ -239,6 +240,8 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     lua_setfield(L, -2, "state_max");
     lua_pushinteger(L, cfg->state_snapshot_interval);
     lua_setfield(L, -2, "snapshot_interval");
+    lua_pushinteger(L, cfg->pool_size);
+    lua_setfield(L, -2, "pool_size");
     lua_pushnumber(L, (lua_Number)cfg->batch_interval_ms);
     lua_setfield(L, -2, "batch_interval_ms");
     lua_pushstring(L, path);
@@ -286,8 +289,10 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     lua_pushvalue(L, desc);
     h->desc_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
-    em_budget_set_memory(h->budget, d->memory >= 0 ? d->memory : em_budget_default_memory());
-    em_budget_set_timeout(h->budget, em_budget_timeout_for(d->batch_timeout_ms, d->batch_interval_ms));
+    em_budget_set_memory(h->budget, d->memory >= 0 ? d->memory : cfg->job_memory);
+    em_budget_set_timeout(h->budget, em_budget_timeout_for(d->batch_timeout_ms, d->batch_interval_ms,
+                                                           cfg->job_batch_timeout_ms,
+                                                           cfg->batch_interval_ms));
     return h;
 }
 
@@ -362,11 +367,13 @@ void em_luahost_run_batch(em_luahost *h, const em_batch_view *view, uint64_t bat
 size_t em_luahost_memory_used(const em_luahost *h) { return em_budget_used(h->budget); }
 int64_t em_luahost_memory_cap(const em_luahost *h) { return em_budget_memory(h->budget); }
 
-/* Pushes desc[name] when it is a function; 0 (nothing pushed) otherwise. */
+/* Pushes desc[name] when it is a function; 0 (nothing pushed) otherwise.
+ * A version without state has only restore: it archives what an older
+ * version left. */
 static int push_state_fn(em_luahost *h, const char *name)
 {
     lua_State *L = h->L;
-    if (!h->desc.stateful)
+    if (!h->desc.stateful && strcmp(name, "restore") != 0)
         return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->desc_ref);
     lua_getfield(L, -1, name);
@@ -417,9 +424,28 @@ void em_luahost_apply(em_luahost *h, uint64_t batch_id)
     if (!push_state_fn(h, "apply"))
         return;
     lua_pushnumber(h->L, (lua_Number)batch_id);
-    if (lua_pcall(h->L, 1, 0, 0) != 0)
+    lua_pushboolean(h->L, 1); /* later: em_luahost_maintain comes after the acks */
+    if (lua_pcall(h->L, 2, 0, 0) != 0)
         em_log(EM_LOG_ERROR, h->desc.name, "state apply: %s", lua_tostring(h->L, -1));
     lua_settop(h->L, 0);
+}
+
+uint64_t em_luahost_maintain(em_luahost *h)
+{
+    if (!push_state_fn(h, "maintain"))
+        return 0;
+    uint64_t bytes = 0;
+    if (lua_pcall(h->L, 0, 3, 0) != 0)
+        em_log(EM_LOG_ERROR, h->desc.name, "state snapshot: %s", lua_tostring(h->L, -1));
+    else {
+        if (!lua_toboolean(h->L, -3))
+            em_log(EM_LOG_ERROR, h->desc.name, "%s (the deltas still hold the state; a later "
+                   "snapshot replaces this one)",
+                   lua_isstring(h->L, -2) ? lua_tostring(h->L, -2) : "state snapshot failed");
+        bytes = (uint64_t)lua_tonumber(h->L, -1);
+    }
+    lua_settop(h->L, 0);
+    return bytes;
 }
 
 void em_luahost_abort(em_luahost *h)

@@ -82,6 +82,11 @@ int em_luahost_prepare(em_luahost *h, uint64_t batch_id, uint64_t *bytes, char *
                        size_t errlen);
 void em_luahost_apply(em_luahost *h, uint64_t batch_id);
 void em_luahost_abort(em_luahost *h);
+/* After a batch's acks, outside its commit: writes the next slice of any
+ * snapshot being written (docs/state.md, "On disk") and drops the files a
+ * finished one covers. Returns the bytes written (0 for none, or for a
+ * job without state); a failure is logged, the deltas still hold the state. */
+uint64_t em_luahost_maintain(em_luahost *h);
 /* Loads the state committed up to batch committed_id (0: none), before the
  * first batch of a version runs; old_state_version is the checkpoint's:
  * when it differs the job's migrate runs, or the old state is archived.

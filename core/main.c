@@ -363,8 +363,6 @@ static int run(int argc, char **argv)
     em_log_set_level((em_log_level)em_log_parse_level(cfg->log_level));
     em_identity_set(cfg->ember_id);
     em_log_set_id(cfg->ember_id);
-    em_pool_set_default_size(cfg->pool_size);
-    em_budget_set_defaults(cfg->job_memory, cfg->job_batch_timeout_ms, cfg->batch_interval_ms);
     if (cfg->supervise) /* the parent stays there for good (logging to stderr); the driver goes on */
         em_supervise();
     if (cfg->log_file[0] && em_log_open_file(cfg->log_file, cfg->log_rolling_strategy,

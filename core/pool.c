@@ -26,7 +26,6 @@ struct em_pool {
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static em_pool *pools;
-static int default_size = 4;
 
 static _Thread_local em_pool_usage usage;
 
@@ -36,10 +35,14 @@ void em_pool_usage_take(em_pool_usage *out)
     memset(&usage, 0, sizeof usage);
 }
 
-void em_pool_set_default_size(int n) { default_size = n > 0 ? n : 1; }
-
-em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops)
+/* The pool is shared by every job, but its size is a setting of the
+ * runtime that asks (connector.pool.size, handed down through the job's
+ * context, not a module global): the first caller makes it with that size.
+ * The key needs a restart, so every caller of a driver asks the same. */
+em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops, int size)
 {
+    if (size < 1)
+        size = 1;
     pthread_mutex_lock(&registry_lock);
     em_pool *p = pools;
     while (p && (strcmp(p->kind, kind) != 0 || strcmp(p->endpoint, endpoint) != 0))
@@ -48,9 +51,17 @@ em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *
         p->kind = strdup(kind);
         p->endpoint = strdup(endpoint);
         p->ops = ops;
-        p->max = ops ? default_size : 1;
+        p->max = ops ? size : 1;
         p->size = ops ? 0 : 1; /* a shared client: one, always open */
         p->idle = calloc((size_t)p->max, sizeof *p->idle);
+        if (!p->kind || !p->endpoint || !p->idle) {
+            free(p->kind);
+            free(p->endpoint);
+            free(p->idle);
+            free(p);
+            pthread_mutex_unlock(&registry_lock);
+            return NULL;
+        }
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->freed, NULL);
         p->next = pools;

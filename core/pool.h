@@ -3,7 +3,8 @@
  * "Use pooling everywhere": sinks and ember.redis() borrow a connection for
  * one batch and give it back, so a dozen jobs writing to one Redis share a
  * handful of sockets. A pool is found by (kind, endpoint) and made on first
- * use; its size comes from connector.pool.size. Borrowing waits up to a
+ * use; its size is connector.pool.size, which the caller hands in from its
+ * runtime (core/runtime.h: the job's configuration), not a module global. Borrowing waits up to a
  * deadline when every connection is out; waits are counted for the metrics.
  */
 #ifndef EMBER_POOL_H
@@ -30,12 +31,13 @@ typedef struct em_pool_usage {
 
 void em_pool_usage_take(em_pool_usage *out);
 
-void em_pool_set_default_size(int n); /* from connector.pool.size */
 /* The pool for this endpoint, made on first call; ops must be static.
- * ops NULL registers a client that is not pooled (Kafka's producer: one
- * per brokers string, shared by every batch) so that its status and its
- * errors show beside the pools; it has nothing to borrow. */
-em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops);
+ * size: connector.pool.size of the caller's runtime, used when the pool
+ * is made. ops NULL registers a client that is not pooled (Kafka's
+ * producer: one per brokers string, shared by every batch) so that its
+ * status and its errors show beside the pools; it has nothing to borrow
+ * (size is then ignored). NULL when out of memory. */
+em_pool *em_pool_get(const char *kind, const char *endpoint, const em_pool_ops *ops, int size);
 /* A connection, connecting if the pool has room; NULL and err after
  * timeout_ms or when connecting fails. */
 void *em_pool_borrow(em_pool *p, int timeout_ms, char *err, size_t errlen);

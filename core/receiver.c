@@ -472,19 +472,20 @@ void em_receiver_unref(em_receiver *r)
 
 static void seal_locked(em_receiver *r, int64_t now_ms);
 
-int em_receiver_push(em_receiver *r, const em_push *rec)
+/* Appends one record to the current block (a new one when there is none
+ * or it is full); the lock is held. */
+static int push_locked(em_receiver *r, const em_push *rec, size_t len, int64_t *now_ms)
 {
-    size_t len = em_block_record_bytes(rec);
-    pthread_mutex_lock(&r->lock);
-    if (r->current && r->current->arena_len + len > EM_BLOCK_BYTES_MAX)
-        seal_locked(r, em_clock_now_ms());
+    if (r->current && r->current->arena_len + len > EM_BLOCK_BYTES_MAX) {
+        if (*now_ms < 0)
+            *now_ms = em_clock_now_ms();
+        seal_locked(r, *now_ms);
+    }
     if (!r->current) {
         /* Sized like the last block: it grows without copies in steady state. */
         r->current = em_block_create(r->last_count, r->last_bytes);
-        if (!r->current) {
-            pthread_mutex_unlock(&r->lock);
+        if (!r->current)
             return -1;
-        }
         /* The block keeps its receiver alive until the batch holding it is done. */
         atomic_fetch_add(&r->refs, 1);
         r->current->receiver = r;
@@ -492,17 +493,35 @@ int em_receiver_push(em_receiver *r, const em_push *rec)
             wal_result(r, em_wal_begin(r->wal, r->current));
     }
     int rc = em_block_append(r->current, rec);
-    if (rc == 0) {
-        r->records++;
-        r->bytes += len;
-        atomic_store_explicit(&r->pushed,
-                              atomic_load_explicit(&r->pushed, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-    }
     if (rc == 0 && r->wal)
         wal_result(r, em_wal_append(r->wal, rec));
-    pthread_mutex_unlock(&r->lock);
     return rc;
+}
+
+size_t em_receiver_push_many(em_receiver *r, const em_push *recs, size_t n)
+{
+    int64_t now_ms = -1; /* read once, and only when a full block is sealed */
+    size_t k = 0, bytes = 0;
+    pthread_mutex_lock(&r->lock);
+    for (; k < n; k++) {
+        size_t len = em_block_record_bytes(&recs[k]);
+        if (push_locked(r, &recs[k], len, &now_ms) != 0)
+            break;
+        bytes += len;
+    }
+    r->records += k;
+    r->bytes += bytes;
+    /* a relaxed store: only this thread writes pushed outside discard's lock */
+    atomic_store_explicit(&r->pushed,
+                          atomic_load_explicit(&r->pushed, memory_order_relaxed) + k,
+                          memory_order_relaxed);
+    pthread_mutex_unlock(&r->lock);
+    return k;
+}
+
+int em_receiver_push(em_receiver *r, const em_push *rec)
+{
+    return em_receiver_push_many(r, rec, 1) == 1 ? 0 : -1;
 }
 
 /* Moves the current block to the sealed list; the lock is held. */

@@ -36,6 +36,11 @@ void em_receiver_unref(em_receiver *r); /* accepts NULL */
 /* Called by connectors inside poll(): one record, copied (see em_push in
  * block.h: meta is what a run of records shares, extra a record's own). */
 int em_receiver_push(em_receiver *r, const em_push *rec);
+/* The records of one read, in order, under one lock (a mutex per record
+ * costs more than the copy for short lines). Returns how many were taken:
+ * n, or fewer when out of memory — the rest were not, and must come again. */
+size_t em_receiver_push_many(em_receiver *r, const em_push *recs, size_t n);
+#define EM_PUSH_RUN 256 /* records a line source gathers for one em_receiver_push_many() */
 
 /* Clock side: seal the current block (if it holds records) into the
  * sealed list. */

@@ -52,7 +52,8 @@ if not pcall(ffi.typeof, "em_redis_conn") then
     ffi.cdef [[
         typedef struct em_redis_conn em_redis_conn;
         int em_redis_url_check(const char *url, char *err, size_t errlen);
-        em_redis_conn *em_redis_borrow(const char *url, int timeout_ms, char *err, size_t errlen);
+        em_redis_conn *em_redis_borrow(const char *url, int pool_size, int timeout_ms, char *err,
+                                       size_t errlen);
         void em_redis_release(em_redis_conn *c, int broken);
         const char *em_redis_conn_name(const em_redis_conn *c);
         int em_redis_pipeline(em_redis_conn *c, const char *cmds, size_t len, int n,
@@ -251,7 +252,8 @@ function _M.borrow_raw(url)
         return nil, "Redis connections need the ember driver (em_redis_* not linked)"
     end
     local err = ffi_new("char[?]", ERRLEN)
-    local c = C.em_redis_borrow(url, BORROW_TIMEOUT_MS, err, ERRLEN)
+    local c = C.em_redis_borrow(url, require("ember.sinks").pool_size, BORROW_TIMEOUT_MS, err,
+                               ERRLEN)
     if c == nil then
         return nil, ffi_string(err)
     end

@@ -31,6 +31,11 @@ local tbl_clear = require "table.clear"
 
 local _M = {}
 
+-- Connections per endpoint in a sink pool (core/pool.h): the runtime's
+-- connector.pool.size, which ember.runtime sets from the host of this Lua
+-- state (each job version has its own) before the job's code runs.
+_M.pool_size = 4
+
 local DASHES = "-------------------------------------------"
 
 

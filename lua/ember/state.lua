@@ -13,12 +13,14 @@
 -- committed state behind the lifecycle's back.
 --
 -- The lifecycle the C core drives (docs/internals.md):
---   begin -> (run) -> prepare(id) -> [C checkpoint] -> apply(id)
---                  \-> abort()
+--   begin -> (run) -> prepare(id) -> [C checkpoint] -> apply(id) -> [acks]
+--                  \-> abort()                                      -> maintain()
 -- prepare writes the staged changes as files nobody reads yet (a delta per
--- operator, or a snapshot every snapshot_interval files); apply makes them
--- visible in memory and drops files a snapshot made obsolete; restore
--- rebuilds committed state from the files up to the committed batch id.
+-- operator that changed); apply makes them visible in memory and, every
+-- snapshot_interval deltas, starts a snapshot; maintain, outside the
+-- commit, writes the next slice of a snapshot and drops the files a
+-- finished one made obsolete; restore rebuilds committed state from the
+-- files up to the committed batch id.
 --
 -- On disk, under host.state_dir (<checkpoint.dir>/<job>/state):
 --   CURRENT                   { dir = "v1", version = 1 } of the live state
@@ -223,6 +225,7 @@ function _M.new(job, host)
     end
     return setmetatable({
         job = job.name,
+        log = host.log,                 -- log(level, job, message), or nil
         version = job.state_version,
         migrate = job.migrate,
         dir = dir,
@@ -277,8 +280,12 @@ function Store:fail(msg)
 end
 
 
+local settle                    -- below, with apply
+
+
 -- Starts a batch: what an earlier run staged and nobody applied is dropped.
 function Store:begin(batch_id)
+    settle(self)                        -- a batch applied, not yet merged
     if self.phase ~= "idle" then
         self:abort()
     end
@@ -432,23 +439,24 @@ local function write_op_file(self, op, kind, id)
                 end
             end
         end
-    end)
+    end, kind == "delta")
 end
 
 
 -- Snapshots. After snapshot_interval deltas, an operator's state is
 -- written whole, so restore reads one snapshot and some deltas. Written
 -- at once, a million keys would hold one commit for 100 ms; so a snapshot
--- is spread over the next commits instead: it starts at apply(S) (state as
--- of batch S) and each prepare writes a slice of the keys, walking
--- op.committed with next(), until the last slice renames snapshot-S into
--- place. Meanwhile keys new to the operator wait in op.added (a table must
--- not get new keys while next() walks it; changing or clearing existing
--- ones is allowed). A slice may hold values newer than S but never newer
--- than the committed batch when the file is complete, and the deltas after
--- S, which restore applies on top, hold every change since S: so snapshot
--- plus deltas give the state exactly. The files before S are deleted only
--- once snapshot-S is complete and a checkpoint after it committed.
+-- is written in slices, outside the commits: it starts at apply(S) (state
+-- as of batch S) and each maintain (after a batch's acks) writes a slice of
+-- the keys, walking op.committed with next(), until the last slice renames
+-- snapshot-S into place. Meanwhile keys new to the operator wait in
+-- op.added (a table must not get new keys while next() walks it; changing
+-- or clearing existing ones is allowed). A slice holds committed values
+-- (maintain runs between batches, after apply), newer than S maybe, and
+-- the deltas after S, which restore applies on top, hold every change
+-- since S: so snapshot plus deltas give the state exactly. The files
+-- before S are deleted once snapshot-S is complete (the checkpoint then
+-- holds a batch >= S).
 
 -- Starts writing snapshot-<id> of op (its state as of batch id).
 local function start_snapshot(self, op, id)
@@ -561,17 +569,6 @@ function Store:prepare(batch_id)
             op.prepared = { kind = "delta", id = batch_id }
             total = total + bytes
         end
-        if op.snap then
-            local bytes, serr = step_snapshot(op)
-            if not bytes then
-                -- The deltas still hold everything: a later snapshot will do.
-                cancel_snapshot(op)
-                self:abort()
-                return false, "state: " .. op.kind .. " '" .. op.name .. "': snapshot: "
-                              .. tostring(serr), total
-            end
-            total = total + bytes
-        end
     end
     self.phase = "prepared"
     self.batch_id = batch_id
@@ -583,8 +580,9 @@ end
 -- Moves what the staged maps say into committed, for one operator.
 local function merge(op)
     local staged, committed, added = op.staged, op.committed, op.added
-    local nkeys = op.nkeys
+    local nkeys, n = op.nkeys, 0
     for k, s in pairs(staged) do
+        n = n + 1
         local old, where = committed[k], committed
         if old == nil and added then
             old, where = added[k], added        -- a new key waits in added
@@ -644,20 +642,54 @@ local function merge(op)
         tbl_clear(stimes)
         tbl_clear(op.expired)
     end
+    -- table.clear keeps a table's size: after a batch far larger than the
+    -- ones that follow (a backfill of a million keys), every later batch
+    -- would walk (pairs, clear) and keep room for all of them. Once batches
+    -- stage an eighth or less of the largest one, a small table replaces it.
+    local peak = op.staged_peak or 0
+    if n > peak then
+        op.staged_peak = n
+    elseif peak > 65536 and n * 8 < peak then
+        op.staged = new_map()
+        op.staged_peak = n
+        return
+    end
     tbl_clear(staged)
 end
 
 
--- Makes the prepared batch visible. Once C's checkpoint holds batch_id, a
--- snapshot at batch_id covers every older file of its operator.
-function Store:apply(batch_id)
-    if self.phase ~= "prepared" then
-        return false, "state: apply of batch " .. tostring(batch_id) .. " without prepare ("
-                      .. self.phase .. ")"
+-- The rest of applying a batch: its changes move from staged into
+-- committed and, every snapshot_interval deltas, a snapshot starts (as of
+-- that batch: after its merge, so the snapshot holds the batch's keys).
+-- Until then staged holds them, and every read looks there first, so
+-- they are visible from apply on. Returns nil or an error.
+function settle(self)
+    if self.phase ~= "applied" then
+        return nil
     end
     local err
     for _, op in ipairs(self.order) do
         merge(op)
+        if not op.snap and op.ndeltas >= self.interval and self.current then
+            local ok, serr = start_snapshot(self, op, self.batch_id)
+            err = err or (not ok and serr) or nil
+        end
+    end
+    self.phase = "idle"
+    return err
+end
+
+
+-- Makes the prepared batch visible, once C's checkpoint holds batch_id.
+-- later: the driver's commit, which leaves the merge into committed (a
+-- random store per changed key into a table of all keys) to maintain,
+-- after the acks; the next batch settles it first in any case.
+function Store:apply(batch_id, later)
+    if self.phase ~= "prepared" then
+        return false, "state: apply of batch " .. tostring(batch_id) .. " without prepare ("
+                      .. self.phase .. ")"
+    end
+    for _, op in ipairs(self.order) do
         local p = op.prepared
         op.prepared = nil
         if p then
@@ -666,12 +698,52 @@ function Store:apply(batch_id)
                 op.snap.deltas = op.snap.deltas + 1
             end
         end
+    end
+    self.phase = "applied"
+    if later then
+        return true
+    end
+    local err = settle(self)
+    if err then
+        return true, err                        -- state is fine, a stale file stays
+    end
+    return true
+end
+
+
+-- Writes the next slice of every snapshot being written, outside any
+-- batch: the driver calls it after a batch's acks went out, so a commit
+-- writes only the keys its batch changed and no ack waits for a snapshot.
+-- What a slice writes is committed state (apply came before), at least as
+-- new as the snapshot's batch S; the deltas after S hold every change since,
+-- and restore applies them on top. A finished snapshot-S covers the older
+-- files at once: the checkpoint holds a batch >= S (S started after its
+-- apply). Returns ok, err, bytes written.
+function Store:maintain()
+    local err = settle(self)
+    if self.phase ~= "idle" then
+        return true, nil, 0
+    end
+    local total = 0
+    for _, op in ipairs(self.order) do
+        if op.snap then
+            local bytes, serr = step_snapshot(op)
+            if not bytes then
+                -- The deltas still hold everything: a later snapshot will do.
+                cancel_snapshot(op)
+                op.ndeltas = self.interval   -- start again at the next apply
+                err = err or ("state: " .. op.kind .. " '" .. op.name .. "': snapshot: "
+                              .. tostring(serr))
+            else
+                total = total + bytes
+            end
+        end
         local done = op.snap_done
         if done then
-            -- snapshot-S is complete and this batch's checkpoint is after
-            -- it: the files it covers go (files up to S but itself).
+            -- snapshot-S is complete: the files it covers go (files up to S
+            -- but itself); the deltas after S stay.
             op.snap_done = nil
-            op.ndeltas = done.deltas + (p and 1 or 0)
+            op.ndeltas = done.deltas
             local dir = op_dir(self, op)
             for _, f in ipairs(format.list(dir) or {}) do
                 if f.id < done.id or (f.id == done.id and f.kind == "delta") then
@@ -686,21 +758,18 @@ function Store:apply(batch_id)
                 end
                 op.added = nil
             end
-        elseif not op.snap and op.ndeltas >= self.interval and self.current then
-            local ok, serr = start_snapshot(self, op, batch_id)
-            err = err or (not ok and serr) or nil
         end
     end
-    self.phase = "idle"
-    if err then
-        return true, err                        -- state is fine, a stale file stays
-    end
-    return true
+    return err == nil, err, total
 end
 
 
 -- Drops what the batch staged (and any file prepare wrote for it).
 function Store:abort()
+    if self.phase == "applied" then     -- nothing staged is uncommitted
+        settle(self)
+        return true
+    end
     for _, op in ipairs(self.order) do
         tbl_clear(op.staged)
         if op.stimes then

@@ -117,8 +117,12 @@ local function close_box(box)
     end
 end
 
-function _M.create(path)
-    local tmp = dirname(path) .. "/.tmp-" .. path:match("([^/]*)$")
+-- direct: write under the final name at once (no temp file, no rename):
+-- for files a reader ignores until something else names them (a delta of
+-- a batch no checkpoint holds yet), which saves the rename's journal
+-- commit. commit() still fsyncs the file and its folder.
+function _M.create(path, direct)
+    local tmp = direct and path or (dirname(path) .. "/.tmp-" .. path:match("([^/]*)$"))
     local fd = C.open(tmp, O_WRONLY + O_CREAT + O_TRUNC + O_CLOEXEC, MODE_0644)
     if fd < 0 then
         return why("cannot create " .. tmp)
@@ -180,7 +184,7 @@ function Writer:commit()
         C.unlink(self.tmp)
         return nil, err
     end
-    if C.rename(self.tmp, self.path) ~= 0 then
+    if self.tmp ~= self.path and C.rename(self.tmp, self.path) ~= 0 then
         local _, err = why("cannot rename " .. self.tmp .. " to " .. self.path)
         C.unlink(self.tmp)
         return nil, err

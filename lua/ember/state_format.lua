@@ -57,8 +57,8 @@ local REMOVED = _M.REMOVED
 local Writer = {}
 Writer.__index = Writer
 
-function _M.open(path, header)
-    local f, err = files.create(path)
+function _M.open(path, header, direct)
+    local f, err = files.create(path, direct)
     if not f then
         return nil, err
     end
@@ -132,8 +132,8 @@ end
 
 -- Writes a whole state file: fill(entry) calls entry(key, stored, time)
 -- once per entry. Returns the bytes written, or nil, err.
-function _M.write(path, header, fill)
-    local w, err = _M.open(path, header)
+function _M.write(path, header, fill, direct)
+    local w, err = _M.open(path, header, direct)
     if not w then
         return nil, err
     end

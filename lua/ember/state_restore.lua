@@ -49,6 +49,29 @@ function _M.extend(Store, I)
     end
 
 
+    -- Moves the folder of operator name (of the live folder cur) into the
+    -- archive folder (made on first use); returns the archive folder, or
+    -- nil, err.
+    local function archive_op(self, cur, name, archive, why)
+        if not archive then
+            archive = archive_dir(self)
+            if not archive then
+                return nil, "state: cannot make an archive folder in " .. self.dir
+            end
+        end
+        local ok, rerr = files.rename(self.dir .. "/" .. cur.dir .. "/" .. name,
+                                      archive .. "/" .. name)
+        if not ok then
+            return nil, rerr
+        end
+        if self.log then
+            pcall(self.log, "info", self.job, "state of operator '" .. name .. "' archived in "
+                  .. archive .. "/" .. name .. " (" .. why .. ")")
+        end
+        return archive
+    end
+
+
     -- Installs loaded maps into an operator.
     local function install(op, committed, times, ndeltas)
         op.committed, op.nkeys, op.bytes, op.ndeltas = committed, 0, 0, ndeltas or 0
@@ -249,6 +272,35 @@ function _M.extend(Store, I)
             end
         end
 
+        if #self.order == 0 then
+            -- A version without stateful operators: what the old one kept is
+            -- set aside, as for any operator a new version no longer has,
+            -- without reading it.
+            local ops, dirs = files.list(self.dir .. "/" .. cur.dir)
+            if not ops then
+                return false, dirs
+            end
+            for _, name in ipairs(ops) do
+                if dirs[name] then
+                    -- files of a batch never committed (a crash after
+                    -- prepare) are not part of the state
+                    local p0 = self.dir .. "/" .. cur.dir .. "/" .. name .. "/p0"
+                    for _, f in ipairs(format.list(p0) or {}) do
+                        if f.id > committed_id then
+                            files.unlink(p0 .. "/" .. f.name)
+                        end
+                    end
+                    archive, err = archive_op(self, cur, name, archive,
+                                              "the job has no stateful operator now")
+                    if not archive then
+                        return false, err
+                    end
+                end
+            end
+            self.current = cur
+            return true
+        end
+
         local loaded
         loaded, err = load_all(self, cur, committed_id, true)
         if not loaded then
@@ -260,14 +312,10 @@ function _M.extend(Store, I)
             -- Operators the job no longer declares: set aside, not dropped.
             for name in pairs(loaded) do
                 if not self.ops[name] then
-                    archive = archive or archive_dir(self)
+                    archive, err = archive_op(self, cur, name, archive,
+                                              "the job has no operator of that name now")
                     if not archive then
-                        return false, "state: cannot make an archive folder in " .. self.dir
-                    end
-                    local ok, rerr = files.rename(self.dir .. "/" .. cur.dir .. "/" .. name,
-                                                  archive .. "/" .. name)
-                    if not ok then
-                        return false, rerr
+                        return false, err
                     end
                 end
             end

@@ -7,6 +7,8 @@
 --   new version + migrate   the counts are converted (a number becomes { n = })
 --   a migrate that raises   the old version keeps running and counting, the
 --                           log names the migrate's file and line
+--   no stateful operator    the old counts are archived (readable, exactly
+--                           the last ones v1 wrote), not left live
 -- Whatever happened, the final counts are exactly those of 1..N: no record
 -- lost or counted twice across the swap.
 --
@@ -142,6 +144,68 @@ describe("keyed state across a reload", function()
         assert.equal("v2", st.tag)
         assert.same(expected(true), st.counts)
         assert.is_truthy(d:log():find("state restored", 1, true))
+    end)
+
+    it("keeps the state's size in the batches, the job's API and /metrics", function()
+        local http = require "support.http"
+        write("v1", "state_version = 1")
+        d:start()
+        wait_total(N, "all " .. N .. " records counted")
+        local port = d:http_port()
+        -- five keys "k0".."k4" (2 + 2 bytes each) with number values (9)
+        local job = d:wait_until(function()
+            local j = http.json(port, "/api/v1/jobs/tally")
+            return j.stateSize == 65 and j, j.stateSize
+        end, 20, 0.05, "stateSize in the job's API")
+        assert.equal(65, job.stateSize)
+        local batches = http.json(port, "/api/v1/jobs/tally/batches")
+        assert.equal(65, batches[1].stateBytes)
+        assert.is_true(batches[1].commitTime >= 0)
+        local _, metrics = http.request(port, "GET", "/metrics")
+        assert.truthy(metrics:find('ember_job_state_bytes{job="tally"} 65', 1, true), metrics)
+        d:signal("TERM")
+        assert.equal(0, d:wait_exit(20))
+    end)
+
+    it("archives the state when the new version has no stateful operator", function()
+        write("v1", "state_version = 1")
+        d:start()
+        wait_total(100, "100 records counted by v1")
+        d:write_job("tally", [[
+local ember = require "ember"
+local job = ember.job { name = "tally", batch_interval = "200ms", state_version = 1 }
+job:generator { kind = "sequence", rate = 200, count = 10 }
+  :foreach_batch(function() end)
+return job
+]])
+        d:signal("HUP")
+        d:wait_for_log("%[tally%] state of operator 'counts' archived in .- %(the job has no "
+                       .. "stateful operator now%)", 30)
+        local last = state()                    -- v1's last batch, committed before the swap
+        assert.equal("v1", last.tag)
+        local root = d.checkpoint_dir .. "/tally/state"
+        local files = require "ember.state_files"
+        local format = require "ember.state_format"
+        local names, is_dir = files.list(root)
+        local archived, live
+        for _, name in ipairs(names) do
+            if is_dir[name] and name:find("^archive%-") then
+                archived = root .. "/" .. name .. "/counts/p0"
+            elseif is_dir[name] then
+                live = root .. "/" .. name
+            end
+        end
+        assert.truthy(archived, "no archive folder in " .. root)
+        assert.truthy(live, "no live folder in " .. root)
+        assert.is_false(files.exists(live .. "/counts"))   -- not kept live
+        local committed = assert(format.load_dir(archived, last.id, false))
+        local counts = {}
+        for k, v in pairs(committed) do
+            counts[k] = tostring(v)
+        end
+        assert.same(last.counts, counts)
+        d:signal("TERM")
+        assert.equal(0, d:wait_exit(20))
     end)
 
     it("keeps the old version running when the new version's migrate raises", function()

@@ -1,7 +1,8 @@
 -- The sink pools in the API: a job writing to a real redis-server shows its
 -- pool's connections; when the server goes away the pool's last error and
 -- the job's blocked batch show in the API and fail /readyz, and both clear
--- when it returns, with every record written once.
+-- when it returns, with every record written once. The pool's size is the
+-- driver's connector.pool.size.
 
 local driver = require "support.driver"
 local http = require "support.http"
@@ -37,7 +38,8 @@ describe("sink pools in the API", function()
         d:write_job("pusher.lua", redis_server.render(SINK_JOB, {
             port = srv.port, url = driver.quote(redis.url) }))
         d:start { conf = driver.conf { ["streaming.batch.maxRetries"] = 1,
-                                       ["streaming.batch.maxBackoff"] = "500ms" } }
+                                       ["streaming.batch.maxBackoff"] = "500ms",
+                                       ["connector.pool.size"] = "3" } }
         local port = d:http_port()
         srv:accept(20)
         srv:send_lines({ "a", "b", "c" })
@@ -49,6 +51,7 @@ describe("sink pools in the API", function()
         assert.equal("redis", pool.kind)
         assert.truthy(pool.endpoint:find(tostring(redis.port), 1, true), pool.endpoint)
         assert.is_true(pool.open >= 1)
+        assert.equal(3, pool.max)               -- connector.pool.size, through the job's runtime
         assert.equal(cjson.null, pool.lastError)
         local code, body = http.request(port, "GET", "/metrics")
         assert.equal(200, code)

@@ -172,7 +172,8 @@ local function play(seed, nbatches)
     local desc = load()
     assert(desc.restore(0))
     local committed, time, base = 0, 0, 1
-    local events = { aborts = 0, crashes = 0, restores = 0, snapshots = 0 }
+    local events = { aborts = 0, crashes = 0, restores = 0, snapshots = 0, later = 0,
+                     late_crashes = 0 }
 
     local function run(id, recs)
         local ok, failed, err, fatal = H.run_id(desc, id, time, recs)
@@ -209,7 +210,24 @@ local function play(seed, nbatches)
         run(id, recs)
         local ok, err = desc.prepare(id)
         assert(ok, err)
-        assert(desc.apply(id))
+        local how = rnd()
+        if how < 0.5 then
+            -- the driver's way: the merge and the snapshot slice come after the
+            -- acks (maintain), or are left to the next batch
+            assert(desc.apply(id, true))
+            if how < 0.35 then
+                local mok, merr = desc.maintain()
+                assert(mok, merr)
+            elseif how < 0.42 then
+                -- the process dies after the commit, before maintain
+                desc = load()
+                assert(desc.restore(id))
+                events.late_crashes = events.late_crashes + 1
+            end
+            events.later = events.later + 1
+        else
+            assert(desc.apply(id))
+        end
         committed = id
         local want = oracle.batch(time, recs)
         for _, o in ipairs { "u", "m", "s" } do
@@ -231,9 +249,11 @@ describe("keyed state against a model", function()
         it("agrees batch by batch over 80 random batches (seed " .. seed .. ")", function()
             local ev = play(seed, 80)
             -- the run went through every path it means to test
-            assert.is_true(ev.aborts > 0 and ev.crashes > 0 and ev.restores > 0,
+            assert.is_true(ev.aborts > 0 and ev.crashes > 0 and ev.restores > 0
+                           and ev.later > 0 and ev.late_crashes > 0,
                            "aborts " .. ev.aborts .. ", crashes " .. ev.crashes
-                           .. ", restores " .. ev.restores)
+                           .. ", restores " .. ev.restores .. ", later " .. ev.later
+                           .. ", late crashes " .. ev.late_crashes)
         end)
     end
 end)

@@ -444,6 +444,41 @@ src:map(function(s) return s, 1 end)
         assert.is_true(more > 9 * big and more < 11 * big, big .. " vs " .. more)
     end)
 
+    it("stays exact when small batches follow a backfill much larger than they are", function()
+        local desc = job(MWS_COUNT, nil, "backfill")
+        local all = {}
+        for i = 1, 70000 do all[i] = string.format("key-%06d", i) end
+        H.commit(desc, 1, 1000, all)            -- 70,000 keys staged at once
+        local want = {}
+        for b = 2, 4 do                         -- then a few keys a batch
+            local some = {}
+            for i = 1, 20 do
+                local k = all[(b * 7919 + i * 97) % 70000 + 1]
+                some[#some + 1] = k
+                want[k] = (want[k] or 1) + 1
+            end
+            some[#some + 1] = "new-" .. b
+            want["new-" .. b] = 1
+            H.commit(desc, b, b * 1000, some)
+            local got = {}
+            for _, p in ipairs(sink.last()) do got[p[1]] = p[2] end
+            for _, k in ipairs(some) do
+                assert.equal(want[k], got[k], "batch " .. b .. ", key " .. k)
+            end
+        end
+        -- the files give the same state
+        local again = job(MWS_COUNT, nil, "backfill")
+        assert.is_true(again.restore(4, nil))
+        local keys = {}
+        for k in pairs(want) do keys[#keys + 1] = k end
+        H.commit(again, 5, 5000, keys)
+        for _, p in ipairs(sink.last()) do
+            assert.equal(want[p[1]] + 1, p[2], p[1])
+        end
+        assert.equal(#keys, #sink.last())
+        H.rm_rf(desc.state_dir)
+    end)
+
     it("archives a version folder CURRENT does not name and keeps CURRENT's state", function()
         local desc = job(MWS_COUNT, "{ name = 't', state_version = 1 }")
         H.commit(desc, 1, 1000, { "a" })
@@ -727,23 +762,32 @@ describe("the driver's contract", function()
         assert.is_true(desc.abort())
         assert.is_true((H.run_id(desc, 2, 2000, { "a" })))
         assert.is_true((desc.prepare(2)))
-        assert.is_true(desc.apply(2))
+        assert.is_true(desc.apply(2, true))     -- the driver's: maintain comes after the acks
         assert.same({ { "a", 2 } }, sink.last())
-        -- two deltas: the snapshot of batch 2 begins, written by the next commits
-        assert.same({ ".tmp-snapshot-2", "delta-1", "delta-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        -- two deltas: maintain, outside the commit, merges batch 2 and writes
+        -- the snapshot of batch 2
+        assert.same({ "delta-1", "delta-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        local mok, merr, mbytes = desc.maintain()
+        assert.is_true(mok, merr)
+        assert.is_true(mbytes > 0)
+        -- complete (two keys make one slice): it covers the deltas up to 2
+        assert.same({ "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        assert.same({ true, nil, 0 }, { desc.maintain() })   -- nothing left to write
 
         -- batch 3 is prepared, then kill -9 before the checkpoint: the driver
         -- restores from committed batch 2 and runs batch 3 again
         assert.is_true((H.run_id(desc, 3, 3000, { "a", "b" })))
-        assert.is_true((desc.prepare(3)))
-        assert.same({ "delta-1", "delta-2", "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
+        local _, _, b3 = desc.prepare(3)
+        assert.is_true(b3 > 0)
+        assert.same({ "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
         local after = job(MWS_COUNT, nil, nil, h)
         assert.is_true(after.restore(2, nil))
         assert.same({ counts = 24 }, after.state_bytes())
         assert.is_true((H.run_id(after, 3, 3000, { "a", "b" })))
         assert.same({ { "a", 3 }, { "b", 2 } }, sink.last())
         assert.is_true((after.prepare(3)))
-        assert.is_true(after.apply(3))
+        assert.is_true(after.apply(3, true))
+        assert.is_true((after.maintain()))
         assert.same({ "delta-3", "snapshot-2" }, ls(h.state_dir .. "/v0/counts/p0"))
     end)
 

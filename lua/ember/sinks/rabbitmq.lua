@@ -20,6 +20,7 @@
 -- keyed record {k, v} as its value v. Anything else needs a body function.
 
 local ffi = require "ffi"
+local sinks = require "ember.sinks"
 
 local C = ffi.C
 local type = type
@@ -47,8 +48,8 @@ if not pcall(ffi.typeof, "em_rabbitmq_batch") then
     ffi.cdef [[
         typedef struct em_rabbitmq_batch em_rabbitmq_batch;
         em_rabbitmq_batch *em_rabbitmq_batch_begin(const char *url, const char *exchange,
-                                                   int mandatory, int timeout_ms,
-                                                   char *err, size_t errlen);
+                                                   int mandatory, int pool_size,
+                                                   int timeout_ms, char *err, size_t errlen);
         int em_rabbitmq_batch_publish(em_rabbitmq_batch *b, const char *rk, size_t rklen,
                                       const char *body, size_t len);
         int em_rabbitmq_batch_finish(em_rabbitmq_batch *b, int abort, char *err,
@@ -201,7 +202,8 @@ function _M.to_rabbitmq(opts)
             return true
         end
         if not b then
-            b = C.em_rabbitmq_batch_begin(url, exchange, mandatory, timeout_ms, errbuf, ERR_LEN)
+            b = C.em_rabbitmq_batch_begin(url, exchange, mandatory, sinks.pool_size, timeout_ms,
+                                              errbuf, ERR_LEN)
             if b == nil then
                 b = nil                 -- a NULL cdata is truthy: nil, so the next chunk begins again
                 return nil, "to_rabbitmq: " .. ffi_string(errbuf)
