@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/kafka_ysb.sh — the Yahoo streaming benchmark's events through Kafka,
-# default settings: 3M events (bench/ysb_gen.lua) in 32 partitions,
+# default settings: 3M events (bench/ysb/gen.lua) in 32 partitions,
 # zstd-compressed, on librdkafka's mock cluster (tools/kafka-mock); the job
 # (format = "json") keeps the views, maps each ad to its campaign and counts
 # views per campaign per batch. The counted views are checked against the
@@ -46,7 +46,8 @@ wait_for "$work/mock.out" BOOTSTRAP= 10
 B=$(sed -n 's/^BOOTSTRAP=//p' "$work/mock.out")
 
 mkdir -p "$work/jobs"
-luajit bench/ysb_gen.lua "$N" "$work/events.jsonl" "$work/jobs/campaigns.lua" 2> "$work/expected"
+luajit bench/ysb/gen.lua campaigns "$work/jobs/campaigns.lua"
+luajit bench/ysb/gen.lua events "$N" 60000 "$work/events.jsonl" "$work/expected"
 views=$(awk '$1 == "views" {print $2}' "$work/expected")
 kcat -b "$B" -P -t ysb -z zstd -X linger.ms=20 -X batch.num.messages=10000 \
     -X sticky.partitioning.linger.ms=0 -l "$work/events.jsonl"

@@ -506,6 +506,8 @@ static void begin_partition(kafka_src *k, part *p, rd_kafka_topic_partition_t *e
     if (p->epoch == 0) /* 0 means "no epoch": skip it when the counter wraps */
         p->epoch = 1;
     p->live = p->epoch;
+    if (!p->assigned) /* for the watermark, before any record of it */
+        em_receiver_assign(k->r, p->partition, 1);
     p->assigned = 1;
     p->revoking = 0;
     p->assigned_at = k->rebalances;
@@ -607,6 +609,8 @@ static void end_partition(kafka_src *k, part *p)
     p->epoch++;
     if (p->epoch == 0)
         p->epoch = 1;
+    if (p->assigned)
+        em_receiver_assign(k->r, p->partition, 0);
     p->live = 0;
     p->assigned = 0;
     p->revoking = 0;

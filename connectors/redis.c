@@ -1978,6 +1978,36 @@ static int redis_call_now(em_redis_conn *c, const char *cmd, size_t len, void **
     return 0;
 }
 
+/* Sends n commands encoded in RESP (cmds, len) in one write and reads the n
+ * replies into replies[0..n-1] (each to free with em_redis_reply_free; an
+ * error reply is a reply): ember.redis's pipeline, one round trip for n
+ * commands. Returns 0, or -2 and err on an I/O failure (the replies read
+ * so far are freed and every slot is NULL; release the connection broken). */
+int em_redis_exec(em_redis_conn *c, const char *cmds, size_t len, int n, void **replies,
+                  char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++)
+        replies[i] = NULL;
+    if (redisAppendFormattedCommand(c->c, cmds, len) != REDIS_OK) {
+        snprintf(err, errlen, "%s: out of memory", c->name);
+        return -2;
+    }
+    for (int i = 0; i < n; i++) {
+        if (redisGetReply(c->c, &replies[i]) != REDIS_OK) {
+            char why[200];
+            io_error(c->c, c->name, why, sizeof why);
+            snprintf(err, errlen, "%s (after %d of %d replies)", why, i, n);
+            for (int k = 0; k <= i; k++) {
+                if (replies[k])
+                    freeReplyObject(replies[k]);
+                replies[k] = NULL;
+            }
+            return -2;
+        }
+    }
+    return 0;
+}
+
 /* Reply accessors, so Lua need not mirror hiredis's struct (it changed in 1.0). */
 int em_redis_reply_type(const void *r) { return ((const redisReply *)r)->type; }
 long long em_redis_reply_integer(const void *r) { return ((const redisReply *)r)->integer; }

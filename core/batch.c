@@ -61,6 +61,28 @@ em_batch *em_batch_cut_recovered(em_job *j, int64_t time_ms, uint64_t max_record
     return b;
 }
 
+/* The partitions each receiver is assigned at the cut, for the watermark
+ * (out of memory: none, and partitions count from their first record). */
+static void note_assignment(em_batch *b, const em_version *v)
+{
+    for (size_t i = 0; i < v->nreceivers; i++) {
+        int32_t *parts;
+        size_t n = em_receiver_assigned(v->receivers[i], &parts);
+        if (!n)
+            continue;
+        int32_t *a = realloc(b->assigned, (b->nassigned + n) * 2 * sizeof *a);
+        if (a) {
+            b->assigned = a;
+            for (size_t k = 0; k < n; k++) {
+                a[2 * (b->nassigned + k)] = (int32_t)i + 1;
+                a[2 * (b->nassigned + k) + 1] = parts[k];
+            }
+            b->nassigned += (uint32_t)n;
+        }
+        free(parts);
+    }
+}
+
 em_batch *em_batch_cut(em_job *j, int64_t time_ms)
 {
     em_version *v = j->version;
@@ -96,6 +118,7 @@ em_batch *em_batch_cut(em_job *j, int64_t time_ms)
         free(got);
     }
     b->nblocks = (uint32_t)cap;
+    note_assignment(b, v);
     return b;
 }
 
@@ -130,6 +153,7 @@ void em_batch_free(em_batch *b)
         em_block_unref(b->blocks[i]);
     free(b->blocks);
     free(b->sources);
+    free(b->assigned);
     em_version_unref(b->version);
     free(b);
 }

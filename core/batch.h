@@ -21,6 +21,8 @@ typedef struct em_batch {
     em_block **blocks;
     int32_t *sources;
     uint32_t nblocks;
+    int32_t *assigned; /* (source, partition) pairs at the cut; see em_batch_view */
+    uint32_t nassigned;
     uint64_t records;
     uint64_t id;
     int first_of_reload; /* the first batch of a version a reload brought */

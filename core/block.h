@@ -85,6 +85,10 @@ typedef struct em_batch_view {
     uint32_t nblocks;
     em_block **blocks;
     int32_t *sources;
+    /* The Kafka partitions assigned to the job's sources when the batch
+     * was cut: pairs (source index, 1-based; partition). */
+    uint32_t nassigned;
+    int32_t *assigned;
 } em_batch_view;
 
 /* One record as a connector hands it over, and as C code reads it back. */

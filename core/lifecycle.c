@@ -346,7 +346,8 @@ void em_lifecycle_run(em_task *t)
         res.fatal = 1;
         snprintf(res.err, sizeof res.err, "cannot restore its state: %.990s", err);
     } else {
-        em_batch_view view = {b->time_ms, b->nblocks, b->blocks, b->sources};
+        em_batch_view view = {b->time_ms, b->nblocks, b->blocks, b->sources, b->nassigned,
+                              b->assigned};
         em_luahost_run_batch(b->version->host, &view, b->id, &res);
     }
     int64_t ran_ms = em_clock_now_ms();

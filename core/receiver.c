@@ -61,6 +61,11 @@ struct em_receiver {
     char last_error[256];
     int64_t lag;          /* under lock; -1: unknown */
     char *lag_detail;
+    /* Partitions the connector said it was assigned, ascending, each with
+     * the number of its assignments; under lock. */
+    int32_t *assigned;
+    uint32_t *assigned_refs;
+    size_t nassigned, capassigned;
 };
 
 static const em_option core_options[] = {
@@ -235,6 +240,63 @@ void em_receiver_set_lag(em_receiver *r, int64_t total, const char *json)
     pthread_mutex_unlock(&r->lock);
 }
 
+/* A sorted array with a count per partition: assignments are few (tens)
+ * and change only on a rebalance. */
+void em_receiver_assign(em_receiver *r, int32_t partition, int on)
+{
+    pthread_mutex_lock(&r->lock);
+    size_t i = 0;
+    while (i < r->nassigned && r->assigned[i] < partition)
+        i++;
+    int found = i < r->nassigned && r->assigned[i] == partition;
+    if (on && found) {
+        r->assigned_refs[i]++;
+    } else if (on) {
+        if (r->nassigned == r->capassigned) {
+            size_t cap = r->capassigned ? 2 * r->capassigned : 16;
+            int32_t *a = realloc(r->assigned, cap * sizeof *a);
+            if (a)
+                r->assigned = a;
+            uint32_t *c = a ? realloc(r->assigned_refs, cap * sizeof *c) : NULL;
+            if (c)
+                r->assigned_refs = c;
+            if (!a || !c) { /* out of memory: the partition counts from its first record */
+                pthread_mutex_unlock(&r->lock);
+                return;
+            }
+            r->capassigned = cap;
+        }
+        memmove(r->assigned + i + 1, r->assigned + i, (r->nassigned - i) * sizeof *r->assigned);
+        memmove(r->assigned_refs + i + 1, r->assigned_refs + i,
+                (r->nassigned - i) * sizeof *r->assigned_refs);
+        r->assigned[i] = partition;
+        r->assigned_refs[i] = 1;
+        r->nassigned++;
+    } else if (found && --r->assigned_refs[i] == 0) {
+        memmove(r->assigned + i, r->assigned + i + 1, (r->nassigned - i - 1) * sizeof *r->assigned);
+        memmove(r->assigned_refs + i, r->assigned_refs + i + 1,
+                (r->nassigned - i - 1) * sizeof *r->assigned_refs);
+        r->nassigned--;
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+size_t em_receiver_assigned(em_receiver *r, int32_t **out)
+{
+    *out = NULL;
+    pthread_mutex_lock(&r->lock);
+    size_t n = r->nassigned;
+    if (n) {
+        *out = malloc(n * sizeof **out);
+        if (*out)
+            memcpy(*out, r->assigned, n * sizeof **out);
+        else
+            n = 0;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
 void em_receiver_get_stats(em_receiver *r, em_receiver_stats *out)
 {
     pthread_mutex_lock(&r->lock);
@@ -397,6 +459,8 @@ void em_receiver_unref(em_receiver *r)
     free(r->sealed);
     em_wal_close(r->wal);
     free(r->lag_detail);
+    free(r->assigned);
+    free(r->assigned_refs);
     em_props_clear(&r->props);
     pthread_mutex_destroy(&r->lock);
     pthread_cond_destroy(&r->done_cond);

@@ -78,6 +78,15 @@ int64_t em_receiver_batch_interval_ms(const em_receiver *r);
  * broker redelivers). For connectors, from their own thread. Returns how
  * many were dropped. Not for WAL'd sources. */
 size_t em_receiver_discard(em_receiver *r, int32_t partition);
+/* For connectors, from their thread: partition is assigned to this source
+ * (on = 1) or no longer (on = 0); counted, so a number assigned under two
+ * topics stays until both are gone. Batches carry the assignment of their
+ * cut, for the job's watermark: a partition assigned but not yet seen holds
+ * it back (lua/ember/event_time.lua). */
+void em_receiver_assign(em_receiver *r, int32_t partition, int on);
+/* The partitions assigned now, distinct and ascending, into a malloc'd
+ * *out (NULL when none); returns the count. */
+size_t em_receiver_assigned(em_receiver *r, int32_t **out);
 /* Holds the receiver (no reading) while on, e.g. too many batches wait. */
 void em_receiver_hold(em_receiver *r, int on);
 /* The read-ahead bound: the receiver stops reading while its blocks not

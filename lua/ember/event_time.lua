@@ -117,9 +117,10 @@ end
 
 -- Operations that keep an element a record's (its event time still the
 -- record's): what may stand between a source and event_time, and between
--- event_time and an event-time window.
+-- event_time and an event-time window. A join with a reference table is
+-- one (a lookup per record, as it passes).
 _M.NARROW = { map = true, filter = true, flat_map = true, map_values = true, union = true,
-              event_time = true }
+              event_time = true, join_table = true, left_outer_join_table = true }
 
 
 -- The job's clock: registered when the job has an event_time node.
@@ -264,6 +265,14 @@ function _M.clock(ctx, store, job)
                 chans[ch] = true
             end
         end
+        -- A Kafka partition assigned but not seen yet is a channel too: it
+        -- holds the watermark back (as if its event time were -inf) until
+        -- it delivers or stays idle for idle_timeout.
+        if ctx.each_assigned then
+            ctx.each_assigned(function(src, part)
+                chans[tostring(src * 100000 + part + 1)] = true
+            end)
+        end
         for ch, m in pairs(maxes) do
             local key = "max:" .. ch
             local old = visible(op, key)
@@ -289,7 +298,7 @@ function _M.clock(ctx, store, job)
             end
             if t < idle then
                 active = true
-                local m = visible(op, "max:" .. ch)
+                local m = visible(op, "max:" .. ch) or -math_huge
                 if m < lo then
                     lo = m
                 end
@@ -302,7 +311,7 @@ function _M.clock(ctx, store, job)
         elseif any and wm then
             cand = wm + step                    -- every channel idle: processing time
         end
-        if cand and (wm == nil or cand > wm) then
+        if cand and cand > -math_huge and (wm == nil or cand > wm) then
             staged.wm = cand
             wm = cand
         end

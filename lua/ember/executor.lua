@@ -248,6 +248,19 @@ function _M.compile(job, host, store)
         return blk.runs[k].partition
     end
 
+    -- The Kafka partitions assigned to the job's sources when the batch was
+    -- cut, as (source, partition) pairs: fn(source, partition) for each.
+    function ctx.each_assigned(fn)
+        local view = ctx.view
+        if not view or view.nassigned == 0 or view.assigned == nil then
+            return
+        end
+        local a = view.assigned
+        for i = 0, view.nassigned - 1 do
+            fn(a[2 * i], a[2 * i + 1])
+        end
+    end
+
     local function source_loop(push, recs, arena, from, n)
         for i = from, n - 1 do
             cur = i
@@ -300,6 +313,7 @@ function _M.compile(job, host, store)
     local function run(view)
         local time = tonumber(view.time_ms)
         ctx.time = time
+        ctx.view = view
         fails:begin(time)
 
         for i = 1, #wides do

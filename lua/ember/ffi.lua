@@ -51,6 +51,8 @@ if not pcall(ffi_typeof, "em_batch_view") then
             uint32_t nblocks;
             em_block **blocks;
             int32_t *sources;
+            uint32_t nassigned;
+            int32_t *assigned;
         } em_batch_view;
     ]]
 end

@@ -13,6 +13,18 @@
 -- call(cmd, ...) returns the reply as Lua values: a status or bulk string
 -- as a string, an integer as a number, an array as a table, a nil reply as
 -- ember.redis.null. An error reply, or a lost connection, returns nil, err.
+--
+-- r:pipeline() queues commands and sends them in one round trip:
+--
+--   local p = r:pipeline()
+--   p:call("HGET", "campaign", "window")     -- queued; returns p
+--   p:call("HSET", "window", "seen_count", 7)
+--   local replies, err, i = p:exec()
+--
+-- exec() returns the n replies in order; an error reply is an error object
+-- in its slot (ember.redis.is_error(v); v.err is its text), and err, i are
+-- then the first failed command's text and index. A lost connection
+-- returns nil, err. The pipeline is empty again after exec().
 -- The C side is connectors/redis.c (em_redis_*), reached through the FFI.
 
 local ffi = require "ffi"
@@ -27,6 +39,7 @@ local select = select
 local pairs = pairs
 local pcall = pcall
 local setmetatable = setmetatable
+local getmetatable = getmetatable
 local tonumber = tonumber
 local math_floor = math.floor
 local str_format = string.format
@@ -47,6 +60,8 @@ if not pcall(ffi.typeof, "em_redis_conn") then
                               int *failed, char *err, size_t errlen);
         int em_redis_call(em_redis_conn *c, const char *cmd, size_t len, void **reply,
                           char *err, size_t errlen);
+        int em_redis_exec(em_redis_conn *c, const char *cmds, size_t len, int n, void **replies,
+                          char *err, size_t errlen);
         int em_redis_reply_type(const void *r);
         long long em_redis_reply_integer(const void *r);
         const char *em_redis_reply_str(const void *r, size_t *len);
@@ -65,6 +80,12 @@ local STRING, ARRAY, INTEGER, NIL, STATUS, ERROR = 1, 2, 3, 4, 5, 6
 -- The nil reply inside an array (a plain nil would end the table early).
 _M.null = setmetatable({}, { __tostring = function() return "null" end })
 local null = _M.null
+
+-- An error reply inside a pipeline's replies.
+local Err = { __tostring = function(e) return e.err end }
+function _M.is_error(v)
+    return getmetatable(v) == Err
+end
 
 
 -- True when this process is ember (the em_redis_* symbols are linked in).
@@ -385,6 +406,87 @@ function Conn:call(...)
         return nil, err
     end
     return res
+end
+
+
+-- r:pipeline(): commands queued and sent together by exec().
+local Pipeline = {}
+Pipeline.__index = Pipeline
+
+function Conn:pipeline()
+    return setmetatable({ conn = self, enc = new_encoder(), n = 0, argv = {} }, Pipeline)
+end
+
+-- p:call(cmd, ...) or p:call{cmd, ...}: queues one command; returns p.
+function Pipeline:call(...)
+    if select("#", ...) == 0 or (...) == nil then
+        error("bad argument #1 to 'call' (a command name expected)", 2)
+    end
+    local n, why = _M.collect(self.argv, ...)
+    if not n then
+        error("bad argument to 'call' (" .. why .. "; strings and numbers expected)", 2)
+    end
+    self.enc:command(self.argv, n)
+    self.n = self.n + 1
+    return self
+end
+
+-- The number of commands queued.
+function Pipeline:count()
+    return self.n
+end
+
+-- Sends every queued command in one write and reads their replies:
+-- replies (error replies as error objects), then the first error's text
+-- and index, or nil, err when the connection was lost.
+function Pipeline:exec()
+    local n = self.n
+    if n == 0 then
+        return {}
+    end
+    local conn = self.conn
+    local text = self.enc:get()
+    self.enc:reset()
+    self.n = 0
+    if not conn.c then
+        local ok, err = attach(conn)
+        if not ok then
+            return nil, err
+        end
+    end
+    local box = ffi_new("void *[?]", n)
+    local rc = C.em_redis_exec(conn.c, text, #text, n, box, errbuf, ERRLEN)
+    if rc ~= 0 then
+        local err = ffi_string(errbuf)
+        C.em_redis_release(conn.c, 1)
+        conn.c = nil
+        holding[conn] = nil
+        return nil, err
+    end
+    local out, first, at = {}, nil, nil
+    local len = ffi_new("size_t[1]")
+    for i = 1, n do
+        local r = box[i - 1]
+        if C.em_redis_reply_type(r) == ERROR then
+            local e = ffi_string(C.em_redis_reply_str(r, len), len[0])
+            out[i] = setmetatable({ err = e }, Err)
+            if not first then
+                first, at = e, i
+            end
+        else
+            local ok, v = pcall(to_lua, r)
+            if ok then
+                out[i] = v
+            else
+                out[i] = setmetatable({ err = tostring(v) }, Err)
+                if not first then
+                    first, at = tostring(v), i
+                end
+            end
+        end
+        C.em_redis_reply_free(r)
+    end
+    return out, first, at
 end
 
 

@@ -1,11 +1,11 @@
 -- Recovery: event-time windows across kill -9, again and again. A job
 -- reads e<i> from a Kafka topic, gives each the event time i * 10 ms, and
 -- counts per key (i % 5) in 1 s tumbling windows; every closed window is
--- appended to windows.<run>. One partition: a partition counts in the
--- watermark from its first record (docs/windows.md), so with several, a
--- consumer that reads one partition's backlog before another has even
--- delivered would make the other's records late by design; the minimum
--- over partitions is checked in spec/unit/event_window_oracle_spec.lua.
+-- appended to windows.<run>. One partition: with several, a consumer that
+-- reads one partition's backlog for longer than idle_timeout before another
+-- delivers makes the other's records late by design; the minimum over
+-- partitions is checked in spec/unit/event_window_oracle_spec.lua, and an
+-- assigned partition not seen yet in spec/kafka/watermark_assign_spec.lua.
 --
 -- Outputs are at-least-once: a kill between a batch's output and its
 -- commit makes the batch run again, so a window may come out twice, but

@@ -5,6 +5,7 @@
 -- event_window_oracle_spec.lua.
 
 local H = require "spec.unit.support.helper"
+local view = require "spec.unit.support.view"
 
 
 local dir, sink
@@ -130,6 +131,44 @@ ev:event_time("t"):with_watermark("2s", { idle_timeout = "3s" })
         -- idle after 3 s of batches (at 4000), when the watermark (2000)
         -- starts to move a second per batch: it reaches 5000 at 6000
         assert.same({ { 6, { "a 0-5000 2", "b 0-5000 1" } } }, out)
+    end)
+
+    it("hold the watermark for a Kafka partition assigned but not seen, until it is idle",
+       function()
+        local body = [[
+ev:event_time("t"):with_watermark(0, { idle_timeout = "3s" })
+  :map(function(e) return e.k, 1 end)
+  :event_window { size = "5s" }:count():foreach_batch(sink.collect)]]
+        -- partition 0 delivers every batch; partition 1 is assigned (or,
+        -- the second time, not known) and quiet. Returns the batches that
+        -- emitted, with their windows.
+        local function run(assigned)
+            H.rm_rf(dir)
+            dir = H.tmpdir()
+            sink = H.sink()
+            local desc = job(body)
+            local out = {}
+            for b = 1, 6 do
+                local v = view.batch(b * 1000, { { value = "a@" .. (b == 1 and 1000 or 7000 + b),
+                                                   partition = 0 },
+                                                 b == 1 and { value = "a@7000", partition = 0 }
+                                                 or nil })
+                if assigned then
+                    view.assign(v, { { 1, 0 }, { 1, 1 } })
+                end
+                local ok, failed, err = desc.run_batch(v.ptr, b)
+                assert(ok and failed == 0, err)
+                assert(desc.prepare(b))
+                assert(desc.apply(b))
+                if #sink.last() > 0 then
+                    out[#out + 1] = { b, windows(sink.last()) }
+                end
+            end
+            return out
+        end
+        -- idle after 3 s of batches counted from the first record (batch 1)
+        assert.same({ { 4, { "a 0-5000 1" } } }, run(true))
+        assert.same({ { 1, { "a 0-5000 1" } } }, run(false))
     end)
 
     it("keep the watermark and the open windows across a load of changed code", function()

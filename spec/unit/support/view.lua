@@ -119,4 +119,17 @@ function _M.batch(time_ms, ...)
 end
 
 
+-- Gives a batch (from _M.batch) the Kafka assignment of its cut: pairs
+-- { source, partition }, as em_batch_cut notes them.
+function _M.assign(v, pairs_)
+    local a = ffi_new("int32_t[?]", 2 * #pairs_ + 1)
+    for i, p in ipairs(pairs_) do
+        a[2 * (i - 1)], a[2 * (i - 1) + 1] = p[1], p[2]
+    end
+    v.view.nassigned, v.view.assigned = #pairs_, a
+    v.keep[#v.keep + 1] = a
+    return v
+end
+
+
 return _M
