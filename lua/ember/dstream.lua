@@ -88,13 +88,7 @@ function _M.new_source(job, index, kind, where_)
 end
 
 
-local function callable(f)
-    if type(f) == "function" then
-        return true
-    end
-    local mt = getmetatable(f)
-    return type(mt) == "table" and mt.__call ~= nil
-end
+local callable = require "ember.callable"
 
 
 -- Checks self and the job's state; level 3 is the user's call.

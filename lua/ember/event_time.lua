@@ -31,7 +31,6 @@ local type = type
 local tostring = tostring
 local pairs = pairs
 local ipairs = ipairs
-local getmetatable = getmetatable
 local next = next
 local math_huge = math.huge
 local str_format = string.format
@@ -47,13 +46,7 @@ _M.CLOCK = "event_time#clock"
 local DEFAULT_IDLE = 60000
 
 
-local function callable(f)
-    if type(f) == "function" then
-        return true
-    end
-    local mt = getmetatable(f)
-    return type(mt) == "table" and mt.__call ~= nil
-end
+local callable = require "ember.callable"
 
 
 function _M.declare(DStream, h)

@@ -75,13 +75,7 @@ do
 end
 
 
-local function callable(f)
-    if type(f) == "function" then
-        return true
-    end
-    local mt = getmetatable(f)
-    return type(mt) == "table" and mt.__call ~= nil
-end
+local callable = require "ember.callable"
 
 
 -- Keys of any type in one string: "s" .. string, "n" .. number, "b" .. boolean.

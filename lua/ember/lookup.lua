@@ -46,7 +46,6 @@ local pairs = pairs
 local ipairs = ipairs
 local math_floor = math.floor
 local pcall = pcall
-local getmetatable = getmetatable
 local str_find = string.find
 local tbl_concat = table.concat
 local duration_ms = state_ops.duration_ms
@@ -82,13 +81,7 @@ function _M.is_lookup(op)
 end
 
 
-local function callable(f)
-    if type(f) == "function" then
-        return true
-    end
-    local mt = getmetatable(f)
-    return type(mt) == "table" and mt.__call ~= nil
-end
+local callable = require "ember.callable"
 
 
 function _M.declare(DStream, h)

@@ -24,7 +24,6 @@ local tonumber = tonumber
 local pairs = pairs
 local ipairs = ipairs
 local pcall = pcall
-local getmetatable = getmetatable
 local setmetatable = setmetatable
 local str_find = string.find
 local str_match = string.match
@@ -67,13 +66,7 @@ end
 _M.duration_ms = duration_ms
 
 
-local function callable(f)
-    if type(f) == "function" then
-        return true
-    end
-    local mt = getmetatable(f)
-    return type(mt) == "table" and mt.__call ~= nil
-end
+local callable = require "ember.callable"
 
 
 -- The operator's name: the one given, or "<kind>#<n>" for the n-th

@@ -82,13 +82,7 @@ function _M.is_table(v)
 end
 
 
-local function callable(f)
-    if type(f) == "function" then
-        return true
-    end
-    local mt = getmetatable(f)
-    return type(mt) == "table" and mt.__call ~= nil
-end
+local callable = require "ember.callable"
 
 
 -- Redis ------------------------------------------------------------------

@@ -68,13 +68,7 @@ function _M.is_window(op)
 end
 
 
-local function callable(f)
-    if type(f) == "function" then
-        return true
-    end
-    local mt = getmetatable(f)
-    return type(mt) == "table" and mt.__call ~= nil
-end
+local callable = require "ember.callable"
 
 
 local function add(a, b) return a + b end

@@ -25,7 +25,6 @@ local pairs = pairs
 local tostring = tostring
 local error = error
 local pcall = pcall
-local getmetatable = getmetatable
 local str_format = string.format
 local collect = redis.collect
 
@@ -35,13 +34,7 @@ local _M = {}
 local OPTIONS = { url = true, command = true }
 
 
-local function callable(f)
-    if type(f) == "function" then
-        return true
-    end
-    local mt = getmetatable(f)
-    return type(mt) == "table" and mt.__call ~= nil
-end
+local callable = require "ember.callable"
 
 
 -- The command for one record, collected into argv: argc, or nil and why.
