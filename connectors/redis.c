@@ -1,4 +1,4 @@
-/* redis.c — Redis as a source (list, stream, pub/sub) and as a sink, over hiredis 0.14.
+/* redis.c — Redis as a source (list, stream, pub/sub), over hiredis 0.14.
  *
  * Source modes, each read only inside poll(), at most `max` records a call,
  * so the rate cap is the size of the next read and a backlog stays in Redis:
@@ -23,9 +23,8 @@
  * the receivers of one processing list or consumer, see `track`) lets a
  * re-read after a reconnect, or a new receiver after a reload, skip it.
  *
- * The sink half (em_redis_*) is called from Lua through the FFI: a pooled
- * connection (core/pool.h, kind "redis") takes a whole batch of commands,
- * already in RESP form, and every reply is checked.
+ * The sink is redis_sink.c; what both use (the URL, connecting) is
+ * redis_conn.c.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,11 +35,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include "../core/block.h"
-#include "../core/budget.h"
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/connector.h"
@@ -48,250 +45,15 @@
 #include "../core/log.h"
 #include "../core/pool.h"
 #include "../core/receiver.h"
+#include "redis_conn.h"
 
-#define CONNECT_TIMEOUT_MS 3000
 #define IO_MARGIN_MS 10000    /* a blocking read may take `block` plus this before it hangs */
 #define ACK_TIMEOUT_MS 10000
-#define SINK_TIMEOUT_MS 30000
 #define FIRST_DELAY_MS 1000
 #define MAX_DELAY_MS 30000
 #define XACK_CHUNK 1000       /* ids per XACK command */
 #define LAG_PERIOD_MS 1000    /* how often the backlog is asked and told to the receiver */
 #define LAG_RETRY_MS 60000    /* after the server refused the lag's command */
-
-/* ------------------------------------------------------------------ URLs */
-
-typedef struct rurl {
-    char host[256];
-    int port, db;
-    char *user, *pass; /* NULL when absent */
-    char safe[320];    /* the URL without its password, for messages */
-} rurl;
-
-static void rurl_clear(rurl *u)
-{
-    free(u->user);
-    free(u->pass);
-    memset(u, 0, sizeof *u);
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* A malloc'd copy of s[0, n) with %XX escapes decoded; NULL on a bad escape. */
-static char *pct_decode(const char *s, size_t n)
-{
-    char *out = malloc(n + 1), *w = out;
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            *w++ = s[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval(s[i + 1]) : -1, lo = i + 2 < n ? hexval(s[i + 2]) : -1;
-        if (hi < 0 || lo < 0) {
-            free(out);
-            return NULL;
-        }
-        *w++ = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    *w = '\0';
-    return out;
-}
-
-static int parse_uint(const char *s, size_t n, long max, long *out)
-{
-    long v = 0;
-    if (n == 0 || n > 9)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-/* Parses redis://[[user]:password@]host[:port][/db]. The error text never
- * repeats the URL, which may hold a password. */
-static int parse_url(const char *url, rurl *u, char *err, size_t errlen)
-{
-    static const char form[] = "expected redis://[:password@]host[:port][/db]";
-    memset(u, 0, sizeof *u);
-    if (strncmp(url, "rediss://", 9) == 0) {
-        snprintf(err, errlen, "TLS (rediss://) is not supported; %s", form);
-        return -1;
-    }
-    if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "%s", form);
-        return -1;
-    }
-    const char *p = url + 8;
-    const char *end = p + strcspn(p, "/?#");
-    const char *at = NULL;
-    for (const char *q = p; q < end; q++)
-        if (*q == '@')
-            at = q;
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (!colon) {
-            snprintf(err, errlen, "a password goes after ':' (redis://:password@host or "
-                                  "redis://user:password@host)");
-            return -1;
-        }
-        if (colon > p && !(u->user = pct_decode(p, (size_t)(colon - p))))
-            goto bad_escape;
-        if (!(u->pass = pct_decode(colon + 1, (size_t)(at - colon - 1))))
-            goto bad_escape;
-        p = at + 1;
-    }
-    const char *hend, *q;
-    if (*p == '[') { /* [::1]:6379 */
-        const char *close = memchr(p, ']', (size_t)(end - p));
-        if (!close) {
-            snprintf(err, errlen, "unclosed '[' in the host; %s", form);
-            goto fail;
-        }
-        hend = close;
-        q = close + 1;
-        p++;
-    } else {
-        const char *colon = memchr(p, ':', (size_t)(end - p));
-        hend = colon ? colon : end;
-        q = hend;
-    }
-    if (hend == p || (size_t)(hend - p) >= sizeof u->host) {
-        snprintf(err, errlen, "no host; %s", form);
-        goto fail;
-    }
-    memcpy(u->host, p, (size_t)(hend - p));
-    u->host[hend - p] = '\0';
-    u->port = 6379;
-    if (q < end) {
-        long port;
-        if (*q != ':' || parse_uint(q + 1, (size_t)(end - q - 1), 65535, &port) != 0 || port < 1) {
-            snprintf(err, errlen, "the port must be a number 1-65535; %s", form);
-            goto fail;
-        }
-        u->port = (int)port;
-    }
-    if (*end == '/') {
-        const char *db = end + 1;
-        size_t n = strcspn(db, "?#");
-        long v = 0;
-        if (n > 0 && parse_uint(db, n, 1000000, &v) != 0) {
-            snprintf(err, errlen, "the database after '/' must be a number; %s", form);
-            goto fail;
-        }
-        u->db = (int)v;
-        end = db + n;
-    }
-    if (*end) {
-        snprintf(err, errlen, "query parameters are not supported; %s", form);
-        goto fail;
-    }
-    int v6 = strchr(u->host, ':') != NULL;
-    char db[16] = "";
-    if (u->db)
-        snprintf(db, sizeof db, "/%d", u->db);
-    snprintf(u->safe, sizeof u->safe, "redis://%s%s%s%s%s:%d%s", u->user ? u->user : "",
-             u->pass ? ":***@" : "", v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, db);
-    return 0;
-bad_escape:
-    snprintf(err, errlen, "a bad %%XX escape in the user or password");
-fail:
-    rurl_clear(u);
-    return -1;
-}
-
-/* ------------------------------------------------------------ connecting */
-
-static void lower_first(const char *in, char *out, size_t n)
-{
-    snprintf(out, n, "%s", in);
-    if (out[0] >= 'A' && out[0] <= 'Z' && !(out[1] >= 'A' && out[1] <= 'Z'))
-        out[0] = (char)(out[0] - 'A' + 'a');
-}
-
-static struct timeval tv_ms(int64_t ms)
-{
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
-    return tv;
-}
-
-/* Connects, authenticates and selects the database. Returns the context,
- * or NULL with err saying why in words a log line can carry ("connection
- * refused", "authentication failed: WRONGPASS ..."). io_timeout_ms bounds
- * every later read and write. May block up to CONNECT_TIMEOUT_MS. */
-static redisContext *open_ctx(const rurl *u, int64_t io_timeout_ms, char *err, size_t errlen)
-{
-    redisContext *c = redisConnectWithTimeout(u->host, u->port, tv_ms(CONNECT_TIMEOUT_MS));
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    if (c->err) {
-        lower_first(c->errstr, err, errlen);
-        redisFree(c);
-        return NULL;
-    }
-    redisSetTimeout(c, tv_ms(io_timeout_ms));
-    redisEnableKeepAlive(c);
-    if (u->pass || u->db) {
-        char db[16];
-        snprintf(db, sizeof db, "%d", u->db);
-        const char *auth[3] = {"AUTH", u->user ? u->user : u->pass, u->pass};
-        const char *sel[2] = {"SELECT", db};
-        if (u->pass)
-            redisAppendCommandArgv(c, u->user ? 3 : 2, auth, NULL);
-        if (u->db)
-            redisAppendCommandArgv(c, 2, sel, NULL);
-        for (int i = 0; i < (u->pass != NULL) + (u->db != 0); i++) {
-            redisReply *r;
-            if (redisGetReply(c, (void **)&r) != REDIS_OK) {
-                lower_first(c->errstr, err, errlen);
-                redisFree(c);
-                return NULL;
-            }
-            int bad = r->type == REDIS_REPLY_ERROR;
-            if (bad)
-                snprintf(err, errlen, "%s failed: %s",
-                         i == 0 && u->pass ? "authentication" : "SELECT", r->str);
-            freeReplyObject(r);
-            if (bad) {
-                redisFree(c);
-                return NULL;
-            }
-        }
-    }
-    return c;
-}
-
-/* The text of an I/O failure on c, for a log line. */
-static void io_error(redisContext *c, const char *what, char *out, size_t n)
-{
-    char e[160];
-    if (c->err == REDIS_ERR_EOF)
-        snprintf(e, sizeof e, "connection closed by the server");
-    else if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
-        snprintf(e, sizeof e, "no reply within the timeout");
-    else
-        lower_first(c->errstr[0] ? c->errstr : "connection lost", e, sizeof e);
-    snprintf(out, n, "%s: %s", what, e);
-}
 
 /* --------------------------------------------------- the in-flight multiset
  *
@@ -524,7 +286,7 @@ typedef struct sbuf {
 
 typedef struct redis_src {
     rmode mode;
-    rurl url;
+    em_redis_url url;
     char name[400]; /* "redis source redis://host:port (job x)" */
     char *job, *key, *processing, *group, *consumer;
     char **channels;
@@ -689,8 +451,8 @@ static void *redis_create(const em_props *props, em_receiver *r, char *err, size
         return NULL;
     }
     char why[200];
-    rurl u;
-    if (parse_url(url, &u, why, sizeof why) != 0) {
+    em_redis_url u;
+    if (em_redis_url_parse(url, &u, why, sizeof why) != 0) {
         snprintf(err, errlen, "redis source: option 'url': %s", why);
         return NULL;
     }
@@ -804,7 +566,7 @@ static void *redis_create(const em_props *props, em_receiver *r, char *err, size
     }
     return s;
 bad:
-    rurl_clear(&u);
+    em_redis_url_free(&u);
     return NULL;
 }
 
@@ -854,7 +616,7 @@ static int reply_fault(redis_src *s, const char *cmd, redisReply *rep)
 {
     char why[320];
     if (!rep)
-        io_error(s->c, cmd, why, sizeof why);
+        em_redis_io_error(s->c, cmd, why, sizeof why);
     else
         snprintf(why, sizeof why, "%s failed: %s", cmd, rep->type == REDIS_REPLY_ERROR
                                                             ? rep->str : "unexpected reply");
@@ -949,7 +711,7 @@ static int ensure_conn(redis_src *s, int64_t deadline)
             return 0;
     }
     char why[256];
-    s->c = open_ctx(&s->url, s->block_ms + IO_MARGIN_MS, why, sizeof why);
+    s->c = em_redis_connect(&s->url, s->block_ms + IO_MARGIN_MS, why, sizeof why);
     if (!s->c) {
         if (strncmp(why, "authentication", 14) == 0 || strncmp(why, "SELECT", 6) == 0) {
             char w2[300];
@@ -1514,7 +1276,7 @@ static redisContext *ack_conn_locked(redis_src *s, size_t waiting)
     if (em_clock_mono_ms() < s->ack_retry_at)
         return NULL;
     char why[256];
-    s->ack = open_ctx(&s->url, ACK_TIMEOUT_MS, why, sizeof why);
+    s->ack = em_redis_connect(&s->url, ACK_TIMEOUT_MS, why, sizeof why);
     if (!s->ack) {
         s->ack_retry_at = em_clock_mono_ms() + FIRST_DELAY_MS;
         if (!s->ack_down)
@@ -1565,7 +1327,7 @@ static size_t send_acks_locked(redis_src *s, const ackitem *items, size_t n)
         size_t m = s->mode == LIST ? 1 : (n - done < XACK_CHUNK ? n - done : XACK_CHUNK);
         redisReply *rep;
         if (redisGetReply(c, (void **)&rep) != REDIS_OK) {
-            io_error(c, verb, why, sizeof why);
+            em_redis_io_error(c, verb, why, sizeof why);
             break;
         }
         if (rep->type == REDIS_REPLY_ERROR)
@@ -1746,7 +1508,7 @@ static void redis_free(void *self)
     free(s->processing);
     free(s->group);
     free(s->consumer);
-    rurl_clear(&s->url);
+    em_redis_url_free(&s->url);
     pthread_mutex_destroy(&s->ack_lock);
     free(s);
 }
@@ -1789,245 +1551,3 @@ const em_connector em_redis_connector = {
     .acknowledges = redis_acknowledges,
     .free = redis_free,
 };
-
-/* ------------------------------------------------------------------ sink
- *
- * Exported for lua/ember/redis.lua and lua/ember/sinks/redis.lua (the FFI
- * declarations there mirror these). Lua encodes commands in RESP itself and
- * hands over whole pipelines, so a batch costs one FFI call and one round
- * trip per chunk, not one per record.
- *
- * The pool's endpoint is the URL itself (the core masks its password when
- * it shows it). */
-
-typedef struct em_redis_conn {
-    redisContext *c;
-    em_pool *pool;
-    char name[320]; /* the URL without password */
-    char io_err[256]; /* the I/O failure that broke it, for the pool's last error */
-} em_redis_conn;
-
-static void *pool_connect(const char *url, char *err, size_t errlen)
-{
-    rurl u;
-    char why[256];
-    if (parse_url(url, &u, why, sizeof why) != 0) {
-        snprintf(err, errlen, "redis: %s", why);
-        return NULL;
-    }
-    em_redis_conn *c = calloc(1, sizeof *c);
-    if (c)
-        c->c = open_ctx(&u, SINK_TIMEOUT_MS, why, sizeof why);
-    else
-        snprintf(why, sizeof why, "out of memory");
-    if (!c || !c->c) {
-        snprintf(err, errlen, "%s: %s", u.safe, why);
-        free(c);
-        rurl_clear(&u);
-        return NULL;
-    }
-    snprintf(c->name, sizeof c->name, "%s", u.safe);
-    rurl_clear(&u);
-    return c;
-}
-
-static void pool_close(void *conn)
-{
-    em_redis_conn *c = conn;
-    if (!c)
-        return;
-    redisFree(c->c);
-    free(c);
-}
-
-static const em_pool_ops pool_ops = {pool_connect, pool_close};
-
-/* Checks a URL as the sink and ember.redis() take it: 0, or -1 and err
- * (which never repeats the password). */
-int em_redis_url_check(const char *url, char *err, size_t errlen)
-{
-    rurl u;
-    if (parse_url(url, &u, err, errlen) != 0)
-        return -1;
-    rurl_clear(&u);
-    return 0;
-}
-
-/* An idle pooled connection the server closed (a restart, a timeout) reads
- * as EOF: it is readable while nothing was asked. */
-static int looks_dead(const em_redis_conn *c)
-{
-    struct pollfd p = {.fd = c->c->fd, .events = POLLIN};
-    return c->c->err || poll(&p, 1, 0) != 0;
-}
-
-/* A connection from the pool of url's endpoint (pool_size connections, the
- * caller's connector.pool.size), made on demand; NULL and err when the pool
- * stays exhausted for timeout_ms or connecting fails. Give it back with
- * em_redis_release(). */
-em_redis_conn *em_redis_borrow(const char *url, int pool_size, int timeout_ms, char *err,
-                               size_t errlen)
-{
-    if (em_redis_url_check(url, err, errlen) != 0)
-        return NULL;
-    em_pool *p = em_pool_get("redis", url, &pool_ops, pool_size);
-    if (!p) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    for (int tries = 0;; tries++) {
-        em_redis_conn *c = em_pool_borrow(p, timeout_ms, err, errlen);
-        if (!c)
-            return NULL;
-        c->pool = p;
-        if (tries < 8 && looks_dead(c)) {
-            em_pool_return(p, c, 1);
-            continue;
-        }
-        return c;
-    }
-}
-
-/* broken = 1 after an I/O error: the connection is closed, not reused,
- * and the failure's text becomes the pool's last error. */
-void em_redis_release(em_redis_conn *c, int broken)
-{
-    if (!c)
-        return;
-    if (c->io_err[0])
-        em_pool_note_error(c->pool, c->io_err);
-    else if (c->c->err)
-        em_pool_note_error(c->pool, c->c->errstr);
-    em_pool_return(c->pool, c, broken || c->c->err);
-}
-
-const char *em_redis_conn_name(const em_redis_conn *c) { return c->name; }
-
-/* Sends n commands encoded in RESP (cmds, len) and reads all n replies.
- * Returns 0 when none was an error; -1 when one was, with *failed the
- * 0-based index of the first and err its text (every reply was still read,
- * so the connection stays usable); -2 on an I/O failure, err saying what
- * (release the connection broken). */
-static int redis_pipeline_now(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
-                      char *err, size_t errlen);
-
-int em_redis_pipeline(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
-                      char *err, size_t errlen)
-{
-    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
-    int r = redis_pipeline_now(c, cmds, len, n, failed, err, errlen);
-    em_budget_wait_end();
-    return r;
-}
-
-static int redis_pipeline_now(em_redis_conn *c, const char *cmds, size_t len, int n, int *failed,
-                      char *err, size_t errlen)
-{
-    *failed = -1;
-    if (redisAppendFormattedCommand(c->c, cmds, len) != REDIS_OK) {
-        snprintf(err, errlen, "%s: out of memory", c->name);
-        return -2;
-    }
-    for (int i = 0; i < n; i++) {
-        redisReply *rep;
-        if (redisGetReply(c->c, (void **)&rep) != REDIS_OK) {
-            char why[200];
-            io_error(c->c, c->name, why, sizeof why);
-            snprintf(err, errlen, "%s (after %d of %d replies)", why, i, n);
-            snprintf(c->io_err, sizeof c->io_err, "%s", err);
-            return -2;
-        }
-        if (rep->type == REDIS_REPLY_ERROR && *failed < 0) {
-            *failed = i;
-            snprintf(err, errlen, "%s", rep->str);
-        }
-        freeReplyObject(rep);
-    }
-    return *failed < 0 ? 0 : -1;
-}
-
-/* Sends one command in RESP and returns its reply in *reply (to walk with
- * em_redis_reply_* and free with em_redis_reply_free; an error reply is a
- * reply). Returns 0, or -2 and err on an I/O failure. */
-static int redis_call_now(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
-                  size_t errlen);
-
-int em_redis_call(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
-                  size_t errlen)
-{
-    em_budget_wait_begin(); /* a wait on the server is not the batch's own time */
-    int r = redis_call_now(c, cmd, len, reply, err, errlen);
-    em_budget_wait_end();
-    return r;
-}
-
-static int redis_call_now(em_redis_conn *c, const char *cmd, size_t len, void **reply, char *err,
-                  size_t errlen)
-{
-    *reply = NULL;
-    if (redisAppendFormattedCommand(c->c, cmd, len) != REDIS_OK) {
-        snprintf(err, errlen, "%s: out of memory", c->name);
-        return -2;
-    }
-    if (redisGetReply(c->c, reply) != REDIS_OK) {
-        io_error(c->c, c->name, err, errlen);
-        snprintf(c->io_err, sizeof c->io_err, "%s", err);
-        *reply = NULL;
-        return -2;
-    }
-    return 0;
-}
-
-/* Sends n commands encoded in RESP (cmds, len) in one write and reads the n
- * replies into replies[0..n-1] (each to free with em_redis_reply_free; an
- * error reply is a reply): ember.redis's pipeline, one round trip for n
- * commands. Returns 0, or -2 and err on an I/O failure (the replies read
- * so far are freed and every slot is NULL; release the connection broken). */
-int em_redis_exec(em_redis_conn *c, const char *cmds, size_t len, int n, void **replies,
-                  char *err, size_t errlen)
-{
-    for (int i = 0; i < n; i++)
-        replies[i] = NULL;
-    if (redisAppendFormattedCommand(c->c, cmds, len) != REDIS_OK) {
-        snprintf(err, errlen, "%s: out of memory", c->name);
-        return -2;
-    }
-    for (int i = 0; i < n; i++) {
-        if (redisGetReply(c->c, &replies[i]) != REDIS_OK) {
-            char why[200];
-            io_error(c->c, c->name, why, sizeof why);
-            snprintf(err, errlen, "%s (after %d of %d replies)", why, i, n);
-            for (int k = 0; k <= i; k++) {
-                if (replies[k])
-                    freeReplyObject(replies[k]);
-                replies[k] = NULL;
-            }
-            return -2;
-        }
-    }
-    return 0;
-}
-
-/* Reply accessors, so Lua need not mirror hiredis's struct (it changed in 1.0). */
-int em_redis_reply_type(const void *r) { return ((const redisReply *)r)->type; }
-long long em_redis_reply_integer(const void *r) { return ((const redisReply *)r)->integer; }
-
-const char *em_redis_reply_str(const void *r, size_t *len)
-{
-    *len = ((const redisReply *)r)->len;
-    return ((const redisReply *)r)->str;
-}
-
-size_t em_redis_reply_count(const void *r) { return ((const redisReply *)r)->elements; }
-
-const void *em_redis_reply_elem(const void *r, size_t i)
-{
-    const redisReply *rep = r;
-    return i < rep->elements ? rep->element[i] : NULL;
-}
-
-void em_redis_reply_free(void *r)
-{
-    if (r)
-        freeReplyObject(r);
-}

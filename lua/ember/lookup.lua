@@ -25,7 +25,7 @@
 -- fails the batch, which the driver runs again, as a sink's failure does.
 --
 -- The round trip goes through the connection pool of ember.redis
--- (connectors/redis.c): em_redis_call sends the chunk's commands in one
+-- (connectors/redis_sink.c): em_redis_call sends the chunk's commands in one
 -- write and returns the first reply; called again with an empty command it
 -- writes nothing and returns the next reply already on its way, so the
 -- chunk costs one round trip and no call of its own.

@@ -25,7 +25,7 @@
 -- in its slot (ember.redis.is_error(v); v.err is its text), and err, i are
 -- then the first failed command's text and index. A lost connection
 -- returns nil, err. The pipeline is empty again after exec().
--- The C side is connectors/redis.c (em_redis_*), reached through the FFI.
+-- The C side is connectors/redis_sink.c (em_redis_*), reached through the FFI.
 
 local ffi = require "ffi"
 
