@@ -13,7 +13,7 @@
 -- boolean as its text, a table as JSON.
 --
 -- One producer per `brokers` string is shared by every job of the process
--- (connectors/kafka.c, acks=all). Each chunk of a batch is sent as the
+-- (connectors/kafka_sink.c, acks=all). Each chunk of a batch is sent as the
 -- executor hands it over; finish() returns once every record of the batch
 -- has its delivery report, and the first failed delivery fails the batch,
 -- which the driver runs again — the records that did land are then
