@@ -12,7 +12,7 @@
 --       timeout     = "30s",   -- for a pooled connection, then for the confirms
 --   }
 --
--- The C side (connectors/rabbitmq.c) owns the connections: one pool per URL
+-- The C side (connectors/rabbitmq_sink.c) owns the connections: one pool per URL
 -- shared by every job (core/pool.h), channels in confirm mode. Records
 -- cross into C one FFI call each; C never calls back into Lua.
 --
