@@ -40,6 +40,7 @@ struct em_receiver {
      * record), freed when a worker frees a block. */
     atomic_uint_fast64_t pushed, freed;
     atomic_uint_fast64_t read_ahead; /* records it may hold so (0: no bound); set by the driver */
+    atomic_int behind; /* met the read-ahead bound since the last take: the source has more */
     int memory_warned;           /* memory.max changes logged: the first pause and resume
                                     at warn and info, later ones at debug */
     int64_t batch_interval_ms;
@@ -365,6 +366,8 @@ static void *run(void *arg)
                    is_ahead ? "read ahead of the workers: the backlog stays at the source"
                             : "reading again");
         ahead = is_ahead;
+        if (ahead)
+            atomic_store(&r->behind, 1);
         if (!full && !ahead && allow > 0) { /* one poll does not overshoot the bound by much */
             uint64_t bound = atomic_load(&r->read_ahead), live = live_records(r);
             if (bound && bound - live < allow)
@@ -564,8 +567,24 @@ size_t em_receiver_take(em_receiver *r, em_block ***out)
         r->nsealed = r->capsealed = 0;
     }
     r->taken += n;
+    atomic_store(&r->behind, 0);
     pthread_mutex_unlock(&r->lock);
     return n;
+}
+
+int em_receiver_ready(em_receiver *r)
+{
+    if (atomic_load(&r->behind))
+        return 1;
+    uint64_t bound = atomic_load(&r->read_ahead);
+    if (!bound)
+        return 0;
+    pthread_mutex_lock(&r->lock);
+    uint64_t untaken = r->current ? r->current->count : 0;
+    for (size_t i = 0; i < r->nsealed; i++)
+        untaken += r->sealed[i]->count;
+    pthread_mutex_unlock(&r->lock);
+    return untaken >= bound / 2;
 }
 
 void em_receiver_positions(em_receiver *r, em_block *const *blocks, size_t n, FILE *out)

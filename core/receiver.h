@@ -94,6 +94,11 @@ void em_receiver_hold(em_receiver *r, int on);
  * 0: no bound. The driver sets it from what the job's batches process. */
 void em_receiver_set_read_ahead(em_receiver *r, uint64_t records);
 uint64_t em_receiver_read_ahead(const em_receiver *r);
+/* Whether the receiver has a batch's worth ready: it met its read-ahead
+ * bound since its blocks were last taken (its source has more than it may
+ * hold, a backlog), or the records it holds not yet in a batch reach half
+ * the bound (the other half is for the batch running). */
+int em_receiver_ready(em_receiver *r);
 /* Called by em_block_unref(): a block of this receiver with that many
  * records was freed. Accepts NULL. */
 void em_receiver_block_freed(em_receiver *r, uint32_t records);
