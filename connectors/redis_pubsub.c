@@ -1,6 +1,6 @@
 /* redis_pubsub.c — the Redis source's pub/sub mode: SUBSCRIBE or
- * PSUBSCRIBE, fire-and-forget: nothing to acknowledge (the job's WAL keeps
- * what was received). */
+ * PSUBSCRIBE, fire-and-forget: nothing to acknowledge (what was received is
+ * kept by the write-ahead log when the job turns it on). */
 #include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
