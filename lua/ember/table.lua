@@ -25,8 +25,8 @@
 --       "lines": field<separator>value per line; "json": one JSON object
 --   { kafka = brokers, topic = "name" [, config = { ... }] }
 --       a compacted topic, read to its end, then followed record by record
---       (ember.table_kafka): refresh does not apply, each batch takes what
---       came since the last
+--       (ember.table_kafka): each batch takes what came since the last;
+--       every refresh (at least 5 s) it looks for new partitions
 --
 -- key(field, value) and value(field, value) make the table's entry (both
 -- default to the field and the value). A key or value function that raises
