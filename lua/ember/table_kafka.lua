@@ -105,7 +105,6 @@ if not pcall(ffi.typeof, "rd_kafka_message_t") then
         int rd_kafka_topic_partition_list_set_offset(rd_kafka_topic_partition_list_t *rktparlist,
                                                      const char *topic, int32_t partition,
                                                      int64_t offset);
-        int rd_kafka_assign(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *partitions);
         rd_kafka_message_t *rd_kafka_consumer_poll(rd_kafka_t *rk, int timeout_ms);
         void rd_kafka_message_destroy(rd_kafka_message_t *rkmessage);
         const char *rd_kafka_err2str(int err);
@@ -208,18 +207,14 @@ local function assign_new(src, rk, ids)
         C.rd_kafka_topic_partition_list_add(list, src.topic, p)
         C.rd_kafka_topic_partition_list_set_offset(list, src.topic, p, OFFSET_BEGINNING)
     end
+    -- No consumer group: an incremental assignment adds these and leaves
+    -- the partitions read so far where they are (the first load takes the
+    -- same path, so every start runs it).
     local why
-    if not src.at_end then
-        local aerr = C.rd_kafka_assign(rk, list)
-        why = aerr ~= 0 and ffi_string(C.rd_kafka_err2str(aerr)) or nil
-    else
-        -- no consumer group: an incremental assignment leaves the
-        -- partitions read so far where they are
-        local e = C.rd_kafka_incremental_assign(rk, list)
-        if e ~= nil then
-            why = ffi_string(C.rd_kafka_error_string(e))
-            C.rd_kafka_error_destroy(e)
-        end
+    local e = C.rd_kafka_incremental_assign(rk, list)
+    if e ~= nil then
+        why = ffi_string(C.rd_kafka_error_string(e))
+        C.rd_kafka_error_destroy(e)
     end
     C.rd_kafka_topic_partition_list_destroy(list)
     if why then
