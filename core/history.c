@@ -95,6 +95,14 @@ void em_history_set_state(em_history *h, int64_t late_records, int64_t state_byt
 
 void em_history_set_tables(em_history *h, const em_table_status *t, size_t n)
 {
+    pthread_mutex_lock(&h->lock);
+    if (n == h->ntables) { /* the usual case: the same tables, new figures */
+        if (n)
+            memcpy(h->tables, t, n * sizeof *t);
+        pthread_mutex_unlock(&h->lock);
+        return;
+    }
+    pthread_mutex_unlock(&h->lock);
     em_table_status *copy = n ? malloc(n * sizeof *copy) : NULL;
     if (n && !copy)
         return; /* the older figures stay */

@@ -234,7 +234,7 @@ end
 -- had: the read failed, the table stays as it is).
 local function check_partitions(src, tbl, now)
     local every = tbl.refresh_ms > PARTITION_CHECK_MS and tbl.refresh_ms or PARTITION_CHECK_MS
-    if src.checked_at and now - src.checked_at < every then
+    if src.checked_at and now - src.checked_at < every and now >= src.checked_at then
         return true
     end
     src.checked_at = now
