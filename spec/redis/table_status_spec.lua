@@ -18,7 +18,7 @@ local CONF = { ["streaming.blockInterval"] = "100ms", ["streaming.batch.maxRetri
 -- a hash table and a file table, joined with a generated stream
 local JOB = [[
 local ember = require "ember"
-local job = ember.job { name = {{name}}, batch_interval = "200ms" }
+local job = ember.job { name = {{name}}, batch_interval = {{interval}} }
 
 local ads = job:table { name = "ads", from = { redis = {{table_url}}, hash = "ads" },
                         refresh = "300ms" }
@@ -66,7 +66,7 @@ describe("reference tables shown to an operator", function()
     it("are listed by ember check with their name and source, and a bad from is an error "
        .. "naming file:line", function()
         local path = d:path("jobs/tables.lua")
-        driver.write_file(path, render(JOB, { name = q("tables"),
+        driver.write_file(path, render(JOB, { name = q("tables"), interval = q("200ms"),
                                              table_url = q("redis://:secret@127.0.0.1:6390"),
                                              file = q("/tmp/sites.tsv") }))
         local code, out, err = d:exec({ "check", path }, 20)
@@ -106,12 +106,15 @@ describe("reference tables shown to an operator", function()
         tsrv:cli("HSET", "ads", "0", "a", "1", "b", "2", "c")
         local file = d:path("sites.tsv")
         driver.write_file(file, "0\tx\n1\ty\n")
-        d:write_job("tables", render(JOB, { name = q("tables"), table_url = q(tsrv.url),
-                                            file = q(file) }))
+        d:write_job("tables", render(JOB, { name = q("tables"), interval = q("200ms"),
+                                            table_url = q(tsrv.url), file = q(file) }))
         -- a second job whose table's Redis is not there: it never loads
         local dead = "redis://127.0.0.1:" .. redis_server.free_port()
-        d:write_job("waiting", render(JOB, { name = q("waiting"), table_url = q(dead),
-                                             file = q(file) }))
+        d:write_job("waiting", render(JOB, { name = q("waiting"), interval = q("200ms"),
+                                             table_url = q(dead), file = q(file) }))
+        -- and one whose first batch is a day away: its tables as declared
+        d:write_job("hourly", render(JOB, { name = q("hourly"), interval = q("24h"),
+                                            table_url = q(tsrv.url), file = q(file) }))
         d:start { conf = CONF }
         local port = d:http_port()
 
@@ -146,6 +149,12 @@ describe("reference tables shown to an operator", function()
         assert.equal(cjson.null, w.ads.lastLoadTime)
         assert.truthy(w.ads.lastError:find(dead, 1, true), w.ads.lastError)
 
+        local h = tables("hourly", function(t) return t.ads and t.sites end, "the hourly job's tables")
+        assert.same({ name = "ads", kind = "redis_hash", source = "Redis hash 'ads' at " .. tsrv.url,
+                      where = d:path("jobs/hourly.lua") .. ":4", loaded = false, stale = false,
+                      entries = 0, lastLoadTime = cjson.null, loadErrors = 0,
+                      lastError = cjson.null }, h.ads)
+
         -- an update is counted once read again
         tsrv:cli("HSET", "ads", "3", "d")
         tables("tables", function(t) return t.ads.entries == 4 end, "4 entries")
@@ -162,6 +171,7 @@ describe("reference tables shown to an operator", function()
         assert.equal(1, metric(body, "ember_table_stale", "waiting", "ads"))
         assert.is_true(metric(body, "ember_table_load_errors_total", "waiting", "ads") >= 2)
         assert.is_nil(metric(body, "ember_table_last_load_timestamp_seconds", "waiting", "ads"))
+        assert.equal(0, metric(body, "ember_table_loaded", "hourly", "sites"))
         local out = promtool(d, body)
         assert.truthy(out:find("rc=0", 1, true), out)
 
