@@ -17,6 +17,12 @@
 -- down), each attempt reads for at most LOAD_SLICE_MS and the batch waits
 -- (ember.table). The consumer is closed when the job's Lua state goes (a
 -- reload, a stop).
+--
+-- Partitions added to the topic later are found: every refresh (at least
+-- PARTITION_CHECK_MS) the topic's metadata is asked for again, and each
+-- partition not read yet is added to the assignment from its beginning
+-- (incrementally: the others keep their place). A metadata request that
+-- fails then is a failed read (the table is stale and keeps its contents).
 
 local ffi = require "ffi"
 
@@ -228,7 +234,7 @@ local function assign_new(src, rk, ids)
 end
 
 
--- Every check_ms (the table's refresh, at least PARTITION_CHECK_MS) the
+-- Once every refresh of the table (at least PARTITION_CHECK_MS) the
 -- topic's metadata is read again, and partitions added since are read from
 -- their beginning. Returns true, or nil and why (the metadata could not be
 -- had: the read failed, the table stays as it is).
