@@ -43,6 +43,7 @@ struct em_driver {
 };
 
 static void batch_ended(em_job *j, void *arg);
+static void receiver_ready(em_receiver *r, void *arg);
 
 /* Logs a driver-level error and keeps it for the API. */
 static void driver_error(em_driver *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -125,6 +126,8 @@ static void start_version(em_driver *d, em_version *v)
         em_receiver_set_rate(v->receivers[i], d->cfg->initial_rate);
     set_read_ahead(v, d->cfg->catch_up && v->desc->catch_up ? READ_AHEAD_MIN
                                                            : (double)unmeasured_bound(v));
+    for (size_t i = 0; i < v->nreceivers; i++)
+        em_receiver_on_ready(v->receivers[i], receiver_ready, d);
     em_version_start(v);
 }
 
@@ -307,6 +310,35 @@ static void batch_ended(em_job *j, void *arg)
         int64_t now = em_clock_now_ms();
         em_job_seal(j, now);
         submit(d, em_batch_cut(j, cut_time(j, now)));
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (due)
+        em_scheduler_poke(d->sched);
+}
+
+/* A receiver has a batch's worth ready, on its own thread: the job it
+ * feeds may cut a catch-up batch now rather than at the next tick. The
+ * driver's lock is only tried: it is held while receivers are stopped
+ * (joined), and the next poll tells again. */
+static void receiver_ready(em_receiver *r, void *arg)
+{
+    em_driver *d = arg;
+    if (pthread_mutex_trylock(&d->lock) != 0) {
+        em_receiver_tell_again(r);
+        return;
+    }
+    int due = 0;
+    for (size_t i = 0; i < d->njobs && !due; i++) {
+        em_job *j = d->jobs[i];
+        for (size_t k = 0; j->version && k < j->version->nreceivers; k++)
+            if (j->version->receivers[k] == r) {
+                if ((due = catch_up_due(d, j, 0))) {
+                    int64_t now = em_clock_now_ms();
+                    em_job_seal(j, now);
+                    submit(d, em_batch_cut(j, cut_time(j, now)));
+                }
+                break;
+            }
     }
     pthread_mutex_unlock(&d->lock);
     if (due)
