@@ -9,6 +9,18 @@
  * restore ignores it, and the input is read again from the last marker's
  * offset, whatever the group committed. The marker, not the group's offset,
  * is the position of a stateful job's partition.
+ *
+ * A tail must also never outlive compaction as the newest value of a key
+ * (compaction keeps the last record per key, covered or not): a restore
+ * that finds one writes again, after it, the covered value of every key the
+ * tail touched (a tombstone where none is covered) and a copy of the last
+ * marker, and waits for the cluster to have them, before the partition is
+ * read (repair_tail). Whatever compaction keeps then is the covered state.
+ *
+ * Markers carry the job's state_version ("<offset> <batch id> v=<version>";
+ * one without "v=" predates versions and counts as any): a load event tells
+ * Lua the version of the state it holds, and Lua migrates or discards
+ * state of another version (lua/ember/state_changelog.lua).
  */
 #include "kafka_changelog.h"
 
@@ -21,6 +33,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "../core/clock.h"
+#include "../core/failpoint.h"
 #include "../core/log.h"
 
 #define META_TIMEOUT_MS 10000
@@ -48,6 +61,7 @@ typedef struct pinfo {
     int touched;    /* commit scratch */
     int64_t offset; /* the input offset of the last marker; -1: none */
     int64_t pos;    /* commit scratch: the batch's position, -1: none */
+    int loads;      /* load events queued and not yet taken */
 } pinfo;
 
 struct em_changelog {
@@ -66,6 +80,7 @@ struct em_changelog {
     rd_kafka_resp_err_t dr_err;    /* first delivery error of the commit */
     em_changelog_rewind_fn rewind; /* under lock */
     void *rewind_arg;
+    char *version;                 /* the state_version commits write; worker of the commit */
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -217,6 +232,7 @@ static void free_changelog(em_changelog *cl)
     free(cl->brokers);
     free(cl->input);
     free(cl->topic);
+    free(cl->version);
     pthread_mutex_destroy(&cl->lock);
     pthread_mutex_destroy(&cl->read_lock);
     free(cl);
@@ -386,15 +402,41 @@ static int put_bytes(grow *g, const void *src, size_t n)
     return 0;
 }
 
-/* Reads changelog partition p from its start to the high watermark. Out:
- * the records up to the last marker (the load event's format), the
- * marker's offset (-1: no marker), and how many records came after it.
- * 0, or -1 and err. Caller holds read_lock. */
-static int read_partition(em_changelog *cl, int32_t p, grow *out, int64_t *marker,
-                          size_t *tail, char *err, size_t errlen)
+static int produce(em_changelog *cl, int32_t p, const void *k, size_t klen, const void *v,
+                   size_t vlen, char *err, size_t errlen);
+
+/* What a read of a changelog partition found. */
+typedef struct readout {
+    grow g;          /* every record "u32 klen, key, i32 vlen (-1: removed), value" */
+    size_t covered;  /* g's bytes up to the last marker */
+    size_t tail;     /* records after it */
+    int64_t marker;  /* the last marker's input offset; -1: none */
+    char mark[128];  /* the last marker's value ("" none), written again by repair_tail */
+    size_t mark_len;
+} readout;
+
+/* The state_version in a marker's value, into out (NUL-terminated); 0, or
+ * -1 when the marker names none (written before markers carried one). */
+static int marker_version(const char *v, size_t n, char *out, size_t outlen)
 {
-    *marker = -1;
-    *tail = 0;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (v[i] == ' ' && v[i + 1] == 'v' && i + 2 < n && v[i + 2] == '=') {
+            size_t l = n - i - 3 < outlen - 1 ? n - i - 3 : outlen - 1;
+            memcpy(out, v + i + 3, l);
+            out[l] = '\0';
+            return 0;
+        }
+    out[0] = '\0';
+    return -1;
+}
+
+/* Reads changelog partition p from its start to the high watermark into
+ * o. 0, or -1 and err. Caller holds read_lock. */
+static int read_partition(em_changelog *cl, int32_t p, readout *o, char *err, size_t errlen)
+{
+    o->marker = -1;
+    o->tail = o->covered = o->mark_len = 0;
+    o->mark[0] = '\0';
     if (!cl->reader && !(cl->reader = new_client(cl, RD_KAFKA_CONSUMER, err, errlen)))
         return -1;
     int64_t lo = 0, hi = 0;
@@ -415,7 +457,7 @@ static int read_partition(em_changelog *cl, int32_t p, grow *out, int64_t *marke
         snprintf(err, errlen, "cannot read %s[%" PRId32 "]: %s", cl->topic, p, rd_kafka_err2str(e));
         return -1;
     }
-    size_t covered = 0, after = 0;
+    grow *out = &o->g;
     int64_t next = lo;
     int64_t idle_since = em_clock_mono_ms();
     int rc = 0;
@@ -458,9 +500,12 @@ static int read_partition(em_changelog *cl, int32_t p, grow *out, int64_t *marke
             text[n] = 0;
             long long off = -1;
             if (sscanf(text, "%lld", &off) == 1 && off >= 0)
-                *marker = off;
-            covered = out->len;
-            after = 0;
+                o->marker = off;
+            o->mark_len = m->len < sizeof o->mark ? m->len : sizeof o->mark - 1;
+            memcpy(o->mark, m->payload ? m->payload : "", o->mark_len);
+            o->mark[o->mark_len] = '\0';
+            o->covered = out->len;
+            o->tail = 0;
         } else if (m->key_len > 1 && k[0] == 's') {
             uint32_t kl = (uint32_t)(m->key_len - 1);
             int32_t vl = m->payload ? (int32_t)m->len : -1;
@@ -471,29 +516,161 @@ static int read_partition(em_changelog *cl, int32_t p, grow *out, int64_t *marke
                 rc = -1;
                 break;
             }
-            after++;
+            o->tail++;
         }
         rd_kafka_message_destroy(m);
     }
     rd_kafka_assign(cl->reader, NULL);
-    out->len = covered;
-    *tail = after;
+    return rc;
+}
+
+/* One record of a readout's buffer at *at: its key and value (v NULL:
+ * removed); *at moves past it. 0, or -1 past the end. */
+static int next_record(const grow *g, size_t end, size_t *at, const char **k, uint32_t *kl,
+                       const char **v, int32_t *vl)
+{
+    if (*at + 8 > end)
+        return -1;
+    memcpy(kl, g->p + *at, 4);
+    *k = g->p + *at + 4;
+    memcpy(vl, g->p + *at + 4 + *kl, 4);
+    *v = *vl >= 0 ? g->p + *at + 8 + *kl : NULL;
+    *at += 8 + *kl + (*vl > 0 ? (size_t)*vl : 0);
+    return 0;
+}
+
+static uint64_t hash_key(const char *k, uint32_t kl)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (uint32_t i = 0; i < kl; i++)
+        h = (h ^ (unsigned char)k[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* A key a tail touched, and where its last covered record is. */
+typedef struct tailkey {
+    const char *k;
+    uint32_t kl;
+    const char *v; /* the covered value; NULL: none (or removed) */
+    int32_t vl;
+} tailkey;
+
+/* The tail of o (records after its last marker, a commit cut short): for
+ * each key it touched, the value the last marker covers is written again
+ * (a tombstone when none is), then a copy of that marker, and the cluster
+ * must have them all before the partition is read. Compaction keeps the
+ * last record of each key, and these are now the last: a covered value can
+ * no longer be compacted away under an uncovered one, however old the
+ * records grow (no reliance on min.compaction.lag.ms). 0, or -1 and err
+ * (the restore fails: running on would leave the tail exposed). Caller
+ * holds read_lock. */
+static int repair_tail(em_changelog *cl, int32_t p, const readout *o, size_t *keys, char *err,
+                       size_t errlen)
+{
+    size_t cap = 16;
+    while (cap < o->tail * 2)
+        cap *= 2;
+    tailkey *set = calloc(cap, sizeof *set);
+    char *kbuf = NULL;
+    size_t kcap = 0;
+    int rc = 0;
+    *keys = 0;
+    if (!set) {
+        snprintf(err, errlen, "out of memory repairing the tail of %s[%" PRId32 "]", cl->topic, p);
+        return -1;
+    }
+    const char *k, *v;
+    uint32_t kl;
+    int32_t vl;
+    for (size_t at = o->covered; next_record(&o->g, o->g.len, &at, &k, &kl, &v, &vl) == 0;) {
+        size_t i = hash_key(k, kl) & (cap - 1);
+        while (set[i].k && !(set[i].kl == kl && memcmp(set[i].k, k, kl) == 0))
+            i = (i + 1) & (cap - 1);
+        if (!set[i].k) {
+            set[i] = (tailkey){.k = k, .kl = kl, .v = NULL, .vl = -1};
+            (*keys)++;
+        }
+    }
+    for (size_t at = 0; next_record(&o->g, o->covered, &at, &k, &kl, &v, &vl) == 0;) {
+        size_t i = hash_key(k, kl) & (cap - 1);
+        while (set[i].k && !(set[i].kl == kl && memcmp(set[i].k, k, kl) == 0))
+            i = (i + 1) & (cap - 1);
+        if (set[i].k) {
+            set[i].v = v;
+            set[i].vl = vl;
+        }
+    }
+    cl->dr_err = 0;
+    for (size_t i = 0; rc == 0 && i < cap; i++) {
+        if (!set[i].k)
+            continue;
+        if (set[i].kl + 1 > kcap) {
+            kcap = set[i].kl + 64;
+            char *nk = realloc(kbuf, kcap);
+            if (!nk) {
+                snprintf(err, errlen, "out of memory repairing %s[%" PRId32 "]", cl->topic, p);
+                rc = -1;
+                break;
+            }
+            kbuf = nk;
+        }
+        kbuf[0] = 's';
+        memcpy(kbuf + 1, set[i].k, set[i].kl);
+        rc = produce(cl, p, kbuf, set[i].kl + 1, set[i].v,
+                     set[i].v ? (size_t)set[i].vl : 0, err, errlen);
+    }
+    /* a tail before any marker: the marker says "no offset", covering the
+     * tombstones just written */
+    if (rc == 0)
+        rc = produce(cl, p, "m", 1, o->mark_len ? o->mark : "-1 0", o->mark_len ? o->mark_len : 4,
+                     err, errlen);
+    rd_kafka_resp_err_t e = rd_kafka_flush(cl->producer, FLUSH_TIMEOUT_MS);
+    if (rc == 0 && (e || cl->dr_err)) {
+        snprintf(err, errlen, "writing the covered values over the tail of %s[%" PRId32 "]: %s",
+                 cl->topic, p, rd_kafka_err2str(e ? e : cl->dr_err));
+        rc = -1;
+    }
+    free(kbuf);
+    free(set);
     return rc;
 }
 
 /* Reads partition p and queues its load; the partition is this member's
- * from now on. *offset: the marker's input offset, if any. Caller holds
- * read_lock. */
-static int restore_partition(em_changelog *cl, int32_t p, int64_t *offset)
+ * from now on (reload: only if it still is, and it is not taken). The load
+ * event's data starts with the state_version of the last marker ("u32
+ * length, bytes"; length 0xffffffff: none named). *offset: the marker's
+ * input offset, if any. Caller holds read_lock. */
+static int restore_partition(em_changelog *cl, int32_t p, int64_t *offset, int reload)
 {
     int64_t t0 = em_clock_mono_ms();
-    grow g = {0};
-    int64_t marker;
-    size_t tail;
+    readout o = {0};
     char err[512];
-    int rc = read_partition(cl, p, &g, &marker, &tail, err, sizeof err);
+    uint32_t none = 0xffffffffu;
+    int rc = read_partition(cl, p, &o, err, sizeof err);
+    size_t repaired = 0;
+    int64_t t_read = em_clock_mono_ms();
+    if (rc == 0 && o.tail)
+        rc = repair_tail(cl, p, &o, &repaired, err, sizeof err);
+    /* the records up to the last marker, after the version */
+    char ver[64];
+    grow g = {0};
+    if (rc == 0) {
+        int named = o.mark_len && marker_version(o.mark, o.mark_len, ver, sizeof ver) == 0;
+        uint32_t vlen = named ? (uint32_t)strlen(ver) : none;
+        if (put_bytes(&g, &vlen, 4) || (named && put_bytes(&g, ver, vlen)) ||
+            (o.covered && put_bytes(&g, o.g.p, o.covered))) {
+            snprintf(err, sizeof err, "out of memory");
+            rc = -1;
+        }
+    }
+    free(o.g.p);
     pthread_mutex_lock(&cl->lock);
     pinfo *pi = part_of(cl, p);
+    if (reload && pi && (!pi->owned || pi->loads)) {
+        pthread_mutex_unlock(&cl->lock); /* revoked meanwhile, or a load already queued */
+        free(g.p);
+        return 0;
+    }
     if (rc != 0 || !pi) {
         char *msg = NULL;
         if (asprintf(&msg, "state changelog: cannot restore the state of partition %" PRId32
@@ -507,29 +684,70 @@ static int restore_partition(em_changelog *cl, int32_t p, int64_t *offset)
     }
     pi->owned = 1;
     pi->stale = 0;
-    pi->offset = marker;
+    pi->offset = o.marker;
+    pi->loads++;
     size_t bytes = g.len;
     queue_event(cl, 1, p, g.p, g.len);
     pthread_mutex_unlock(&cl->lock);
-    if (marker >= 0 && offset)
-        *offset = marker;
+    if (o.marker >= 0 && offset)
+        *offset = o.marker;
     em_log(EM_LOG_INFO, cl->job, "state changelog: partition %" PRId32 " restored from %s in "
            "%lld ms (%zu bytes%s), input resumes at %s%lld", p, cl->topic,
            (long long)(em_clock_mono_ms() - t0), bytes,
-           tail ? ", a tail no marker covers ignored" : "", marker >= 0 ? "offset " : "",
-           (long long)marker);
-    if (tail)
-        em_log(EM_LOG_WARN, cl->job, "state changelog: %s[%" PRId32 "] ends with %zu records "
-               "after its last marker (a commit cut short); they are ignored", cl->topic, p, tail);
+           o.tail ? ", a tail no marker covers repaired" : "", o.marker >= 0 ? "offset " : "",
+           (long long)o.marker);
+    if (o.tail)
+        em_log(EM_LOG_WARN, cl->job, "state changelog: %s[%" PRId32 "] ended with %zu records "
+               "after its last marker (a commit cut short); they are ignored, and the covered "
+               "values of the %zu keys they touched were written again after them (%lld ms)",
+               cl->topic, p, o.tail, repaired, (long long)(em_clock_mono_ms() - t_read));
     return 0;
 }
 
 int em_changelog_assigned(em_changelog *cl, int32_t partition, int64_t *offset)
 {
     pthread_mutex_lock(&cl->read_lock);
-    int rc = restore_partition(cl, partition, offset);
+    int rc = restore_partition(cl, partition, offset, 0);
     pthread_mutex_unlock(&cl->read_lock);
     return rc;
+}
+
+int em_changelog_reload(em_changelog *cl)
+{
+    pthread_mutex_lock(&cl->lock);
+    int32_t n = cl->nparts;
+    char *want = calloc((size_t)n + 1, 1);
+    for (int32_t p = 0; want && p < n; p++)
+        want[p] = cl->parts[p].owned && cl->parts[p].loads == 0;
+    pthread_mutex_unlock(&cl->lock);
+    if (!want)
+        return -1;
+    int rc = 0, count = 0;
+    for (int32_t p = 0; p < n; p++) {
+        if (!want[p])
+            continue;
+        pthread_mutex_lock(&cl->read_lock);
+        if (restore_partition(cl, p, NULL, 1) != 0)
+            rc = -1;
+        pthread_mutex_unlock(&cl->read_lock);
+        count++;
+    }
+    free(want);
+    if (count)
+        em_log(EM_LOG_INFO, cl->job, "state changelog: the state of %d partition%s read again "
+               "for the job's new version", count, count > 1 ? "s" : "");
+    return rc;
+}
+
+void em_changelog_set_version(em_changelog *cl, const char *version)
+{
+    if (cl->version && strcmp(cl->version, version) == 0)
+        return;
+    char *v = strdup(version);
+    if (v) {
+        free(cl->version);
+        cl->version = v;
+    }
 }
 
 void em_changelog_revoked(em_changelog *cl, int32_t partition)
@@ -687,6 +905,11 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
             rc = -1;
         }
     }
+    /* a spec's crash between the values and the marker: the values landed */
+    if (rc == 0 && cl->nstaged > 0 && em_failpoint_armed("changelog_before_marker")) {
+        rd_kafka_flush(cl->producer, FLUSH_TIMEOUT_MS);
+        em_failpoint("changelog_before_marker");
+    }
     int64_t *marks = calloc((size_t)n + 1, sizeof *marks);
     for (int32_t p = 0; rc == 0 && marks && p < n; p++) {
         pthread_mutex_lock(&cl->lock);
@@ -696,9 +919,9 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
         if (!pi.touched || skip[p])
             continue;
         marks[p] = pi.pos >= 0 ? pi.pos : pi.offset;
-        char text[64];
-        int tl = snprintf(text, sizeof text, "%lld %llu", (long long)marks[p],
-                          (unsigned long long)batch_id);
+        char text[128];
+        int tl = snprintf(text, sizeof text, "%lld %llu v=%.60s", (long long)marks[p],
+                          (unsigned long long)batch_id, cl->version ? cl->version : "");
         rc = produce(cl, p, "m", 1, text, (size_t)tl, err, errlen);
     }
     if (!marks && rc == 0) {
@@ -747,7 +970,7 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
     for (int i = 0; i < nreload; i++) {
         int64_t at = -1;
         pthread_mutex_lock(&cl->read_lock);
-        int rrc = restore_partition(cl, reload[i], &at);
+        int rrc = restore_partition(cl, reload[i], &at, 0);
         pthread_mutex_unlock(&cl->read_lock);
         pthread_mutex_lock(&cl->lock);
         em_changelog_rewind_fn fn = cl->rewind;
@@ -783,6 +1006,9 @@ void em_changelog_taken(em_changelog *cl)
         cl->head = e->next;
         if (!cl->head)
             cl->tail = NULL;
+        pinfo *pi = e->kind == 1 ? part_of(cl, e->partition) : NULL;
+        if (pi && pi->loads > 0)
+            pi->loads--;
     }
     pthread_mutex_unlock(&cl->lock);
     if (e) {
