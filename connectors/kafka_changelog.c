@@ -635,6 +635,20 @@ static int repair_tail(em_changelog *cl, int32_t p, const readout *o, size_t *ke
     return rc;
 }
 
+/* A load event's data from what a read found: the state_version of the
+ * last marker ("u32 length, bytes"; length 0xffffffff: none named), then
+ * the records up to that marker. 0, or -1 (out of memory). */
+static int load_data(const readout *o, grow *g)
+{
+    char ver[64];
+    int named = o->mark_len && marker_version(o->mark, o->mark_len, ver, sizeof ver) == 0;
+    uint32_t vlen = named ? (uint32_t)strlen(ver) : 0xffffffffu;
+    if (put_bytes(g, &vlen, 4) || (named && put_bytes(g, ver, vlen)) ||
+        (o->covered && put_bytes(g, o->g.p, o->covered)))
+        return -1;
+    return 0;
+}
+
 /* Reads partition p and queues its load; the partition is this member's
  * from now on (reload: only if it still is, and it is not taken). The load
  * event's data starts with the state_version of the last marker ("u32
@@ -645,23 +659,15 @@ static int restore_partition(em_changelog *cl, int32_t p, int64_t *offset, int r
     int64_t t0 = em_clock_mono_ms();
     readout o = {0};
     char err[512];
-    uint32_t none = 0xffffffffu;
     int rc = read_partition(cl, p, &o, err, sizeof err);
     size_t repaired = 0;
     int64_t t_read = em_clock_mono_ms();
     if (rc == 0 && o.tail)
         rc = repair_tail(cl, p, &o, &repaired, err, sizeof err);
-    /* the records up to the last marker, after the version */
-    char ver[64];
     grow g = {0};
-    if (rc == 0) {
-        int named = o.mark_len && marker_version(o.mark, o.mark_len, ver, sizeof ver) == 0;
-        uint32_t vlen = named ? (uint32_t)strlen(ver) : none;
-        if (put_bytes(&g, &vlen, 4) || (named && put_bytes(&g, ver, vlen)) ||
-            (o.covered && put_bytes(&g, o.g.p, o.covered))) {
-            snprintf(err, sizeof err, "out of memory");
-            rc = -1;
-        }
+    if (rc == 0 && load_data(&o, &g) != 0) {
+        snprintf(err, sizeof err, "out of memory");
+        rc = -1;
     }
     free(o.g.p);
     pthread_mutex_lock(&cl->lock);
@@ -737,6 +743,46 @@ int em_changelog_reload(em_changelog *cl)
         em_log(EM_LOG_INFO, cl->job, "state changelog: the state of %d partition%s read again "
                "for the job's new version", count, count > 1 ? "s" : "");
     return rc;
+}
+
+int em_changelog_owned(em_changelog *cl, int32_t *out, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&cl->lock);
+    for (int32_t p = 0; p < cl->nparts && n < max; p++)
+        if (cl->parts[p].owned)
+            out[n++] = p;
+    pthread_mutex_unlock(&cl->lock);
+    return n;
+}
+
+int em_changelog_peek(em_changelog *cl, int32_t partition, char **data, size_t *len, char *err,
+                      size_t errlen)
+{
+    readout o = {0};
+    grow g = {0};
+    *data = NULL;
+    *len = 0;
+    pthread_mutex_lock(&cl->read_lock);
+    int rc = read_partition(cl, partition, &o, err, errlen);
+    pthread_mutex_unlock(&cl->read_lock);
+    if (rc == 0 && load_data(&o, &g) != 0) {
+        snprintf(err, errlen, "out of memory");
+        rc = -1;
+    }
+    free(o.g.p);
+    if (rc != 0) {
+        free(g.p);
+        return -1;
+    }
+    *data = g.p;
+    *len = g.len;
+    return 0;
+}
+
+void em_changelog_free(char *data)
+{
+    free(data);
 }
 
 void em_changelog_set_version(em_changelog *cl, const char *version)

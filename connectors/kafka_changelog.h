@@ -53,6 +53,14 @@ int em_changelog_assigned(em_changelog *cl, int32_t partition, int64_t *offset);
  * receiver, kept across the reload, sees no new assignment). 0, or -1 (a
  * failure event is queued, as for an assignment). */
 int em_changelog_reload(em_changelog *cl);
+/* A reload's dry run of migrate (driver thread): the partitions this
+ * member owns (at most max, into out; their count), and what a load of one
+ * would hold (*data: the load event's format, freed with
+ * em_changelog_free). Nothing is queued nor written. 0, or -1 and err. */
+int em_changelog_owned(em_changelog *cl, int32_t *out, int max);
+int em_changelog_peek(em_changelog *cl, int32_t partition, char **data, size_t *len, char *err,
+                      size_t errlen);
+void em_changelog_free(char *data); /* NULL-safe */
 /* Worker, in the commit: the state_version the markers name from now on. */
 void em_changelog_set_version(em_changelog *cl, const char *version);
 /* After the revoke committed: the partition's state is dropped. */

@@ -189,8 +189,8 @@ function _M.load(path, host)
         end,
         check_migrate = function(committed, old_version)
             ember._set_context(host, name)
-            if cl then
-                return true
+            if cl then                          -- on the changelog, partition by partition
+                return cl.check_migrate()
             end
             return store:check_migrate(committed, old_version)
         end,

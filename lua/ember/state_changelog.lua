@@ -74,6 +74,10 @@ if not pcall(function() return C.em_changelog_reload end) then
     ffi.cdef [[
         int em_changelog_reload(em_changelog *cl);
         void em_changelog_set_version(em_changelog *cl, const char *version);
+        int em_changelog_owned(em_changelog *cl, int32_t *out, int max);
+        int em_changelog_peek(em_changelog *cl, int32_t partition, char **data, size_t *len,
+                              char *err, size_t errlen);
+        void em_changelog_free(char *data);
     ]]
 end
 
@@ -440,12 +444,10 @@ function _M.attach(job, store, host)
         return path
     end
 
-    -- State of another state_version for partition p: migrated (or set
-    -- aside), installed, and every key of it queued for the next commit.
-    -- Returns keys, entries, or nil, err.
-    local function load_other(p, version, data, at, len)
+    -- The entries from at as migrate sees them: old[name][key] = value;
+    -- raws: encoded key -> { name, key }; n: the entries.
+    local function parse_old(data, at, len)
         local old, raws, n = {}, {}, 0
-        local start = at
         while at + 8 <= len do
             local kl = ffi_cast("const uint32_t *", data + at)[0]
             local raw = ffi_string(data + at + 4, kl)
@@ -464,6 +466,15 @@ function _M.attach(job, store, host)
             n = n + 1
             at = at + (vl > 0 and vl or 0)
         end
+        return old, raws, n
+    end
+
+    -- State of another state_version for partition p: migrated (or set
+    -- aside), installed, and every key of it queued for the next commit.
+    -- Returns keys, entries, or nil, err.
+    local function load_other(p, version, data, at, len)
+        local start = at
+        local old, raws, n = parse_old(data, at, len)
         local maps, err = {}, nil
         if store.migrate and next(old) ~= nil then
             maps, err = migrate(old, version)
@@ -564,6 +575,44 @@ function _M.attach(job, store, host)
                 return msg
             end
         end
+    end
+
+    -- A reload's dry run, before the swap: migrate on the state of every
+    -- partition this driver owns that holds another state_version, as the
+    -- changelog has it now. Returns true, or false and the error (the old
+    -- version keeps running).
+    function cl.check_migrate()
+        local h = get()
+        if h == nil or not store.migrate then
+            return true
+        end
+        local owned = ffi_new("int32_t[?]", 4096)
+        local data = ffi_new("char *[1]")
+        local errbuf = ffi_new("char[512]")
+        for i = 0, C.em_changelog_owned(h, owned, 4096) - 1 do
+            local p = owned[i]
+            if C.em_changelog_peek(h, p, data, lp, errbuf, 512) ~= 0 then
+                return false, "state changelog '" .. topic .. "': partition " .. p .. ": "
+                              .. ffi_string(errbuf)
+            end
+            local d, len = data[0], tonumber(lp[0])
+            local vlen = ffi_cast("const uint32_t *", d)[0]
+            local err
+            if vlen ~= 0xffffffff and ffi_string(d + 4, vlen) ~= my_version then
+                local old = parse_old(d, 4 + vlen, len)
+                if next(old) ~= nil then
+                    local ok, merr = migrate(old, ffi_string(d + 4, vlen))
+                    if not ok then
+                        err = "state changelog: partition " .. p .. ": " .. tostring(merr)
+                    end
+                end
+            end
+            C.em_changelog_free(d)
+            if err then
+                return false, err
+            end
+        end
+        return true
     end
 
     -- A reloaded job's new version: the partitions' state, read again.

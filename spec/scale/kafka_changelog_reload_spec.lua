@@ -219,6 +219,17 @@ describe("keyed state in a Kafka changelog, across reloads", function()
         return mark
     end
 
+    -- A reload to state_version 2 whose migrate raises.
+    local function reload_broken(d)
+        local mark = d:log_mark()
+        local text = job_text(d, { version = 2, edit = "broken" })
+        text = text:gsub("state_version = 2,", "state_version = 2, migrate = function() "
+                         .. "error(\"no, not this state\") end,")
+        d:write_job("count.lua", text)
+        d:signal("HUP")
+        return mark
+    end
+
     setup(function()
         mock = kafka_mock.start { topics = { "events:2", changelog .. ":2" } }
     end)
@@ -246,6 +257,18 @@ describe("keyed state in a Kafka changelog, across reloads", function()
                        { from = mark, plain = true })
     end)
 
+    it("keeps the old version running when migrate raises on the changelog's state", function()
+        local a = members[1]
+        local mark = reload_broken(a)
+        a:wait_for_log("migrate of job 'count' from state_version 1 to 2 failed: "
+                       .. "[^\n]*count.lua:%d+: no, not this state", 60, { from = mark })
+        a:wait_for_log("reload failed; the running version keeps running", 10,
+                       { from = mark, plain = true })
+        assert.equal(0, #a:log_lines("now running the new version", { from = mark, plain = true }))
+        mock:produce("events", records(0, KEYS - 1, 5, "r"))
+        exact(a, all(25), "the old version, counting on")
+    end)
+
     it("writes the migrated state to the changelog, so the next owner restores it", function()
         local a = members[1]
         local mark = reload(a, { version = 2, migrate = true, edit = "third" })
@@ -253,7 +276,7 @@ describe("keyed state in a Kafka changelog, across reloads", function()
         -- only half the keys get records: the others' migrated values reach
         -- the changelog through the rewrite alone
         mock:produce("events", records(0, 9, 5, "c"))
-        exact(a, all(20005, 0, 9), "after the migration")
+        exact(a, all(25005, 0, 9), "after the migration")
         a:signal("TERM")
         a:wait_exit(60)
         local cl = compacted(mock, changelog)
@@ -263,9 +286,9 @@ describe("keyed state in a Kafka changelog, across reloads", function()
         local b = start_member { version = 2, migrate = true }
         b:wait_for_log("restored from " .. pattern, 90)
         mock:produce("events", records(0, KEYS - 1, 5, "d"))
-        local want = all(20005)
+        local want = all(25005)
         for k = 0, 9 do
-            want["k" .. k] = 20010
+            want["k" .. k] = 25010
         end
         exact(b, want, "on the next owner")
         assert.equal(0, #b:log_lines("holds state_version", { plain = true }),
