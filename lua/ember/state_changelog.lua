@@ -14,6 +14,8 @@
 --   reload()            a reloaded job's new version, before its first
 --                       batch: the state of the partitions this member owns,
 --                       read again (queued as loads for sync)
+--   check_migrate()     a reload's dry run: migrate on the owned partitions'
+--                       state of another state_version, as the changelog has it
 --
 -- Versions. Each marker names the job's state_version. A partition loaded
 -- with state of another version is migrated with the job's migrate (run per
