@@ -217,7 +217,7 @@ static void commit_returning(kafka_src *k, const rd_kafka_topic_partition_list_t
 static void on_assign(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
                       int coop)
 {
-    for (int i = 0; k->cl && i < parts->cnt; i++) /* keyed state first: kafka_changelog.c */
+    for (int i = 0; k->cl && i < parts->cnt; i++) /* keyed state first: kafka_changelog_restore.c */
         em_changelog_assigned(k->cl, parts->elems[i].partition, &parts->elems[i].offset);
     pthread_mutex_lock(&k->commit_lock);
     commit_returning(k, parts);

@@ -1,7 +1,7 @@
 -- ember.state_changelog: a job's keyed state kept in a compacted Kafka
 -- topic, per input partition, instead of local files (docs/scaling.md,
 -- "State that follows its partitions"). The Kafka side is C
--- (connectors/kafka_changelog.c); this is the store's side:
+-- (connectors/kafka_changelog*.c); this is the store's side:
 --
 --   attach(job, store)  at load: decides whether the job keeps its state in
 --                       a changelog, and names the topic on the Kafka source
