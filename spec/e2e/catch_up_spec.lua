@@ -75,6 +75,14 @@ local function total(list)
     return n
 end
 
+-- Waits until the batches printed have counted every line.
+local function wait_counted(d, seconds)
+    d:wait_until(function()
+        local n = total(printed(d, "batch"))
+        return n >= LINES or false, n .. " of " .. LINES .. " lines"
+    end, seconds, 0.1, "every line counted")
+end
+
 
 describe("catch-up batches", function()
     local d
@@ -92,10 +100,7 @@ describe("catch-up batches", function()
         d:write_job("backlog.lua", driver.render(COUNT_JOB, { dir = driver.quote(dir), opts = "" }))
         d:start()
         -- The tail of the file (less than a slice) waits for the interval.
-        d:wait_until(function()
-            local n = total(printed(d, "batch"))
-            return n >= LINES or false, n .. " of " .. LINES .. " lines"
-        end, 150, 0.1, "every line counted")
+        wait_counted(d, 150)
         local batches = printed(d, "batch")
         assert.equal(LINES, total(batches))
         local early = 0
@@ -117,10 +122,7 @@ describe("catch-up batches", function()
         d:write_job("backlog.lua", driver.render(COUNT_JOB:gsub('"20s"', '"1s"'),
                                                  { dir = driver.quote(dir), opts = ", catch_up = false" }))
         d:start()
-        d:wait_until(function()
-            local n = total(printed(d, "batch"))
-            return n >= LINES or false, n .. " of " .. LINES .. " lines"
-        end, 120, 0.1, "every line counted")
+        wait_counted(d, 120)
         local batches = printed(d, "batch")
         assert.equal(LINES, total(batches))
         for _, b in ipairs(batches) do
@@ -132,10 +134,7 @@ describe("catch-up batches", function()
         local dir = write_input(d)
         d:write_job("windowed.lua", driver.render(WINDOW_JOB, { dir = driver.quote(dir) }))
         d:start()
-        d:wait_until(function()
-            local n = total(printed(d, "batch"))
-            return n >= LINES or false, n .. " of " .. LINES .. " lines"
-        end, 120, 0.1, "every line counted")
+        wait_counted(d, 120)
         local batches, windows = printed(d, "batch"), printed(d, "window")
         assert.equal(LINES, total(batches))
         -- the window of two batches is the sum of the batch and the one before
