@@ -150,6 +150,46 @@ static void json_receiver(em_buf *o, const em_snapshot *s, const em_snap_job *j,
     em_buf_add(o, "}", 1);
 }
 
+/* The job's reference tables as its worker last read them (history.h);
+ * malloc'd, *n of them (NULL and 0 without any). */
+static em_table_status *tables_of(const em_snap_job *j, size_t *n)
+{
+    *n = 0;
+    em_table_status *t = j->history ? malloc(EM_TABLES_MAX * sizeof *t) : NULL;
+    if (t)
+        *n = em_history_tables(j->history, t, EM_TABLES_MAX);
+    return t;
+}
+
+static void json_tables(em_buf *o, const em_snap_job *j)
+{
+    size_t n;
+    em_table_status *t = tables_of(j, &n);
+    em_buf_printf(o, ",\"tables\":[");
+    for (size_t i = 0; i < n; i++) {
+        em_buf_printf(o, "%s{\"name\":", i ? "," : "");
+        em_buf_json_str(o, t[i].name);
+        em_buf_printf(o, ",\"kind\":");
+        em_buf_json_str(o, t[i].kind);
+        em_buf_printf(o, ",\"source\":");
+        em_buf_json_str(o, t[i].source);
+        em_buf_printf(o, ",\"where\":");
+        em_buf_json_str(o, t[i].where);
+        em_buf_printf(o, ",\"loaded\":%s,\"stale\":%s,\"entries\":%lld,\"lastLoadTime\":",
+                      t[i].loaded ? "true" : "false", t[i].stale ? "true" : "false",
+                      (long long)t[i].entries);
+        em_buf_json_time(o, t[i].last_load_ms);
+        em_buf_printf(o, ",\"loadErrors\":%lld,\"lastError\":", (long long)t[i].load_errors);
+        if (t[i].last_error[0])
+            em_buf_json_str(o, t[i].last_error);
+        else
+            em_buf_add(o, "null", 4);
+        em_buf_add(o, "}", 1);
+    }
+    em_buf_add(o, "]", 1);
+    free(t);
+}
+
 static void json_job(em_buf *o, const em_snap_job *j)
 {
     em_buf_printf(o, "{\"name\":");
@@ -180,8 +220,10 @@ static void json_job(em_buf *o, const em_snap_job *j)
         em_buf_json_str(o, j->outputs[i].where);
         em_buf_printf(o, "}");
     }
+    em_buf_add(o, "]", 1);
+    json_tables(o, j);
     const em_history_sum *t = &j->sum;
-    em_buf_printf(o, "],\"numReceivedRecords\":%llu,\"numProcessedRecords\":%llu,"
+    em_buf_printf(o, ",\"numReceivedRecords\":%llu,\"numProcessedRecords\":%llu,"
                   "\"numFailedRecords\":%llu,\"numTotalCompletedBatches\":%llu,"
                   "\"numFailedBatches\":%llu,\"waitingBatches\":%zu,\"lateBatchesInARow\":%u,"
                   "\"paused\":%s,\"held\":%s,\"blocked\":%s,\"reloadPending\":%s,\"rate\":",
@@ -499,6 +541,15 @@ void em_api_status_text(const em_snapshot *s, em_buf *o)
                               (long long)j->sum.late_records);
             em_buf_printf(o, "\n");
         }
+        size_t nt;
+        em_table_status *tb = tables_of(j, &nt);
+        for (size_t k = 0; k < nt; k++)
+            em_buf_printf(o, "  table %.60s: %lld entries%s, %lld load errors%s%.200s\n",
+                          tb[k].name, (long long)tb[k].entries,
+                          !tb[k].loaded ? ", not loaded yet" : tb[k].stale ? ", stale" : "",
+                          (long long)tb[k].load_errors, tb[k].last_error[0] ? "; last: " : "",
+                          tb[k].last_error);
+        free(tb);
         if (j->sum.last_error_ms)
             em_buf_printf(o, "  last error: %.200s\n", j->sum.last_error);
     }

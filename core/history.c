@@ -17,6 +17,8 @@ struct em_history {
     em_batch_info *ring;
     size_t cap, next, count;
     em_history_sum t;
+    em_table_status *tables; /* ntables of them, malloc'd */
+    size_t ntables;
 };
 
 em_history *em_history_create(size_t capacity)
@@ -91,6 +93,39 @@ void em_history_set_state(em_history *h, int64_t late_records, int64_t state_byt
     pthread_mutex_unlock(&h->lock);
 }
 
+void em_history_set_tables(em_history *h, const em_table_status *t, size_t n)
+{
+    pthread_mutex_lock(&h->lock);
+    if (n == h->ntables) { /* the usual case: the same tables, new figures */
+        if (n)
+            memcpy(h->tables, t, n * sizeof *t);
+        pthread_mutex_unlock(&h->lock);
+        return;
+    }
+    pthread_mutex_unlock(&h->lock);
+    em_table_status *copy = n ? malloc(n * sizeof *copy) : NULL;
+    if (n && !copy)
+        return; /* the older figures stay */
+    if (n)
+        memcpy(copy, t, n * sizeof *copy);
+    pthread_mutex_lock(&h->lock);
+    em_table_status *old = h->tables;
+    h->tables = copy;
+    h->ntables = n;
+    pthread_mutex_unlock(&h->lock);
+    free(old);
+}
+
+size_t em_history_tables(em_history *h, em_table_status *out, size_t max)
+{
+    pthread_mutex_lock(&h->lock);
+    size_t n = max < h->ntables ? max : h->ntables;
+    if (n)
+        memcpy(out, h->tables, n * sizeof *out);
+    pthread_mutex_unlock(&h->lock);
+    return n;
+}
+
 size_t em_history_recent(em_history *h, em_batch_info *out, size_t max)
 {
     pthread_mutex_lock(&h->lock);
@@ -124,6 +159,7 @@ void em_history_free(em_history *h)
     if (!h || atomic_fetch_sub(&h->refs, 1) != 1)
         return;
     pthread_mutex_destroy(&h->lock);
+    free(h->tables);
     free(h->ring);
     free(h);
 }

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "table_status.h"
+
 typedef struct em_batch_info {
     int64_t time_ms;             /* the batch time (its interval's end) */
     uint64_t records;
@@ -60,6 +62,11 @@ void em_history_set_error(em_history *h, int64_t when_ms, const char *err);
  * it from the job's Lua state (the API never enters it): late records and
  * state bytes, -1 each when the job has no event time, no state. */
 void em_history_set_state(em_history *h, int64_t late_records, int64_t state_bytes);
+/* The job's reference tables as the worker that ran its latest batch (or
+ * attempt) read them; set_tables copies n of them (n 0: none). tables
+ * copies up to max into out and returns the count. */
+void em_history_set_tables(em_history *h, const em_table_status *t, size_t n);
+size_t em_history_tables(em_history *h, em_table_status *out, size_t max);
 /* Copies up to max of the newest entries, newest first; returns the count. */
 size_t em_history_recent(em_history *h, em_batch_info *out, size_t max);
 size_t em_history_capacity(const em_history *h);

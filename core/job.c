@@ -165,6 +165,27 @@ void em_version_unref(em_version *v)
     free(v);
 }
 
+/* A version's reference tables as declared, none loaded yet: what the API
+ * shows until the worker reads their figures after a first attempt. */
+static void declare_tables(em_job *j, const em_version *v)
+{
+    if (!j->history)
+        return;
+    size_t n = v->desc->ntables < EM_TABLES_MAX ? v->desc->ntables : EM_TABLES_MAX;
+    em_table_status *t = n ? calloc(n, sizeof *t) : NULL;
+    if (n && !t)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const em_table_desc *d = &v->desc->tables[i];
+        snprintf(t[i].name, sizeof t[i].name, "%s", d->name);
+        snprintf(t[i].kind, sizeof t[i].kind, "%s", d->kind);
+        snprintf(t[i].source, sizeof t[i].source, "%s", d->source);
+        snprintf(t[i].where, sizeof t[i].where, "%s", d->where);
+    }
+    em_history_set_tables(j->history, t, n);
+    free(t);
+}
+
 em_job *em_job_create(const char *path, char *script, em_version *v, const em_runtime *rt)
 {
     em_job *j = calloc(1, sizeof *j);
@@ -176,6 +197,7 @@ em_job *em_job_create(const char *path, char *script, em_version *v, const em_ru
     j->version = v;
     j->rt = rt;
     j->history = em_history_create((size_t)rt->cfg->retained_batches);
+    declare_tables(j, v);
     atomic_init(&j->failed, 0);
     atomic_init(&j->blocked, 0);
     snprintf(j->dir, sizeof j->dir, "%.960s/%.127s", rt->cfg->checkpoint_dir, j->name);
@@ -318,6 +340,7 @@ void em_job_swap(em_job *j)
     j->version = next;
     j->next = NULL;
     em_version_unref(old);
+    declare_tables(j, next); /* its own Lua state: loaded again from their sources */
 }
 
 void em_job_stop_receivers(em_job *j)

@@ -326,6 +326,20 @@ static int restore(em_batch *b, char *err, size_t errlen)
     return 0;
 }
 
+/* After each run of a batch, one that failed too (a table not loaded yet
+ * makes it wait): what the job's reference tables hold, for the API. This
+ * worker holds the job's Lua state now; the HTTP thread never enters it. */
+static void keep_tables(em_batch *b)
+{
+    if (!b->version->desc->ntables) { /* a reload may have dropped them */
+        em_history_set_tables(b->job->history, NULL, 0);
+        return;
+    }
+    em_table_status t[EM_TABLES_MAX];
+    size_t n = em_luahost_tables(b->version->host, t, EM_TABLES_MAX);
+    em_history_set_tables(b->job->history, t, n);
+}
+
 void em_lifecycle_run(em_task *t)
 {
     em_batch *b = (em_batch *)t;
@@ -351,6 +365,7 @@ void em_lifecycle_run(em_task *t)
         em_luahost_run_batch(b->version->host, &view, b->id, &res);
     }
     int64_t ran_ms = em_clock_now_ms();
+    keep_tables(b);
     if (!res.ok && !res.fatal) { /* an output could not deliver: the same batch again */
         em_luahost_abort(b->version->host);
         retry_later(b, res.err);

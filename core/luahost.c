@@ -141,6 +141,27 @@ static void read_outputs(lua_State *L, int desc, em_job_desc *d)
     lua_pop(L, 1);
 }
 
+static void read_tables(lua_State *L, int desc, em_job_desc *d)
+{
+    lua_getfield(L, desc, "tables");
+    int t = lua_gettop(L);
+    d->ntables = lua_istable(L, t) ? lua_objlen(L, t) : 0;
+    d->tables = calloc(d->ntables ? d->ntables : 1, sizeof *d->tables);
+    if (!d->tables)
+        d->ntables = 0;
+    for (size_t i = 0; i < d->ntables; i++) {
+        lua_rawgeti(L, t, (int)i + 1);
+        int tt = lua_gettop(L);
+        em_table_desc *e = &d->tables[i];
+        field_string(L, tt, "name", e->name, sizeof e->name);
+        field_string(L, tt, "kind", e->kind, sizeof e->kind);
+        field_string(L, tt, "source", e->source, sizeof e->source);
+        field_string(L, tt, "where", e->where, sizeof e->where);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static int read_interval(lua_State *L, int desc, em_job_desc *d, const char *path, char *err,
                          size_t errlen)
 {
@@ -200,6 +221,7 @@ static void free_desc(em_job_desc *d)
         em_props_clear(&d->sources[i].props);
     free(d->sources);
     free(d->outputs);
+    free(d->tables);
 }
 
 /* The job's own `memory` and `batch_timeout`, else the driver's defaults
@@ -296,6 +318,7 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
         return NULL;
     }
     read_outputs(L, desc, d);
+    read_tables(L, desc, d);
     lua_getfield(L, desc, "run_batch");
     if (!lua_isfunction(L, -1)) {
         snprintf(err, errlen, "%s: the runtime returned no run_batch", path);
@@ -521,6 +544,59 @@ int64_t em_luahost_late_records(em_luahost *h)
     if (lua_pcall(h->L, 0, 1, 0) == 0 && lua_isnumber(h->L, -1))
         n = (int64_t)lua_tonumber(h->L, -1);
     lua_settop(h->L, 0);
+    return n;
+}
+
+static int64_t field_int(lua_State *L, int t, const char *key)
+{
+    lua_getfield(L, t, key);
+    int64_t v = lua_isnumber(L, -1) ? (int64_t)lua_tonumber(L, -1) : 0;
+    lua_pop(L, 1);
+    return v;
+}
+
+static int field_bool(lua_State *L, int t, const char *key)
+{
+    lua_getfield(L, t, key);
+    int v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* desc.table_status() gives one table per reference table; a job without
+ * any never enters Lua here. */
+size_t em_luahost_tables(em_luahost *h, em_table_status *out, size_t max)
+{
+    if (!h->desc.ntables)
+        return 0;
+    lua_State *L = h->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->desc_ref);
+    lua_getfield(L, -1, "table_status");
+    size_t n = 0;
+    if (lua_isfunction(L, -1) && lua_pcall(L, 0, 1, 0) == 0 && lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        size_t len = lua_objlen(L, t);
+        for (size_t i = 0; i < len && n < max; i++) {
+            lua_rawgeti(L, t, (int)i + 1);
+            int st = lua_gettop(L);
+            em_table_status *e = &out[n++];
+            memset(e, 0, sizeof *e);
+            field_string(L, st, "name", e->name, sizeof e->name);
+            field_string(L, st, "kind", e->kind, sizeof e->kind);
+            field_string(L, st, "source", e->source, sizeof e->source);
+            field_string(L, st, "where", e->where, sizeof e->where);
+            field_string(L, st, "last_error", e->last_error, sizeof e->last_error);
+            e->loaded = field_bool(L, st, "loaded");
+            e->stale = field_bool(L, st, "stale");
+            e->entries = field_int(L, st, "entries");
+            e->last_load_ms = field_int(L, st, "last_load_ms");
+            e->load_errors = field_int(L, st, "load_errors");
+            lua_pop(L, 1);
+        }
+    } else if (lua_isstring(L, -1)) {
+        em_log(EM_LOG_ERROR, h->desc.name, "table status: %s", lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
     return n;
 }
 

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "connector.h"
 #include "props.h"
+#include "table_status.h"
 
 typedef struct em_source_desc {
     const em_connector *conn;
@@ -27,6 +28,13 @@ typedef struct em_output_desc {
     char where[512];
 } em_output_desc;
 
+typedef struct em_table_desc {
+    char name[128];
+    char kind[16];    /* redis_hash, redis_pattern, file, kafka */
+    char source[512]; /* what it reads, passwords left out */
+    char where[256];  /* script:line of the declaration */
+} em_table_desc;
+
 typedef struct em_job_desc {
     char name[128];
     int64_t batch_interval_ms; /* 0: the driver's streaming.batchInterval */
@@ -36,9 +44,10 @@ typedef struct em_job_desc {
     int stateful;           /* operators keep state across batches (docs/state.md) */
     int64_t memory;           /* the `memory` option in bytes; -1: not set (0: no cap) */
     int64_t batch_timeout_ms; /* the `batch_timeout` option; -1: not set (0: none) */
-    size_t nsources, noutputs;
+    size_t nsources, noutputs, ntables;
     em_source_desc *sources;
     em_output_desc *outputs;
+    em_table_desc *tables; /* its reference tables (docs/tables.md) */
 } em_job_desc;
 
 typedef struct em_batch_result {
@@ -102,6 +111,9 @@ uint64_t em_luahost_state_bytes(em_luahost *h);
 /* Records its event-time windows found late since its state began; -1 for
  * a job without event time. */
 int64_t em_luahost_late_records(em_luahost *h);
+/* What the job's reference tables hold now and how their reads went, up
+ * to max of them into out; returns the count (0 for a job without tables). */
+size_t em_luahost_tables(em_luahost *h, em_table_status *out, size_t max);
 /* Bytes the job's Lua state holds now, and its cap (0: none). */
 size_t em_luahost_memory_used(const em_luahost *h);
 int64_t em_luahost_memory_cap(const em_luahost *h);

@@ -56,7 +56,7 @@ static void usage(FILE *out)
             "stop    stops one job of the running driver, or the driver itself (SIGTERM to the\n"
             "        pid in run.pidFile) when no job is named.\n"
             "config  prints the effective configuration and where each value came from.\n"
-            "check   loads a job script, validates its graph and prints its sources and outputs.\n"
+            "check   loads a job script, validates its graph and prints its sources, outputs and tables.\n"
             "        (status, reload, stop and config read ember.conf and --conf like run)\n"
             "dead-letters  lists a job's dead letters (--json: as written), or appends their\n"
             "        records to FILE, a line each, and moves the dead-letter files aside.\n"
@@ -120,6 +120,11 @@ static int check(const char *path)
         printf("outputs:\n");
         for (size_t i = 0; i < d->noutputs; i++)
             printf("  %zu. %s  (%s)\n", i + 1, d->outputs[i].kind, d->outputs[i].where);
+        if (d->ntables)
+            printf("tables:\n");
+        for (size_t i = 0; i < d->ntables; i++)
+            printf("  %zu. '%s': %s  (%s)\n", i + 1, d->tables[i].name, d->tables[i].source,
+                   d->tables[i].where);
         em_version_unref(v);
     }
     em_config_free(&cfg);

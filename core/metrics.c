@@ -91,6 +91,35 @@ static void histogram(em_buf *o, const em_snapshot *s, const char *name, const c
     }
 }
 
+/* The jobs' reference tables, one family each, labelled {job, table}:
+ * which 0 entries, 1 load errors, 2 last load time, 3 stale, 4 loaded. A
+ * table not loaded yet has no last-load sample. */
+static void table_family(em_buf *o, const em_snapshot *s, const char *name, const char *type,
+                         const char *help, int which)
+{
+    em_table_status *t = malloc(EM_TABLES_MAX * sizeof *t);
+    if (!t)
+        return;
+    family(o, name, type, help);
+    for (size_t i = 0; i < s->njobs; i++) {
+        size_t n = s->jobs[i].history ? em_history_tables(s->jobs[i].history, t, EM_TABLES_MAX)
+                                      : 0;
+        for (size_t k = 0; k < n; k++) {
+            double v = which == 0 ? (double)t[k].entries : which == 1 ? (double)t[k].load_errors
+                     : which == 2 ? (double)t[k].last_load_ms / 1000.0
+                     : which == 3 ? t[k].stale : t[k].loaded;
+            if (which == 2 && t[k].last_load_ms <= 0)
+                continue;
+            em_buf_printf(o, "%s{job=", name);
+            label(o, s->jobs[i].name);
+            em_buf_printf(o, ",table=");
+            label(o, t[k].name);
+            em_buf_printf(o, "} %.17g\n", v);
+        }
+    }
+    free(t);
+}
+
 typedef double (*rx_value)(const em_snap_receiver *r);
 
 static double r_records(const em_snap_receiver *r) { return (double)r->st.records; }
@@ -182,6 +211,11 @@ void em_metrics_write(const em_snapshot *s, em_buf *o)
     per_job(o, s, "ember_job_batch_interval_seconds", "gauge", "The job's batch interval.", v_interval);
     per_job(o, s, "ember_job_late_records_total", "counter", "Records event-time windows found late, since the job's state began (jobs with event time).", v_late_records);
     per_job(o, s, "ember_job_state_bytes", "gauge", "Bytes of keyed state the job's operators hold, after its latest batch (stateful jobs).", v_state_bytes);
+    table_family(o, s, "ember_table_entries", "gauge", "Entries a reference table holds.", 0);
+    table_family(o, s, "ember_table_load_errors_total", "counter", "Reads of a reference table's source that failed, since the job's Lua state began.", 1);
+    table_family(o, s, "ember_table_last_load_timestamp_seconds", "gauge", "When a reference table's source was last read successfully, in seconds since the epoch.", 2);
+    table_family(o, s, "ember_table_stale", "gauge", "1 while the last read of a reference table's source failed (joins use what it held).", 3);
+    table_family(o, s, "ember_table_loaded", "gauge", "1 once a reference table's first load is done (the job's batches wait for it).", 4);
     histogram(o, s, "ember_batch_processing_seconds", "Time from a worker starting a batch to every output finishing.", 0);
     histogram(o, s, "ember_batch_total_delay_seconds", "Time from a batch's time to every output finishing.", 1);
 

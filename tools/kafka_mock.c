@@ -16,6 +16,8 @@
  *   topic <name>:<partitions>                create another topic
  *   errors <api_key> <error_code> [count]    fail the next count (1) requests
  *                                            of that API (Produce is 0)
+ *   topic-error <topic> <error_code>         metadata answers the topic with
+ *                                            that error (0: none again)
  * Broker ids are 1..N.
  */
 #include <errno.h>
@@ -115,8 +117,16 @@ static void command(rd_kafka_mock_cluster_t *mc, int brokers, char *line, char *
         for (int i = 0; i < count; i++)
             errs[i] = (rd_kafka_resp_err_t)code;
         rd_kafka_mock_push_request_errors_array(mc, (int16_t)api, (size_t)count, errs);
+    } else if (strcmp(word, "topic-error") == 0) {
+        int code = 0;
+        if (sscanf(line, "%*s %255s %d", arg, &code) != 2 || code < 0) {
+            snprintf(out, len, "error: topic-error <topic> <error_code>");
+            return;
+        }
+        rd_kafka_mock_topic_set_error(mc, arg, (rd_kafka_resp_err_t)code);
     } else {
-        snprintf(out, len, "error: unknown command '%s' (down, up, leader, topic, errors)", word);
+        snprintf(out, len, "error: unknown command '%s' (down, up, leader, topic, errors, "
+                 "topic-error)", word);
         return;
     }
     if (err)

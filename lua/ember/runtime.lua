@@ -19,6 +19,7 @@ local state_ops = require "ember.state_ops"
 local state_changelog = require "ember.state_changelog"
 local window_ops = require "ember.window_ops"
 local sinks = require "ember.sinks"
+local tables = require "ember.table"
 
 local loadfile = loadfile
 local pcall = pcall
@@ -151,6 +152,10 @@ function _M.load(path, host)
         batch_timeout = job.batch_timeout,
         sources = sources,
         outputs = outputs,
+        -- reference tables: { name, kind, source, where } each, and what
+        -- they hold now (read by the worker after each batch)
+        tables = tables.describe_all(job),
+        table_status = function() return tables.status(job) end,
         run_batch = function(view_ptr, batch_id)
             ember._set_context(host, name)
             local lost = cl and cl.sync()

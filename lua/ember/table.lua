@@ -25,8 +25,8 @@
 --       "lines": field<separator>value per line; "json": one JSON object
 --   { kafka = brokers, topic = "name" [, config = { ... }] }
 --       a compacted topic, read to its end, then followed record by record
---       (ember.table_kafka): refresh does not apply, each batch takes what
---       came since the last
+--       (ember.table_kafka): each batch takes what came since the last;
+--       every refresh (at least 5 s) it looks for new partitions
 --
 -- key(field, value) and value(field, value) make the table's entry (both
 -- default to the field and the value). A key or value function that raises
@@ -51,11 +51,13 @@ local type = type
 local tostring = tostring
 local tonumber = tonumber
 local pairs = pairs
+local next = next
 local ipairs = ipairs
 local pcall = pcall
 local setmetatable = setmetatable
 local getmetatable = getmetatable
 local io_open = io.open
+local os_time = os.time
 local str_find = string.find
 local str_sub = string.sub
 local str_gmatch = string.gmatch
@@ -272,8 +274,8 @@ end
 local function source_of(from, level)
     if type(from) ~= "table" then
         error("bad option 'from' to 'table' (a source such as { redis = url, hash = \"name\" }, "
-              .. "{ redis = url, pattern = \"ad:*\" } or { file = path } expected, got "
-              .. type(from) .. ")", level)
+              .. "{ redis = url, pattern = \"ad:*\" }, { file = path } or { kafka = brokers, "
+              .. "topic = \"name\" } expected, got " .. type(from) .. ")", level)
     end
     local src = {}
     for k, v in pairs(from) do
@@ -283,6 +285,12 @@ local function source_of(from, level)
         local bad = redis.check_url(from.redis)
         if bad then
             error("bad option 'from.redis' to 'table' (" .. bad .. ")", level)
+        end
+        for k in pairs(from) do         -- first: a misspelt 'hash' is named as such
+            if k ~= "redis" and k ~= "hash" and k ~= "pattern" then
+                error("bad option 'from." .. tostring(k) .. "' to 'table' (a Redis source "
+                      .. "takes redis, hash or pattern)", level)
+            end
         end
         local h, p = from.hash, from.pattern
         if (h == nil) == (p == nil) then
@@ -294,13 +302,7 @@ local function source_of(from, level)
             error("bad option 'from." .. (h and "hash" or "pattern") .. "' to 'table' "
                   .. "(a non-empty string expected)", level)
         end
-        for k in pairs(from) do
-            if k ~= "redis" and k ~= "hash" and k ~= "pattern" then
-                error("bad option 'from." .. tostring(k) .. "' to 'table' (a Redis source "
-                      .. "takes redis, hash or pattern)", level)
-            end
-        end
-        src.kind = h and "redis hash" or "redis pattern"
+        src.kind = h and "redis_hash" or "redis_pattern"
         src.read = h and read_hash or read_pattern
         -- the URL without its password
         local shown = str_sub(from.redis, 1, 8) == "redis://" and from.redis:gsub("//[^@/]*@", "//")
@@ -338,7 +340,10 @@ local function source_of(from, level)
         src.follow = table_kafka.follow
         src.what = "Kafka topic '" .. from.topic .. "' at " .. from.kafka
     else
-        error("bad option 'from' to 'table' (one of 'redis', 'file' or 'kafka' expected)", level)
+        local k = next(from)
+        error("bad option 'from' to 'table' (one of 'redis', 'file' or 'kafka' expected"
+              .. (k ~= nil and (", got '" .. tostring(k) .. "'") or ", got an empty table")
+              .. ")", level)
     end
     return src
 end
@@ -382,10 +387,17 @@ local function declare_table(job, opts, where)
         tables = {}
         job.tables = tables
     end
+    local name = opts.name or ("table " .. (#tables + 1))
+    for _, other in ipairs(tables) do    -- the name labels its metrics: one per job
+        if other.name == name then
+            error("bad option 'name' to 'table' (job '" .. tostring(job.name) .. "' has a table '"
+                  .. name .. "' already, declared at " .. other.where .. ")", level)
+        end
+    end
     local tbl = setmetatable({
         job = job,
         id = #tables + 1,
-        name = opts.name or ("table " .. (#tables + 1)),
+        name = name,
         where = where,
         source = src,
         key_fn = opts.key,
@@ -397,6 +409,13 @@ local function declare_table(job, opts, where)
         last_read = nil,        -- batch time of the last read attempt that worked
         failing = false,        -- a warning for this outage was logged
         loads = 0,              -- reads that changed or confirmed the contents
+        -- what the driver shows (_M.status): reads of the source that
+        -- failed, the last one's error, the wall-clock time of the last
+        -- read that worked, and whether the last read failed (stale)
+        load_errors = 0,
+        last_error = nil,
+        last_load_ms = nil,
+        stale = false,
     }, Table)
     tables[#tables + 1] = tbl
     return tbl
@@ -416,6 +435,18 @@ end
 
 -- Loading ------------------------------------------------------------------
 
+-- Wall-clock ms: the driver's clock when it is there (it is, in the
+-- driver), else os.time's seconds (plain LuaJIT, the unit specs).
+local clock_ms
+local function now_ms()
+    if clock_ms == nil then
+        pcall(ffi.cdef, "int64_t em_clock_now_ms(void);")   -- fails when declared already
+        clock_ms = pcall(function() return C.em_clock_now_ms end) and function() return tonumber(C.em_clock_now_ms()) end
+                   or function() return os_time() * 1000 end
+    end
+    return clock_ms()
+end
+
 local function log(level, msg)
     local ok, ember = pcall(require, "ember")
     if ok and ember.log then
@@ -429,6 +460,18 @@ end
 
 function Table:warn(msg)
     log("warn", self:describe() .. ": " .. msg)
+end
+
+function Table:info(msg)
+    log("info", self:describe() .. ": " .. msg)
+end
+
+-- A read of the source that failed: counted, and the table is stale (it
+-- keeps what it held, or, never loaded, the job waits).
+function Table:failed(err)
+    self.load_errors = self.load_errors + 1
+    self.last_error = tostring(err)
+    self.stale = true
 end
 
 
@@ -474,8 +517,16 @@ end
 -- updates the contents in place.
 function Table:follow(time)
     local src = self.source
-    local ok, how = src.follow(src, self)
+    local ok, how, pending = src.follow(src, self, now_ms())
+    if not ok and pending then
+        -- reading, not failing: the first load is not done yet
+        self.stale = false
+        self.last_load_ms = now_ms()
+        return nil, self:describe() .. " is not loaded yet (" .. tostring(how)
+                    .. "); the job waits for its first load"
+    end
     if not ok then
+        self:failed(how)
         if not self.loaded then
             return nil, self:describe() .. " is not loaded yet (" .. tostring(how)
                         .. "); the job waits for its first load"
@@ -492,6 +543,8 @@ function Table:follow(time)
         log("info", self:describe() .. ": its source can be read again")
     end
     self.last_read = time
+    self.stale = false
+    self.last_load_ms = now_ms()
     if how == "loaded" then
         self.loaded = true
         log("info", self:describe() .. ": loaded, " .. self.size .. " entries")
@@ -512,10 +565,13 @@ function Table:load(time)
     local fields, values, n = src.read(src, self)
     if fields == "same" then
         self.last_read = time
+        self.stale = false
+        self.last_load_ms = now_ms()
         return true
     end
     if not fields then
         local err = values
+        self:failed(err)
         if not self.loaded then
             -- the batch waits: the driver retries it
             return nil, self:describe() .. " is not loaded yet and its source cannot be read ("
@@ -539,6 +595,8 @@ function Table:load(time)
     self.data, self.size, self.loaded = data, size, true
     self.last_read = time
     self.loads = self.loads + 1
+    self.stale = false
+    self.last_load_ms = now_ms()
     if first then
         log("info", self:describe() .. ": loaded, " .. size .. " entries")
     else
@@ -570,6 +628,28 @@ end
 
 function Table:count()
     return self.size
+end
+
+
+-- What the driver shows of each table of the job (the HTTP API, /metrics):
+-- read by the worker after each batch, on the thread that owns the state.
+function _M.status(job)
+    local out = {}
+    for i, t in ipairs(job.tables or {}) do
+        out[i] = { name = t.name, kind = t.source.kind, source = t.source.what, where = t.where,
+                   loaded = t.loaded, entries = t.size, last_load_ms = t.last_load_ms or 0,
+                   load_errors = t.load_errors, last_error = t.last_error, stale = t.stale }
+    end
+    return out
+end
+
+-- What `ember check` prints: each table's name, source and declaration.
+function _M.describe_all(job)
+    local out = {}
+    for i, t in ipairs(job.tables or {}) do
+        out[i] = { name = t.name, kind = t.source.kind, source = t.source.what, where = t.where }
+    end
+    return out
 end
 
 

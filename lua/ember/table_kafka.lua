@@ -17,6 +17,12 @@
 -- down), each attempt reads for at most LOAD_SLICE_MS and the batch waits
 -- (ember.table). The consumer is closed when the job's Lua state goes (a
 -- reload, a stop).
+--
+-- Partitions added to the topic later are found: every refresh (at least
+-- PARTITION_CHECK_MS) the topic's metadata is asked for again, and each
+-- partition not read yet is added to the assignment from its beginning
+-- (incrementally: the others keep their place). A metadata request that
+-- fails then is a failed read (the table is stale and keeps its contents).
 
 local ffi = require "ffi"
 
@@ -28,12 +34,17 @@ local pcall = pcall
 local pairs = pairs
 local tostring = tostring
 local type = type
+local ipairs = ipairs
+local table_sort = table.sort
+local table_concat = table.concat
 
 
 local _M = {}
 
 local LOAD_SLICE_MS = 2000
 local METADATA_TIMEOUT_MS = 2000
+local PARTITION_CHECK_MS = 5000         -- new partitions looked for at most this often
+local CHECK_TIMEOUT_MS = 1000           -- a later metadata request waits at most this
 local FOLLOW_MAX = 200000               -- records taken per batch once loaded
 local ERR_PARTITION_EOF = -191
 local OFFSET_BEGINNING = -2
@@ -100,10 +111,14 @@ if not pcall(ffi.typeof, "rd_kafka_message_t") then
         int rd_kafka_topic_partition_list_set_offset(rd_kafka_topic_partition_list_t *rktparlist,
                                                      const char *topic, int32_t partition,
                                                      int64_t offset);
-        int rd_kafka_assign(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *partitions);
         rd_kafka_message_t *rd_kafka_consumer_poll(rd_kafka_t *rk, int timeout_ms);
         void rd_kafka_message_destroy(rd_kafka_message_t *rkmessage);
         const char *rd_kafka_err2str(int err);
+        typedef struct rd_kafka_error_s rd_kafka_error_t;
+        rd_kafka_error_t *rd_kafka_incremental_assign(rd_kafka_t *rk,
+                                                      const rd_kafka_topic_partition_list_t *partitions);
+        const char *rd_kafka_error_string(const rd_kafka_error_t *error);
+        void rd_kafka_error_destroy(rd_kafka_error_t *error);
     ]]
 end
 
@@ -153,11 +168,11 @@ local function open(src, group)
 end
 
 
--- The topic's partitions, assigned from their beginning; nil and why.
-local function assign(src, rk)
+-- The ids of the topic's partitions, as the brokers say now; nil and why.
+local function partitions(src, rk, timeout_ms)
     local rkt = C.rd_kafka_topic_new(rk, src.topic, nil)
     local box = ffi_new("const rd_kafka_metadata_t *[1]")
-    local err = C.rd_kafka_metadata(rk, 0, rkt, box, METADATA_TIMEOUT_MS)
+    local err = C.rd_kafka_metadata(rk, 0, rkt, box, timeout_ms)
     C.rd_kafka_topic_destroy(rkt)
     if err ~= 0 then
         return nil, "metadata of topic '" .. src.topic .. "': " .. ffi_string(C.rd_kafka_err2str(err))
@@ -175,21 +190,75 @@ local function assign(src, rk)
         return nil, "topic '" .. src.topic .. "' has no partitions"
                     .. (terr ~= 0 and (" (" .. ffi_string(C.rd_kafka_err2str(terr)) .. ")") or "")
     end
-    local list = C.rd_kafka_topic_partition_list_new(n)
-    for _, p in pairs(ids) do
+    return ids
+end
+
+
+-- Adds the partitions of ids the consumer does not read yet, each from its
+-- beginning (at the first load: all of them); the others keep their
+-- place. Returns how many it added, or nil and why.
+local function assign_new(src, rk, ids)
+    local at_end = src.at_end or {}
+    local new = {}
+    for _, p in ipairs(ids) do
+        if at_end[p] == nil then
+            new[#new + 1] = p
+        end
+    end
+    if #new == 0 then
+        return 0
+    end
+    local list = C.rd_kafka_topic_partition_list_new(#new)
+    for _, p in ipairs(new) do
         C.rd_kafka_topic_partition_list_add(list, src.topic, p)
         C.rd_kafka_topic_partition_list_set_offset(list, src.topic, p, OFFSET_BEGINNING)
     end
-    local aerr = C.rd_kafka_assign(rk, list)
-    C.rd_kafka_topic_partition_list_destroy(list)
-    if aerr ~= 0 then
-        return nil, "assign: " .. ffi_string(C.rd_kafka_err2str(aerr))
+    -- No consumer group: an incremental assignment adds these and leaves
+    -- the partitions read so far where they are (the first load takes the
+    -- same path, so every start runs it).
+    local why
+    local e = C.rd_kafka_incremental_assign(rk, list)
+    if e ~= nil then
+        why = ffi_string(C.rd_kafka_error_string(e))
+        C.rd_kafka_error_destroy(e)
     end
-    local at_end = {}
-    for _, p in pairs(ids) do
+    C.rd_kafka_topic_partition_list_destroy(list)
+    if why then
+        return nil, "assign: " .. why
+    end
+    for _, p in ipairs(new) do
         at_end[p] = false
     end
-    return at_end, n
+    src.at_end = at_end
+    return #new, new
+end
+
+
+-- Once every refresh of the table (at least PARTITION_CHECK_MS) the
+-- topic's metadata is read again, and partitions added since are read from
+-- their beginning. Returns true, or nil and why (the metadata could not be
+-- had: the read failed, the table stays as it is).
+local function check_partitions(src, tbl, now)
+    local every = tbl.refresh_ms > PARTITION_CHECK_MS and tbl.refresh_ms or PARTITION_CHECK_MS
+    if src.checked_at and now - src.checked_at < every and now >= src.checked_at then
+        return true
+    end
+    src.checked_at = now
+    local ids, err = partitions(src, src.rk, CHECK_TIMEOUT_MS)
+    if not ids then
+        return nil, err
+    end
+    local added, which = assign_new(src, src.rk, ids)
+    if not added then
+        return nil, which
+    end
+    if added > 0 then
+        table_sort(which)
+        tbl:info("topic '" .. src.topic .. "' has " .. added .. " new partition"
+                 .. (added == 1 and "" or "s") .. " (" .. table_concat(which, ", ")
+                 .. "), read from the beginning")
+    end
+    return true
 end
 
 
@@ -287,9 +356,10 @@ local function drain(src, tbl, timeout_ms, max)
 end
 
 
--- The table's follow step (ember.table calls it before each batch):
--- true once loaded; nil and why while the first load is not done.
-function _M.follow(src, tbl)
+-- The table's follow step (ember.table calls it before each batch, now
+-- the wall-clock ms): true once loaded; nil, why and true while the first
+-- load is under way; nil and why when the source cannot be read.
+function _M.follow(src, tbl, now)
     if not _M.available() then
         return nil, "a Kafka table needs the ember driver (librdkafka is not linked)"
     end
@@ -301,11 +371,17 @@ function _M.follow(src, tbl)
         src.rk = rk
     end
     if not src.at_end then
-        local at_end, err = assign(src, src.rk)
-        if not at_end then
+        local ids, err = partitions(src, src.rk, METADATA_TIMEOUT_MS)
+        local ok, aerr = ids and assign_new(src, src.rk, ids)
+        if not ok then
+            return nil, err or aerr
+        end
+        src.checked_at = now
+    else
+        local ok, err = check_partitions(src, tbl, now)
+        if not ok then
             return nil, err
         end
-        src.at_end = at_end
     end
     tbl.set, tbl.deleted = 0, 0
     local ok, how = drain(src, tbl, LOAD_SLICE_MS, FOLLOW_MAX)
@@ -321,7 +397,8 @@ function _M.follow(src, tbl)
             left = left + (e and 0 or 1)
         end
         return nil, left .. " partition" .. (left == 1 and "" or "s") .. " of topic '"
-                    .. src.topic .. "' not read to the end yet (" .. tbl.size .. " entries so far)"
+                    .. src.topic .. "' not read to the end yet (" .. tbl.size .. " entries so far)",
+               true
     end
     return true
 end

@@ -42,6 +42,21 @@ job:redis { url = {{url}}, mode = "list", key = "ui:in", block = "50ms" }
 return job
 ]]
 
+-- Two reference tables from files; the spec removes the second one's file
+-- once loaded, so it goes stale (keeping its entries).
+local TABLE_JOB = [[
+local ember = require "ember"
+local job = ember.job { name = "lookup", batch_interval = "200ms" }
+local sites = job:table { name = "sites", from = { file = {{file}} } }
+local later = job:table { name = "later", from = { file = {{later}} }, refresh = "200ms" }
+job:generator { kind = "sequence", rate = 20 }
+   :map(function(n) return tostring(n % 3), n end)
+   :join(sites)
+   :join(later)
+   :foreach_batch(function() end)
+return job
+]]
+
 local ARTIFACTS = driver.root .. "/build/spec-artifacts"
 
 
@@ -74,6 +89,10 @@ describe("the web UI", function()
         d:write_job("queue.lua", driver.render(QUEUE_JOB, { url = driver.quote(redis.url) }))
         d:write_job("fast.lua", driver.render(GEN_JOB, { name = driver.quote("fast"), rate = 500 }))
         d:write_job("slow.lua", driver.render(GEN_JOB, { name = driver.quote("slow"), rate = 20 }))
+        driver.write_file(d:path("sites.tsv"), "0\tx\n1\ty\n")
+        driver.write_file(d:path("later.tsv"), "0\tz\n")
+        d:write_job("lookup.lua", driver.render(TABLE_JOB, {
+            file = driver.quote(d:path("sites.tsv")), later = driver.quote(d:path("later.tsv")) }))
         d:start()
     end)
 
@@ -102,6 +121,15 @@ describe("the web UI", function()
                 end
             end
         end, 30, 0.1, "the queue job's lag of 0")
+        d:wait_until(function()
+            local t = http.json(port, "/api/v1/jobs/lookup").tables or {}
+            return t[1] and t[1].loaded and t[2] and t[2].loaded, cjson.encode(t)
+        end, 30, 0.1, "the lookup job's tables loaded")
+        os.remove(d:path("later.tsv"))
+        d:wait_until(function()
+            local t = http.json(port, "/api/v1/jobs/lookup").tables or {}
+            return t[2] and t[2].stale and t[2].loadErrors > 0, cjson.encode(t)
+        end, 30, 0.1, "the later table stale")
         -- the windows job's first batches (its state files) may run late on a
         -- loaded machine: the page is read once the driver is ready again
         d:wait_until(function()
@@ -145,6 +173,16 @@ describe("the web UI", function()
         -- the Redis list source's lag in its connector's shape
         assert.truthy(dom:find('<td class="lag">0 (list ui:in 0, processing 0)</td>', 1, true),
                       dom:match('<table id="receivers">.-</table>'))
+        -- the lookup job's tables: one fresh, one stale
+        local sites = dom:match('<tr class="table%-row" data%-job="lookup" data%-table="sites">(.-)</tr>')
+        assert.truthy(sites, dom:match('<table id="tables">.-</table>'))
+        assert.truthy(sites:find('<td class="num entries">2</td><td>yes</td><td>no</td>', 1, true), sites)
+        assert.truthy(sites:find('<td class="num load%-errors">0</td>'), sites)
+        local later = dom:match('<tr class="table%-row" data%-job="lookup" data%-table="later">(.-)</tr>')
+        assert.truthy(later, dom:match('<table id="tables">.-</table>'))
+        assert.truthy(later:find('<td class="num entries">1</td><td>yes</td>'
+                                 .. '<td class="state-failed">stale</td><td>20', 1, true), later)
+        assert.truthy(later:find('<td class="err">[^<]*later%.tsv'), later)
         -- the sink pool
         local pool = dom:match('<tr class="pool%-row">(.-)</tr>')
         assert.truthy(pool and pool:find("redis redis://127.0.0.1:" .. redis.port, 1, true), tostring(pool))

@@ -7,6 +7,8 @@
 local driver = require "support.driver"
 local kafka_mock = require "support.kafka_mock"
 local redis_server = require "support.redis_server"
+local http = require "support.http"
+local cjson = require "cjson"
 
 local render, sorted = redis_server.render, redis_server.sorted
 local q = driver.quote
@@ -114,6 +116,47 @@ describe("reference tables from a compacted Kafka topic", function()
         end, 20, 0.05, "the update, the new key and the delete followed")
         srv:cli("RPUSH", "k:in", "ad1=1", "ad2=2", "ad3=3")
         assert.same({ "ad1|1|CAMP-Z", "ad2|2|nil", "ad3|3|CAMP-C" }, out(3))
+    end)
+
+    -- The table as the jobs API shows it, once want(table) holds.
+    local function shown(want, what)
+        local port = d:http_port()
+        return d:wait_until(function()
+            local j = http.json(port, "/api/v1/jobs/ktable")
+            local t = j.tables and j.tables[1]
+            return t and want(t) and t, cjson.encode(j.tables)
+        end, 40, 0.05, what)
+    end
+
+    it("is shown in the jobs API; a later look for new partitions that fails makes it stale, "
+       .. "then fresh again", function()
+        produce(k, { "ad1\tcamp-a", "ad2\tcamp-b", "ad3\tcamp-c" })
+        d:write_job("ktable", render(JOB, { url = q(srv.url), brokers = q(k.bootstrap) }))
+        d:start { conf = CONF }
+        local t = shown(function(t) return t.loaded end, "the table loaded")
+        assert.equal("kafka", t.kind)
+        assert.equal("Kafka topic 'ads' at " .. k.bootstrap, t.source)
+        assert.equal(3, t.entries)
+        assert.is_false(t.stale)
+        assert.equal(0, t.loadErrors)
+        -- the brokers answer metadata for the topic with an error
+        -- (LEADER_NOT_AVAILABLE): the table's next look for partitions (at
+        -- most 5 s away) fails
+        k:command("topic-error ads 5")
+        t = shown(function(t) return t.stale end, "the table stale")
+        assert.is_true(t.loadErrors >= 1)
+        assert.truthy(t.lastError:find("topic 'ads'", 1, true), t.lastError)
+        assert.equal(3, t.entries)
+        d:wait_for_log("table 'ads' .*: cannot read its source %(", 20)
+        -- its entries still join
+        srv:cli("RPUSH", "k:in", "ad1=1")
+        assert.same({ "ad1|1|CAMP-A" }, out(1))
+        -- the topic answers again: fresh again, and following
+        k:command("topic-error ads 0")
+        t = shown(function(t) return not t.stale end, "the table fresh again")
+        d:wait_for_log("table 'ads' .*: its source can be read again", 20)
+        produce(k, { "ad4\tcamp-d" })
+        shown(function(t) return t.entries == 4 end, "the new key followed")
     end)
 
     it("makes the job wait while the brokers are down at start", function()

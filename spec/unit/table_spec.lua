@@ -120,6 +120,36 @@ describe("reference tables from a file", function()
         assert.equal(1, warned)
     end)
 
+    it("tells the driver each table's entries, loads, errors and staleness", function()
+        local path = dir .. "/ads.tsv"
+        local desc = load("join", path)
+        assert.same({ { name = "table 1", kind = "file", source = "file " .. path,
+                        where = dir .. "/job.lua:4" } }, desc.tables)
+        -- not there yet: not loaded, stale, one failed read per attempt
+        assert.is_false((H.run(desc, 1000, { "a=1" })))
+        assert.is_false((H.run(desc, 1000, { "a=1" })))
+        local st = desc.table_status()[1]
+        assert.is_false(st.loaded)
+        assert.is_true(st.stale)
+        assert.equal(2, st.load_errors)
+        assert.equal(0, st.entries)
+        assert.equal(0, st.last_load_ms)
+        assert.matches("ads%.tsv", st.last_error)
+        -- there: loaded, fresh, the errors still counted
+        H.write(path, "a\tcamp1\nb\tcamp2\n")
+        local before = os.time() * 1000
+        assert.is_true((H.run(desc, 1000, { "a=1" })))
+        st = desc.table_status()[1]
+        assert.same({ true, false, 2, 2 }, { st.loaded, st.stale, st.entries, st.load_errors })
+        assert.is_true(st.last_load_ms >= before - 1000, tostring(st.last_load_ms))
+        -- gone again: stale, the entries kept, one more error
+        os.remove(path)
+        assert.is_true((H.run(desc, 2000, { "a=2" })))
+        st = desc.table_status()[1]
+        assert.same({ true, true, 2, 3 }, { st.loaded, st.stale, st.entries, st.load_errors })
+        assert.same({ "a:2|camp1" }, out())
+    end)
+
     it("a JSON object file, and key and value functions", function()
         local path = dir .. "/ads.json"
         H.write(path, '{"a": {"campaign": "c1"}, "b": {"campaign": "c2"}}')
