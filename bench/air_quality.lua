@@ -42,14 +42,15 @@ if format == "json" then
     end)
 elseif format == "bytes" then
     -- the same scan on a view of the line: no string of the line is made,
-    -- and the number is read from the bytes
+    -- the number is read from the bytes, and the output is built in one
+    -- string (v:view(1, -2) is a view of all but the last byte)
     leveled = readings:map(function(v)
         local at = v:find('"pm25":', 1, true)
         if not at then return nil end
         local stop = v:find(",", at + 7, true)
         local p = v:tonumber(at + 7, (stop or #v) - 1)
         if not p or p < 0 then return nil end        -- dropped
-        return v:sub(1, -2) .. ',"level":"' .. level(p) .. '"}'
+        return v:view(1, -2) .. ',"level":"' .. level(p) .. '"}'
     end)
 else
     leveled = readings:map(function(line)

@@ -22,7 +22,8 @@
 --
 -- Methods follow the string library (1-based, negative indices from the
 -- end): #v, v:len(), v:sub(i, j), v:byte(i [, j]), v:find(s, init, plain),
--- v:tonumber(i, j), tostring(v), v == "text", v .. "text". Any other string
+-- v:tonumber(i, j), tostring(v), v == "text", v .. "text", and v:view(i, j)
+-- (the bytes i..j, as a view). Any other string
 -- method (match, gmatch, gsub, lower, ...) works on a string made of the
 -- view first.
 
@@ -39,6 +40,7 @@ local tonumber = tonumber
 local str_find = string.find
 local str_byte = string.byte
 local bit = require "bit"
+local buffer = require "string.buffer"
 
 
 local _M = {}
@@ -129,6 +131,20 @@ function methods.sub(v, i, j)
         return ""
     end
     return ffi_string(p + (i - 1), j - i + 1)
+end
+
+
+-- v:view(i, j): the bytes i..j as a view (of the same batch), for what
+-- only reads them or concatenates them: v:view(1, -2) .. "x" makes one
+-- string where v:sub(1, -2) .. "x" makes two.
+function methods.view(v, i, j)
+    local len = v._len
+    bytes_of(v)
+    i, j = start_of(i, len), stop_of(j, len)
+    if i > j then
+        i, j = 1, 0
+    end
+    return bytes_t(v._addr + (i - 1), j - i + 1, v._gen)
 end
 
 
@@ -280,20 +296,37 @@ function methods.tonumber(v, i, j)
 end
 
 
+-- The buffer __concat builds in, and what it takes: views, strings and
+-- numbers, as Lua's .. does.
+local cat = buffer.new()
+local function put(x)
+    if type(x) == "cdata" and ffi_istype(bytes_t, x) then
+        cat:putcdata(bytes_of(x), x._len)
+    elseif type(x) == "string" or type(x) == "number" then
+        cat:put(x)
+    else
+        error("attempt to concatenate a " .. type(x) .. " value", 3)
+    end
+end
+
+
 local meta = {
     __index = methods,
     __len = methods.len,
     __tostring = function(v)
         return ffi_string(bytes_of(v), v._len)
     end,
+    -- v .. x, x .. v: built in one buffer, so a view costs no string of
+    -- its own on the way.
     __concat = function(a, b)
-        if ffi_istype(bytes_t, a) then
-            a = tostring(a)
+        cat:reset()
+        put(a)
+        put(b)
+        local s = cat:tostring()
+        if #s > 65536 then                      -- keep no giant buffer
+            cat:free()
         end
-        if ffi_istype(bytes_t, b) then
-            b = tostring(b)
-        end
-        return a .. b
+        return s
     end,
     -- v == "text" (and v == w): the same bytes. x ~= nil is true of any
     -- view, even a stale one.

@@ -79,6 +79,7 @@ describe("a bytes view", function()
                 assert.equal(s:sub(i), v:sub(i))
                 for j = -#s - 2, #s + 2 do
                     assert.equal(s:sub(i, j), v:sub(i, j), ("sub(%d, %d) of %q"):format(i, j, s))
+                    assert.equal(s:sub(i, j), tostring(v:view(i, j)))
                     checked = checked + 1
                 end
                 for _, n in ipairs(needles) do
@@ -106,6 +107,13 @@ describe("a bytes view", function()
         assert.is_true(v ~= nil)
         assert.equal(s .. "!", v .. "!")
         assert.equal("!" .. s, "!" .. v)
+        assert.equal(s:sub(1, -2) .. ',"level":"good"}', v:view(1, -2) .. ',"level":"' .. "good" .. '"}')
+        assert.equal("dev 1.5 " .. s, v:view(3, 5) .. " " .. 1.5 .. " " .. v)
+        assert.equal("10.9", tostring(v:view(24):view(1, 4)))
+        assert.equal(10.9, v:view(24, 27):tonumber())
+        local ok, err = pcall(function() return v .. {} end)
+        assert.is_false(ok)
+        assert.matches("attempt to concatenate a table value", err)
         assert.equal("10.9", v:match('"pm25":([%d.]+)'))
         assert.equal(s:upper(), v:upper())
         assert.same({ s:gsub('"', "'") }, { v:gsub('"', "'") })
@@ -160,6 +168,7 @@ describe("a bytes view", function()
             function() return v == "secret" end,
             function() return v .. "" end,
             function() return v:upper() end,
+            function() return v:view(1, 2) end,
         } do
             local ok, err = pcall(read)
             assert.is_false(ok)
