@@ -206,6 +206,21 @@ src:map(function(v) return v end):foreach_record(function(x) sink.log[#sink.log 
         assert.same({ "key-1 one", "key-2 two" }, sink.log)
     end)
 
+    it("gives joins and reductions the views' strings as values", function()
+        local desc = job([[
+local kv = src:map(function(v) return v:sub(1, 1), v end)
+kv:join(kv:filter(function(k, v) return v:find("2", 1, true) end))
+  :foreach_batch(function(r) sink.log.joined = r end)
+kv:reduce_by_key(function(a, b) return a .. "+" .. b end)
+  :foreach_batch(sink.collect)]])
+        local ok, failed = H.run(desc, 1000, { "a1", "b1", "a2" })
+        assert.is_true(ok)
+        assert.equal(0, failed)
+        assert.same({ { "a", "a1+a2" }, { "b", "b1" } }, sink.last())
+        assert.same({ { "a", { "a1", "a2" } }, { "a", { "a2", "a2" } } }, sink.log.joined)
+        assert.equal("string", type(sink.log.joined[1][2][1]))
+    end)
+
     it("keeps the same keyed state as the string records, over many compiled batches", function()
         local function counts(format)
             sink = H.sink()
