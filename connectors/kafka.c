@@ -1,6 +1,7 @@
-/* kafka.c — Kafka source (a consumer-group member) and sink (a shared producer).
+/* kafka.c — the Kafka source (a consumer-group member): its options,
+ * consumer, poll, pause and free.
  *
- * Source. One librdkafka high-level consumer per receiver, subscribed on the
+ * One librdkafka high-level consumer per receiver, subscribed on the
  * first poll(). Offsets are never committed by librdkafka
  * (enable.auto.commit and enable.auto.offset.store are off): batch_done(ok)
  * commits, per partition, the highest offset the finished batch processed,
@@ -25,8 +26,9 @@
  * for (em_receiver_wait_done) and commit while the generation is valid,
  * what was processed but refused a commit is committed in the callback,
  * and only what still runs after the wait is left for the new owner. Each
- * partition's life is begin_partition() / end_partition(); a partition's
- * state, when there is some, is restored in the first.
+ * partition's life is begin_partition() / end_partition() (in
+ * kafka_rebalance.c); a partition's state, when there is some, is restored
+ * in the first.
  *
  * Record meta, shared by a run of records of one partition (core/block.h):
  * the topic, then NUL `#epoch`. With format = "record" each record also
@@ -42,6 +44,8 @@
  * core (its own rate cap, a hold) that lasts pauses every assigned
  * partition the same way (see kafka_pause).
  *
+ * The partition table and rebalances are kafka_rebalance.c; commits, seeks,
+ * positions and lag kafka_commit.c; what the three share kafka_source.h.
  * The sink is kafka_sink.c; the changelog of keyed state kafka_changelog.c.
  */
 #include <errno.h>
@@ -63,95 +67,10 @@
 #include "../core/receiver.h"
 #include "kafka_changelog.h"
 #include "kafka_errors.h"
+#include "kafka_source.h"
 
-#define CONSUME_BATCH 1024    /* messages asked of librdkafka per call */
-#define SEEK_TIMEOUT_MS 5000  /* a seek waits this long for the fetcher to take it */
 #define CLOSE_NOTE_MS 2000    /* consumer_close slower than this is logged */
 #define CORE_PAUSE_GRACE_MS 1000 /* a core pause this long reaches the partitions */
-#define LAG_PERIOD_MS 1000    /* how often the consumer lag is told to the receiver */
-
-/* ------------------------------------------------------------------ */
-/* Source state                                                        */
-/* ------------------------------------------------------------------ */
-
-typedef struct part {
-    struct topic *topic;
-    int32_t partition;
-    /* guarded by kafka_src.lock; written by the receiver thread except
-     * live and seek_to, which batch_done(ok = 0) may also set */
-    uint32_t epoch;    /* tag of the records read now */
-    uint32_t live;     /* epoch whose records may be committed; 0: none */
-    int assigned;
-    int revoking;      /* being revoked: its records still unbatched are dropped */
-    int64_t committed; /* highest offset committed in this assignment; -1: none yet */
-    int64_t done;      /* processed up to here (live epoch), committed or not; -1: nothing */
-    int64_t seek_to;   /* >= 0: read again from here (a failed batch, a refused push) */
-    unsigned long assigned_at, revoked_at; /* k->rebalances at the last assign / revoke */
-    /* batch_done scratch, under lock and commit_lock */
-    int64_t upto;
-    int touched;
-    /* receiver thread only */
-    double tokens;
-    int rate_paused, kpaused, rewinding;
-} part;
-
-typedef struct topic {
-    char *name;
-    size_t len;
-    part **parts; /* by partition number; NULL until first assigned */
-    int32_t nparts;
-} topic;
-
-typedef struct kafka_src {
-    em_receiver *r;   /* the receiver this source feeds (not a counted reference) */
-    int closing;      /* in kafka_free: the receiver is going away */
-    char *job, *name; /* name: "kafka brokers=... topic=... group=...", for messages */
-    char *brokers, *topics_opt, *group;
-    rd_kafka_t *rk;
-    rd_kafka_queue_t *queue;
-    int subscribed, subscribe_failed;
-    rd_kafka_message_t *msgs[CONSUME_BATCH];
-
-    pthread_mutex_t lock;        /* guards the part fields marked so, and the tables' growth */
-    pthread_mutex_t commit_lock; /* one commit at a time; a revoke waits for it */
-    topic **topics;
-    size_t ntopics;
-    part **touched;
-    size_t ntouched, cap_touched, nparts_total;
-    atomic_int seeks_pending;
-
-    /* receiver thread only */
-    unsigned long rebalances;
-    int64_t revoke_wait_ms; /* how long a revoke waits for the batches in flight */
-    double rate, burst, resume_at; /* max_rate_per_partition, bucket size, un-pause level */
-    int64_t refilled_ms;
-    int core_paused, core_pause_applied; /* the core's pause, and whether it reached librdkafka */
-    int64_t core_paused_at;
-    const rd_kafka_topic_t *last_rkt;
-    topic *last_topic;
-    char *meta;
-    size_t meta_cap;
-    int header_warned;
-    int headers;        /* format = "record": records carry their headers */
-    size_t queued_bytes; /* queued.max.messages.kbytes, counted under memory.max */
-
-    /* Positions of the job's checkpoint (resume_from), each applied at the
-     * first assignment of its partition; receiver thread only after start. */
-    struct resume_pos {
-        char *topic;
-        int32_t partition;
-        int64_t offset;
-    } *resume;
-    size_t nresume;
-
-    int64_t lag_at; /* when the lag was last reported (receiver thread) */
-
-    em_changelog *cl; /* the job's keyed state, kept in Kafka; NULL: local files */
-
-    /* logging an outage once: the error code logged, cleared when data flows */
-    atomic_int outage;
-    atomic_int last_consumer_err;
-} kafka_src;
 
 static const em_option kafka_options[] = {
     {"brokers", EM_OPT_STRING, NULL, "bootstrap servers, host:port[,host:port...] (required)"},
@@ -187,123 +106,13 @@ static const struct {
 };
 
 /* ------------------------------------------------------------------ */
-/* Partition table                                                     */
-/* ------------------------------------------------------------------ */
-
-static topic *find_topic(kafka_src *k, const char *name, size_t len)
-{
-    for (size_t i = 0; i < k->ntopics; i++)
-        if (k->topics[i]->len == len && memcmp(k->topics[i]->name, name, len) == 0)
-            return k->topics[i];
-    return NULL;
-}
-
-static part *find_part(kafka_src *k, const char *name, size_t len, int32_t partition)
-{
-    topic *t = find_topic(k, name, len);
-    return t && partition >= 0 && partition < t->nparts ? t->parts[partition] : NULL;
-}
-
-/* The part for (name, partition), made if new. Receiver thread, with
- * k->lock held (the tables grow). NULL when out of memory. */
-static part *make_part(kafka_src *k, const char *name, int32_t partition)
-{
-    size_t len = strlen(name);
-    topic *t = find_topic(k, name, len);
-    if (!t) {
-        topic **ts = realloc(k->topics, (k->ntopics + 1) * sizeof *ts);
-        if (!ts)
-            return NULL;
-        k->topics = ts;
-        t = calloc(1, sizeof *t);
-        if (!t || !(t->name = strdup(name))) {
-            free(t);
-            return NULL;
-        }
-        t->len = len;
-        k->topics[k->ntopics++] = t;
-    }
-    if (partition < 0)
-        return NULL;
-    if (partition >= t->nparts) {
-        int32_t n = partition + 1;
-        part **ps = realloc(t->parts, (size_t)n * sizeof *ps);
-        if (!ps)
-            return NULL;
-        memset(ps + t->nparts, 0, (size_t)(n - t->nparts) * sizeof *ps);
-        t->parts = ps;
-        t->nparts = n;
-    }
-    if (!t->parts[partition]) {
-        if (k->nparts_total == k->cap_touched) {
-            size_t cap = k->cap_touched ? k->cap_touched * 2 : 16;
-            part **tp = realloc(k->touched, cap * sizeof *tp);
-            if (!tp)
-                return NULL;
-            k->touched = tp;
-            k->cap_touched = cap;
-        }
-        part *p = calloc(1, sizeof *p);
-        if (!p)
-            return NULL;
-        p->topic = t;
-        p->partition = partition;
-        p->committed = p->done = p->seek_to = -1;
-        t->parts[partition] = p;
-        k->nparts_total++;
-    }
-    return t->parts[partition];
-}
-
-/* Calls fn for every assigned part (receiver thread). */
-#define EACH_ASSIGNED(k, p)                                                  \
-    for (size_t ti_ = 0; ti_ < (k)->ntopics; ti_++)                           \
-        for (int32_t pi_ = 0; pi_ < (k)->topics[ti_]->nparts; pi_++)          \
-            for (part *p = (k)->topics[ti_]->parts[pi_]; p && p->assigned; p = NULL)
-
-/* The part a message came from, through a one-entry cache of its topic
- * handle (a consume batch is mostly runs of one partition). */
-static part *message_part(kafka_src *k, const rd_kafka_message_t *m)
-{
-    if (m->rkt != k->last_rkt) {
-        const char *name = rd_kafka_topic_name(m->rkt);
-        k->last_topic = find_topic(k, name, strlen(name));
-        k->last_rkt = m->rkt;
-    }
-    topic *t = k->last_topic;
-    return t && m->partition >= 0 && m->partition < t->nparts ? t->parts[m->partition] : NULL;
-}
-
-/* Reads a record's meta (topic, headers, epoch tag last; see the top of
- * this file). Returns its part or NULL; *epoch 0 when untagged. */
-static part *record_part(kafka_src *k, const em_push *rec, uint32_t *epoch, topic **cache)
-{
-    const char *meta = rec->meta;
-    const char *nul = rec->meta_len ? memchr(meta, '\0', rec->meta_len) : NULL;
-    const char *tag = rec->meta_len ? memrchr(meta, '\0', rec->meta_len) : NULL;
-    *epoch = 0;
-    if (!nul)
-        return NULL;
-    if (tag + 1 < meta + rec->meta_len && tag[1] == '#')
-        for (const char *d = tag + 2; d < meta + rec->meta_len && *d >= '0' && *d <= '9'; d++)
-            *epoch = *epoch * 10 + (uint32_t)(*d - '0');
-    size_t tlen = (size_t)(nul - meta);
-    topic *t = *cache;
-    if (!t || t->len != tlen || memcmp(t->name, meta, tlen) != 0)
-        *cache = t = find_topic(k, meta, tlen);
-    if (!t || rec->partition < 0 || rec->partition >= t->nparts)
-        return NULL;
-    return t->parts[rec->partition];
-}
-
-/* ------------------------------------------------------------------ */
 /* Pausing                                                             */
 /* ------------------------------------------------------------------ */
 
 /* Brings librdkafka's pause state of every assigned part in line with
  * what ember wants: paused while the core waits for tokens or while the
  * part's own bucket is empty. Receiver thread. */
-static void sync_pauses(kafka_src *k)
+void em_kafka_sync_pauses(kafka_src *k)
 {
     rd_kafka_topic_partition_list_t *pause = NULL, *resume = NULL;
     EACH_ASSIGNED(k, p)
@@ -380,313 +189,6 @@ static uint32_t rate_step(kafka_src *k)
 }
 
 /* ------------------------------------------------------------------ */
-/* Rebalance                                                           */
-/* ------------------------------------------------------------------ */
-
-static void list_text(const rd_kafka_topic_partition_list_t *l, char *out, size_t len)
-{
-    size_t w = 0;
-    out[0] = '\0';
-    for (int i = 0; i < l->cnt && w + 1 < len; i++) {
-        int more = i + 1 < l->cnt && strcmp(l->elems[i + 1].topic, l->elems[i].topic) == 0;
-        int first = i == 0 || strcmp(l->elems[i - 1].topic, l->elems[i].topic) != 0;
-        int n = snprintf(out + w, len - w, "%s%s%s%" PRId32 "%s", first && i ? " " : "",
-                         first ? l->elems[i].topic : "", first ? "[" : "",
-                         l->elems[i].partition, more ? "," : "]");
-        if (n < 0)
-            break;
-        w += (size_t)n;
-    }
-    if (w >= len && len > 4)
-        strcpy(out + len - 4, "...");
-}
-
-/* Commits the offsets in l (from build_pending) and notes what took.
- * Caller holds commit_lock, not lock. Returns how many partitions were
- * refused; one line says which and why, for the whole list. */
-static int commit_list(kafka_src *k, rd_kafka_topic_partition_list_t *l, const char *when)
-{
-    if (l->cnt == 0)
-        return 0;
-    rd_kafka_resp_err_t err = rd_kafka_commit(k->rk, l, 0);
-    int refused = 0;
-    rd_kafka_resp_err_t why = err;
-    char text[256] = "";
-    pthread_mutex_lock(&k->lock);
-    for (int i = 0; i < l->cnt; i++) {
-        rd_kafka_topic_partition_t *el = &l->elems[i];
-        part *p = find_part(k, el->topic, strlen(el->topic), el->partition);
-        if (!err && !el->err) {
-            if (p && el->offset > p->committed)
-                p->committed = el->offset;
-            continue;
-        }
-        if (!refused++) {
-            why = err ? err : el->err;
-            snprintf(text, sizeof text, "%s[%" PRId32 "] at offset %" PRId64, el->topic,
-                     el->partition, el->offset);
-        }
-    }
-    pthread_mutex_unlock(&k->lock);
-    /* Not a loss: a partition still ours is committed with its next batch;
-     * one that moves is read again from its last commit by its next owner. */
-    if (refused)
-        em_log(EM_LOG_WARN, k->job, "%s: cannot commit %s%s%s (%d partition%s): %s", k->name, text,
-               refused > 1 ? " and others" : "", when, refused, refused > 1 ? "s" : "",
-               rd_kafka_err2str(why));
-    return refused;
-}
-
-/* A list of every part that processed past its last commit, among the
- * assigned ones (only = NULL) or those in only. Caller holds lock. */
-static rd_kafka_topic_partition_list_t *build_pending(kafka_src *k,
-                                                     const rd_kafka_topic_partition_list_t *only)
-{
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
-    if (only) {
-        for (int i = 0; i < only->cnt; i++) {
-            const char *name = only->elems[i].topic;
-            part *p = find_part(k, name, strlen(name), only->elems[i].partition);
-            if (p && p->assigned && p->done > p->committed)
-                rd_kafka_topic_partition_list_add(l, name, p->partition)->offset = p->done;
-        }
-        return l;
-    }
-    EACH_ASSIGNED(k, p)
-    {
-        if (p->done > p->committed)
-            rd_kafka_topic_partition_list_add(l, p->topic->name, p->partition)->offset = p->done;
-    }
-    return l;
-}
-
-/* A partition the job's checkpoint has a position for starts there, the
- * first time it is assigned: its records up to that offset are in the
- * committed state already, whatever the group's committed offset says
- * (the checkpoint is written before the commit to Kafka). */
-static void apply_resume(kafka_src *k, rd_kafka_topic_partition_t *el)
-{
-    for (size_t i = 0; i < k->nresume; i++) {
-        struct resume_pos *rp = &k->resume[i];
-        if (rp->topic && rp->partition == el->partition && strcmp(rp->topic, el->topic) == 0) {
-            el->offset = rp->offset;
-            em_log(EM_LOG_INFO, k->job, "%s: %s[%" PRId32 "] resumes at offset %" PRId64
-                   " from the job's checkpoint", k->name, el->topic, el->partition, rp->offset);
-            free(rp->topic);
-            rp->topic = NULL;
-            return;
-        }
-    }
-}
-
-/* One partition handed to this member. It starts a new epoch: records of
- * earlier assignments still in memory are processed but never committed.
- * Here, before librdkafka fetches from it, el->offset is set to the
- * position the job's checkpoint holds, if any (apply_resume; otherwise
- * RD_KAFKA_OFFSET_INVALID: the group's committed offset), and here a
- * partition's keyed state would be restored. Caller holds lock. */
-static void begin_partition(kafka_src *k, part *p, rd_kafka_topic_partition_t *el)
-{
-    p->epoch++;
-    if (p->epoch == 0) /* 0 means "no epoch": skip it when the counter wraps */
-        p->epoch = 1;
-    p->live = p->epoch;
-    if (!p->assigned) /* for the watermark, before any record of it */
-        em_receiver_assign(k->r, p->partition, 1);
-    p->assigned = 1;
-    p->revoking = 0;
-    p->assigned_at = k->rebalances;
-    p->committed = p->done = p->seek_to = -1;
-    p->tokens = k->rate > 2 ? k->rate / 2 : 1; /* half a second to start with */
-    p->rate_paused = p->rewinding = 0;
-    p->kpaused = -1; /* unknown after an earlier assignment: sync_pauses sets it */
-    apply_resume(k, el);
-}
-
-/* Offsets this member processed but could not commit before it gave the
- * partitions up (a coordinator that refuses commits once a rebalance
- * started, as librdkafka's mock does), for partitions that came straight
- * back to it: committed now, in the new generation, before fetching, so
- * they are not read twice. A partition that went elsewhere is not
- * touched: its new owner may already read it. Caller holds commit_lock. */
-static void commit_returning(kafka_src *k, const rd_kafka_topic_partition_list_t *parts)
-{
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
-    pthread_mutex_lock(&k->lock);
-    for (int i = 0; i < parts->cnt; i++) {
-        const char *name = parts->elems[i].topic;
-        part *p = find_part(k, name, strlen(name), parts->elems[i].partition);
-        if (p && !p->assigned && p->revoked_at + 1 == k->rebalances && p->done > p->committed)
-            rd_kafka_topic_partition_list_add(l, name, p->partition)->offset = p->done;
-    }
-    pthread_mutex_unlock(&k->lock);
-    if (l->cnt > 0 && commit_list(k, l, " for a partition that came back") == 0)
-        em_log(EM_LOG_INFO, k->job, "%s: committed %d partition%s processed before the "
-               "rebalance", k->name, l->cnt, l->cnt > 1 ? "s" : "");
-    rd_kafka_topic_partition_list_destroy(l);
-}
-
-static void on_assign(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
-                      int coop)
-{
-    for (int i = 0; k->cl && i < parts->cnt; i++) /* keyed state first: kafka_changelog.c */
-        em_changelog_assigned(k->cl, parts->elems[i].partition, &parts->elems[i].offset);
-    pthread_mutex_lock(&k->commit_lock);
-    commit_returning(k, parts);
-    pthread_mutex_lock(&k->lock);
-    for (int i = 0; i < parts->cnt; i++) {
-        part *p = make_part(k, parts->elems[i].topic, parts->elems[i].partition);
-        if (p) /* out of memory: its records carry epoch 0, never committed */
-            begin_partition(k, p, &parts->elems[i]);
-    }
-    pthread_mutex_unlock(&k->lock);
-    pthread_mutex_unlock(&k->commit_lock);
-    k->last_rkt = NULL;
-    rd_kafka_error_t *e = NULL;
-    rd_kafka_resp_err_t err = 0;
-    if (coop)
-        e = rd_kafka_incremental_assign(rk, parts);
-    else
-        err = rd_kafka_assign(rk, parts);
-    if (e || err) {
-        em_log(EM_LOG_ERROR, k->job, "%s: cannot take the assigned partitions: %s", k->name,
-               e ? rd_kafka_error_string(e) : rd_kafka_err2str(err));
-        rd_kafka_error_destroy(e);
-    }
-    sync_pauses(k);
-    char text[512];
-    list_text(parts, text, sizeof text);
-    em_log(EM_LOG_INFO, k->job, "%s: assigned %s%s", k->name, parts->cnt ? text : "nothing",
-           coop && parts->cnt ? " (incremental)" : "");
-    if (em_kafka_is_outage(atomic_exchange(&k->outage, 0)))
-        em_log(EM_LOG_INFO, k->job, "%s: the brokers answer again", k->name);
-}
-
-/* Drops the records of revoked partitions that no batch holds yet, so no
- * new batch is cut from them and the new owner is the one to process
- * them. The receiver discards by partition number only, so a number still
- * assigned under another topic is kept (those records are processed here
- * too, and never committed). Caller holds lock. */
-static void discard_revoked(kafka_src *k, const rd_kafka_topic_partition_list_t *parts)
-{
-    if (k->closing)
-        return;
-    size_t dropped = 0;
-    for (int i = 0; i < parts->cnt; i++) {
-        int32_t n = parts->elems[i].partition, seen = 0, kept = 0;
-        for (int j = 0; j < i; j++)
-            seen |= parts->elems[j].partition == n;
-        for (size_t t = 0; !seen && t < k->ntopics; t++)
-            kept |= n < k->topics[t]->nparts && k->topics[t]->parts[n] &&
-                    k->topics[t]->parts[n]->assigned && !k->topics[t]->parts[n]->revoking;
-        if (!seen && !kept)
-            dropped += em_receiver_discard(k->r, n);
-    }
-    if (dropped)
-        em_log(EM_LOG_INFO, k->job, "%s: dropped %zu records of revoked partitions not yet in a "
-               "batch", k->name, dropped);
-}
-
-/* The partition is no longer this member's: every record of it still in
- * memory becomes uncommittable. Caller holds lock. */
-static void end_partition(kafka_src *k, part *p)
-{
-    p->epoch++;
-    if (p->epoch == 0)
-        p->epoch = 1;
-    if (p->assigned)
-        em_receiver_assign(k->r, p->partition, 0);
-    p->live = 0;
-    p->assigned = 0;
-    p->revoking = 0;
-    p->revoked_at = k->rebalances;
-    p->seek_to = -1;
-    p->rewinding = 0;
-}
-
-/* Revoked (or lost). The cost of a rebalance is what happens here:
- * 1. no new batch is cut from these partitions (their records not yet in
- *    a batch are dropped: the next owner reads them);
- * 2. the batches already in flight are waited for, up to revoke_wait_ms;
- *    their batch_done commits as usual, while the generation is valid;
- * 3. whatever was processed and is not committed yet (a commit refused
- *    earlier) is committed now, before librdkafka lets the partitions go;
- * 4. what is still in flight after the wait is abandoned: processed, never
- *    committed, read again by the next owner.
- * A lost assignment (this member was thrown out of the group) skips 2 and
- * 3: its commits would be refused. When closing, every batch is already
- * done (kafka_free runs after the last block is gone). */
-static void on_revoke(kafka_src *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
-                      int coop)
-{
-    int lost = rd_kafka_assignment_lost(rk);
-    int64_t t0 = em_clock_mono_ms();
-    pthread_mutex_lock(&k->lock);
-    for (int i = 0; i < parts->cnt; i++) {
-        const char *name = parts->elems[i].topic;
-        part *p = find_part(k, name, strlen(name), parts->elems[i].partition);
-        if (p && p->assigned)
-            p->revoking = 1;
-    }
-    discard_revoked(k, parts);
-    pthread_mutex_unlock(&k->lock);
-    int settled = 1;
-    if (!lost && !k->closing && parts->cnt > 0)
-        settled = em_receiver_wait_done(k->r, k->revoke_wait_ms) == 0;
-    pthread_mutex_lock(&k->commit_lock);
-    if (!lost && parts->cnt > 0) {
-        pthread_mutex_lock(&k->lock);
-        rd_kafka_topic_partition_list_t *l = build_pending(k, parts);
-        pthread_mutex_unlock(&k->lock);
-        commit_list(k, l, " before giving it up");
-        rd_kafka_topic_partition_list_destroy(l);
-    }
-    pthread_mutex_lock(&k->lock);
-    for (int i = 0; i < parts->cnt; i++) {
-        const char *name = parts->elems[i].topic;
-        part *p = find_part(k, name, strlen(name), parts->elems[i].partition);
-        if (p)
-            end_partition(k, p);
-    }
-    pthread_mutex_unlock(&k->lock);
-    pthread_mutex_unlock(&k->commit_lock);
-    for (int i = 0; k->cl && i < parts->cnt; i++)
-        em_changelog_revoked(k->cl, parts->elems[i].partition);
-    k->last_rkt = NULL;
-    if (coop) {
-        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
-        rd_kafka_error_destroy(e);
-    } else {
-        rd_kafka_assign(rk, NULL);
-    }
-    char text[512];
-    list_text(parts, text, sizeof text);
-    if (!settled)
-        em_log(EM_LOG_WARN, k->job, "%s: batches still running after %lldms; their records of "
-               "the revoked partitions are read again by the next owner", k->name,
-               (long long)k->revoke_wait_ms);
-    em_log(EM_LOG_INFO, k->job, "%s: %s %s%s after %lldms", k->name, lost ? "lost" : "revoked",
-           parts->cnt ? text : "nothing", coop && parts->cnt ? " (incremental)" : "",
-           (long long)(em_clock_mono_ms() - t0));
-}
-
-static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque)
-{
-    kafka_src *k = opaque;
-    int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
-    k->rebalances++;
-    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        on_assign(k, rk, parts, coop);
-    } else {
-        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
-            em_log(EM_LOG_WARN, k->job, "%s: rebalance failed: %s", k->name,
-                   rd_kafka_err2str(err));
-        on_revoke(k, rk, parts, coop);
-    }
-}
-
-/* ------------------------------------------------------------------ */
 /* Errors and logs                                                     */
 /* ------------------------------------------------------------------ */
 
@@ -746,7 +248,6 @@ static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, c
 }
 
 static void kafka_free(void *self);
-static void changelog_rewind(void *arg, int32_t partition, int64_t offset);
 
 /* Checks the options, builds the consumer and its configuration. The
  * consumer connects in the background but joins the group only on the
@@ -812,7 +313,7 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
         return NULL;
     }
     if (k->cl)
-        em_changelog_set_rewind(k->cl, changelog_rewind, k);
+        em_changelog_set_rewind(k->cl, em_kafka_changelog_rewind, k);
     k->rate = em_props_double(props, "max_rate_per_partition", 0);
     /* A paused partition resumes once it has a quarter second of tokens,
      * and may save up to two seconds' worth. librdkafka 2.0.2 notices a
@@ -912,7 +413,7 @@ static void *kafka_create(const em_props *props, em_receiver *r, char *err, size
     if (k->revoke_wait_ms > max_poll / 2)
         k->revoke_wait_ms = max_poll / 2;
     rd_kafka_conf_set_opaque(conf, k);
-    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_rebalance_cb(conf, em_kafka_on_rebalance);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
 
@@ -977,88 +478,6 @@ static int subscribe(kafka_src *k)
     em_log(EM_LOG_INFO, k->job, "%s: joining the group", k->name);
     k->subscribed = 1;
     return 0;
-}
-
-/* Seeks the parts a failed batch (or a refused push) left to read again.
- * Only after the seek took does the part get a new live epoch; until then
- * nothing of it is committed, and a seek that failed is tried again on the
- * next poll. */
-static void apply_seeks(kafka_src *k)
-{
-    atomic_store(&k->seeks_pending, 0);
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
-    pthread_mutex_lock(&k->lock);
-    for (size_t ti = 0; ti < k->ntopics; ti++)
-        for (int32_t pi = 0; pi < k->topics[ti]->nparts; pi++) {
-            part *p = k->topics[ti]->parts[pi];
-            if (!p || p->seek_to < 0)
-                continue;
-            if (!p->assigned) {
-                p->seek_to = -1;
-                continue;
-            }
-            rd_kafka_topic_partition_list_add(l, p->topic->name, p->partition)->offset = p->seek_to;
-        }
-    pthread_mutex_unlock(&k->lock);
-    if (l->cnt == 0) {
-        rd_kafka_topic_partition_list_destroy(l);
-        return;
-    }
-    rd_kafka_error_t *e = rd_kafka_seek_partitions(k->rk, l, SEEK_TIMEOUT_MS);
-    pthread_mutex_lock(&k->lock);
-    for (int i = 0; i < l->cnt; i++) {
-        rd_kafka_topic_partition_t *el = &l->elems[i];
-        part *p = find_part(k, el->topic, strlen(el->topic), el->partition);
-        if (!p)
-            continue;
-        if (e || el->err) {
-            em_log(EM_LOG_WARN, k->job, "%s: cannot seek %s[%" PRId32 "] to offset %" PRId64
-                   ": %s; trying again", k->name, el->topic, el->partition, el->offset,
-                   e ? rd_kafka_error_string(e) : rd_kafka_err2str(el->err));
-            atomic_store(&k->seeks_pending, 1);
-            continue;
-        }
-        if (p->seek_to != el->offset) { /* another failure came meanwhile: seek again */
-            atomic_store(&k->seeks_pending, 1);
-            continue;
-        }
-        p->epoch++;
-        if (p->epoch == 0)
-            p->epoch = 1;
-        p->live = p->epoch;
-        p->seek_to = -1;
-        p->rewinding = 0;
-        em_log(EM_LOG_INFO, k->job, "%s: reading %s[%" PRId32 "] again from offset %" PRId64,
-               k->name, el->topic, el->partition, el->offset);
-    }
-    pthread_mutex_unlock(&k->lock);
-    rd_kafka_error_destroy(e);
-    rd_kafka_topic_partition_list_destroy(l);
-}
-
-/* Marks part p to be read again from offset: nothing of it is committed
- * until the receiver thread has sought there. Caller holds k->lock. */
-static void rewind_locked(kafka_src *k, part *p, int64_t offset)
-{
-    p->live = 0;
-    if (p->seek_to < 0 || offset < p->seek_to)
-        p->seek_to = offset;
-    atomic_store(&k->seeks_pending, 1);
-}
-
-/* The changelog's request (kafka_changelog.h): partition is read again
- * from offset, and its records not yet in a batch are dropped. */
-static void changelog_rewind(void *arg, int32_t partition, int64_t offset)
-{
-    kafka_src *k = arg;
-    pthread_mutex_lock(&k->lock);
-    part *p = find_part(k, k->topics_opt, strlen(k->topics_opt), partition);
-    if (p && p->assigned) {
-        rewind_locked(k, p, offset);
-        if (!k->closing)
-            em_receiver_discard(k->r, partition);
-    }
-    pthread_mutex_unlock(&k->lock);
 }
 
 static int put(kafka_src *k, size_t *w, const void *src, size_t n)
@@ -1131,7 +550,7 @@ static ssize_t build_meta(kafka_src *k, const rd_kafka_message_t *m, const part 
 static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *m,
                         unsigned long since)
 {
-    part *p = message_part(k, m);
+    part *p = em_kafka_message_part(k, m);
     if (p && p->rewinding)
         return 0; /* an earlier record of its part was refused: all of it comes again */
     if (p && !p->assigned)
@@ -1159,7 +578,7 @@ static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *
     if (p) {
         pthread_mutex_lock(&k->lock);
         if (p->assigned)
-            rewind_locked(k, p, m->offset);
+            em_kafka_rewind_locked(k, p, m->offset);
         pthread_mutex_unlock(&k->lock);
         p->rewinding = p->assigned;
     }
@@ -1168,79 +587,20 @@ static int push_message(kafka_src *k, em_receiver *r, const rd_kafka_message_t *
 
 /* Reads at most max records, waiting at most timeout_ms. Rebalances are
  * served inside the consume call, on this thread. */
-/* Tells the receiver the consumer lag of every assigned partition, once a
- * LAG_PERIOD_MS: the high watermark librdkafka last saw in a fetch (no
- * request of its own) minus the offset committed in this assignment, or
- * minus the fetch position before anything was committed. Receiver thread. */
-static void report_lag(kafka_src *k, em_receiver *r)
-{
-    int64_t now = em_clock_mono_ms();
-    if (now - k->lag_at < LAG_PERIOD_MS)
-        return;
-    k->lag_at = now;
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
-    if (!l)
-        return;
-    pthread_mutex_lock(&k->lock);
-    EACH_ASSIGNED(k, p) {
-        rd_kafka_topic_partition_t *el = rd_kafka_topic_partition_list_add(l, p->topic->name,
-                                                                           p->partition);
-        el->offset = p->committed; /* replaced by the position below when -1 */
-        el->opaque = (void *)(intptr_t)(p->committed >= 0);
-    }
-    pthread_mutex_unlock(&k->lock);
-    rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_copy(l);
-    if (pos && rd_kafka_position(k->rk, pos) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rd_kafka_topic_partition_list_destroy(pos);
-        pos = NULL;
-    }
-    char json[1024];
-    size_t w = (size_t)snprintf(json, sizeof json, "[");
-    int64_t total = 0;
-    int known = 0;
-    for (int i = 0; i < l->cnt; i++) {
-        rd_kafka_topic_partition_t *el = &l->elems[i];
-        int64_t lo, hi, base = el->offset;
-        if (rd_kafka_get_watermark_offsets(k->rk, el->topic, el->partition, &lo, &hi) !=
-                RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0)
-            continue;
-        if (base < 0 && pos && pos->elems[i].offset >= 0)
-            base = pos->elems[i].offset;
-        if (base < 0)
-            base = lo;
-        int64_t lag = hi > base ? hi - base : 0;
-        total += lag;
-        known = 1;
-        if (w < sizeof json - 160)
-            w += (size_t)snprintf(json + w, sizeof json - w, "%s{\"topic\":\"%.60s\",\"partition\":%d,"
-                                  "\"highWatermark\":%lld,\"committed\":%lld,\"lag\":%lld}",
-                                  w > 1 ? "," : "", el->topic, (int)el->partition, (long long)hi,
-                                  el->opaque ? (long long)el->offset : -1LL, (long long)lag);
-    }
-    if (w < sizeof json - 1)
-        snprintf(json + w, sizeof json - w, "]");
-    else
-        json[0] = '\0'; /* too many partitions for the detail: the total only */
-    em_receiver_set_lag(r, known ? total : -1, json);
-    if (pos)
-        rd_kafka_topic_partition_list_destroy(pos);
-    rd_kafka_topic_partition_list_destroy(l);
-}
-
 static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
 {
     kafka_src *k = self;
     if (k->subscribed)
-        report_lag(k, r);
+        em_kafka_report_lag(k, r);
     if (!k->subscribed && subscribe(k) != 0)
         return -1;
     if (atomic_load(&k->seeks_pending))
-        apply_seeks(k);
+        em_kafka_apply_seeks(k);
     if (max == 0) { /* the core's pause: read nothing; past the grace, pause the partitions */
         if (k->core_paused && !k->core_pause_applied &&
             em_clock_mono_ms() - k->core_paused_at >= CORE_PAUSE_GRACE_MS) {
             k->core_pause_applied = 1;
-            sync_pauses(k);
+            em_kafka_sync_pauses(k);
         }
         if (!k->core_pause_applied)
             return 0;
@@ -1264,7 +624,7 @@ static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
     uint32_t step = CONSUME_BATCH;
     if (k->rate > 0) {
         refill(k, &wait);
-        sync_pauses(k);
+        em_kafka_sync_pauses(k);
         step = rate_step(k);
     }
     uint32_t pushed = 0;
@@ -1288,7 +648,7 @@ static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
             rd_kafka_message_destroy(m);
         }
         if (k->rate > 0) {
-            sync_pauses(k);
+            em_kafka_sync_pauses(k);
             step = rate_step(k);
         }
         if ((size_t)n < want)
@@ -1303,149 +663,8 @@ static int kafka_poll(void *self, em_receiver *r, uint32_t max, int timeout_ms)
 }
 
 /* ------------------------------------------------------------------ */
-/* batch_done, pause, resume, free                                     */
+/* pause, resume, free                                                 */
 /* ------------------------------------------------------------------ */
-
-/* Notes, per partition, the highest offset of the live epoch these blocks
- * hold, plus one, as processed; then commits every assigned partition
- * processed past its last commit — these, and any whose earlier commit was
- * refused (during a rebalance, say). */
-static void commit_blocks(kafka_src *k, em_block *const *blocks, size_t n)
-{
-    pthread_mutex_lock(&k->commit_lock);
-    pthread_mutex_lock(&k->lock);
-    topic *cache = NULL;
-    for (size_t b = 0; b < n; b++)
-        for (uint32_t i = 0, run = 0; i < blocks[b]->count; i++) {
-            em_push one, *rec = &one;
-            em_block_read(blocks[b], i, &run, rec);
-            uint32_t epoch;
-            part *p = record_part(k, rec, &epoch, &cache);
-            if (!p || !p->assigned || epoch == 0 || epoch != p->live)
-                continue;
-            if (rec->offset + 1 > p->done) /* never move a committed offset back */
-                p->done = rec->offset + 1;
-        }
-    rd_kafka_topic_partition_list_t *l = build_pending(k, NULL);
-    pthread_mutex_unlock(&k->lock);
-    commit_list(k, l, "");
-    rd_kafka_topic_partition_list_destroy(l);
-    pthread_mutex_unlock(&k->commit_lock);
-}
-
-/* A failed batch: nothing is committed, and each partition it held records
- * of is read again from the lowest of them. Records of an older epoch are
- * left out (a newer epoch began at or before them); records tagged 0 may be
- * of the current run, so they count — reading back too far only repeats. */
-static void rewind_blocks(kafka_src *k, em_block *const *blocks, size_t n)
-{
-    pthread_mutex_lock(&k->commit_lock);
-    pthread_mutex_lock(&k->lock);
-    topic *cache = NULL;
-    k->ntouched = 0;
-    for (size_t b = 0; b < n; b++)
-        for (uint32_t i = 0, run = 0; i < blocks[b]->count; i++) {
-            em_push one, *rec = &one;
-            em_block_read(blocks[b], i, &run, rec);
-            uint32_t epoch;
-            part *p = record_part(k, rec, &epoch, &cache);
-            if (!p || !p->assigned || (epoch != 0 && epoch != p->epoch))
-                continue;
-            if (!p->touched) {
-                p->touched = 1;
-                p->upto = rec->offset;
-                k->touched[k->ntouched++] = p;
-            }
-            if (rec->offset < p->upto)
-                p->upto = rec->offset;
-        }
-    for (size_t i = 0; i < k->ntouched; i++) {
-        part *p = k->touched[i];
-        p->touched = 0;
-        rewind_locked(k, p, p->upto);
-        em_log(EM_LOG_WARN, k->job, "%s: batch failed; %s[%" PRId32 "] will be read again from "
-               "offset %" PRId64, k->name, p->topic->name, p->partition, p->seek_to);
-    }
-    pthread_mutex_unlock(&k->lock);
-    pthread_mutex_unlock(&k->commit_lock);
-}
-
-/* Per partition, the offset after the highest record these blocks hold,
- * whatever its epoch: what the batch's state has taken in. Worker thread. */
-static void kafka_positions(void *self, em_block *const *blocks, size_t n, FILE *out)
-{
-    kafka_src *k = self;
-    pthread_mutex_lock(&k->commit_lock); /* the touched scratch */
-    pthread_mutex_lock(&k->lock);
-    topic *cache = NULL;
-    k->ntouched = 0;
-    for (size_t b = 0; b < n; b++)
-        for (uint32_t i = 0, run = 0; i < blocks[b]->count; i++) {
-            em_push one, *rec = &one;
-            em_block_read(blocks[b], i, &run, rec);
-            uint32_t epoch;
-            part *p = record_part(k, rec, &epoch, &cache);
-            if (!p)
-                continue;
-            if (k->cl && (!p->assigned || epoch == 0 || epoch != p->live))
-                em_changelog_stale(k->cl, p->partition);
-            if (!p->touched) {
-                p->touched = 1;
-                p->upto = -1;
-                k->touched[k->ntouched++] = p;
-            }
-            if (rec->offset + 1 > p->upto)
-                p->upto = rec->offset + 1;
-        }
-    for (size_t i = 0; i < k->ntouched; i++) {
-        part *p = k->touched[i];
-        p->touched = 0;
-        fprintf(out, "%s %" PRId32 " %" PRId64 "\n", p->topic->name, p->partition, p->upto);
-    }
-    pthread_mutex_unlock(&k->lock);
-    pthread_mutex_unlock(&k->commit_lock);
-}
-
-/* Lines "<topic> <partition> <offset>", as kafka_positions wrote them. */
-static void kafka_resume_from(void *self, const char *positions)
-{
-    kafka_src *k = self;
-    if (k->cl) /* the changelog's markers hold the positions */
-        return;
-    for (const char *p = positions; p && *p;) {
-        size_t l = strcspn(p, "\n");
-        char topic_name[512];
-        int32_t partition;
-        int64_t offset;
-        char line[600];
-        snprintf(line, sizeof line, "%.*s", (int)(l < sizeof line ? l : sizeof line - 1), p);
-        struct resume_pos *r = realloc(k->resume, (k->nresume + 1) * sizeof *r);
-        if (sscanf(line, "%511s %" SCNd32 " %" SCNd64, topic_name, &partition, &offset) == 3 && r) {
-            k->resume = r;
-            r[k->nresume].topic = strdup(topic_name);
-            r[k->nresume].partition = partition;
-            r[k->nresume].offset = offset;
-            k->nresume++;
-        } else if (r) {
-            k->resume = r;
-            em_log(EM_LOG_WARN, k->job, "%s: checkpoint position '%s' is not "
-                   "'<topic> <partition> <offset>'; ignored", k->name, line);
-        }
-        p += l + (p[l] == '\n');
-    }
-}
-
-/* Runs on a worker thread. */
-static void kafka_batch_done(void *self, em_block *const *blocks, size_t n, int ok)
-{
-    kafka_src *k = self;
-    if (!k->rk)
-        return;
-    if (ok)
-        commit_blocks(k, blocks, n);
-    else
-        rewind_blocks(k, blocks, n);
-}
 
 /* The core stops calling poll() with records to read: its token bucket is
  * empty, or it holds the receiver (too many waiting batches, memory.max).
@@ -1469,11 +688,11 @@ static void kafka_resume(void *self)
     k->core_paused = 0;
     if (k->core_pause_applied) {
         k->core_pause_applied = 0;
-        sync_pauses(k);
+        em_kafka_sync_pauses(k);
     }
 }
 
-/* Leaves the group (the revoke runs here, through on_rebalance) and frees
+/* Leaves the group (the revoke runs here, through em_kafka_on_rebalance) and frees
  * everything. Runs once every block of the receiver is gone, so no
  * batch_done can come later. Accepts NULL. */
 static void kafka_free(void *self)
@@ -1533,9 +752,9 @@ const em_connector em_kafka_connector = {
     .prefixes = kafka_prefixes,
     .create = kafka_create,
     .poll = kafka_poll,
-    .batch_done = kafka_batch_done,
-    .positions = kafka_positions,
-    .resume_from = kafka_resume_from,
+    .batch_done = em_kafka_batch_done,
+    .positions = em_kafka_positions,
+    .resume_from = em_kafka_resume_from,
     .pause = kafka_pause,
     .resume = kafka_resume,
     .free = kafka_free,

@@ -9,8 +9,21 @@
  * restore ignores it, and the input is read again from the last marker's
  * offset, whatever the group committed. The marker, not the group's offset,
  * is the position of a stateful job's partition.
+ *
+ * A tail must also never outlive compaction as the newest value of a key
+ * (compaction keeps the last record per key, covered or not): a restore
+ * that finds one writes again, after it, the covered value of every key the
+ * tail touched (a tombstone where none is covered) and a copy of the last
+ * marker, and waits for the cluster to have them, before the partition is
+ * read (repair_tail). Whatever compaction keeps then is the covered state.
+ *
+ * Markers carry the job's state_version ("<offset> <batch id> v=<version>";
+ * one without "v=" predates versions and counts as any): a load event tells
+ * Lua the version of the state it holds, and Lua migrates or discards
+ * state of another version (lua/ember/state_changelog.lua).
  */
 #include "kafka_changelog.h"
+#include "kafka_changelog_int.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -21,52 +34,10 @@
 #include <librdkafka/rdkafka.h>
 
 #include "../core/clock.h"
+#include "../core/failpoint.h"
 #include "../core/log.h"
 
-#define META_TIMEOUT_MS 10000
-#define FLUSH_TIMEOUT_MS 30000
-#define READ_TIMEOUT_MS 60000 /* a restore that reads nothing for this long fails */
 #define MAX_PARTITIONS 65536
-
-typedef struct event {
-    int kind; /* 1 load, 2 drop, 3 failure */
-    int32_t partition;
-    char *data;
-    size_t len;
-    struct event *next;
-} event;
-
-typedef struct staged {
-    int32_t partition;
-    char *k, *v; /* v NULL: removed */
-    size_t klen, vlen;
-} staged;
-
-typedef struct pinfo {
-    int owned;
-    int stale;      /* the batch being committed holds records of an older assignment */
-    int touched;    /* commit scratch */
-    int64_t offset; /* the input offset of the last marker; -1: none */
-    int64_t pos;    /* commit scratch: the batch's position, -1: none */
-} pinfo;
-
-struct em_changelog {
-    struct em_changelog *next; /* registry */
-    int refs;
-    char *job, *brokers, *input, *topic;
-    rd_kafka_t *producer;
-    rd_kafka_t *reader;            /* made on first restore */
-    pthread_mutex_t read_lock;     /* one restore at a time */
-    pthread_mutex_t lock;          /* parts, events */
-    pinfo *parts;
-    int32_t nparts;
-    event *head, *tail;
-    staged *staged;                /* worker of the commit only */
-    size_t nstaged, cap;
-    rd_kafka_resp_err_t dr_err;    /* first delivery error of the commit */
-    em_changelog_rewind_fn rewind; /* under lock */
-    void *rewind_arg;
-};
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static em_changelog *registry;
@@ -86,7 +57,7 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
         em_log(EM_LOG_DEBUG, NULL, "kafka changelog: %s: %s", fac, buf);
 }
 
-static rd_kafka_t *new_client(em_changelog *cl, rd_kafka_type_t type, char *err, size_t errlen)
+rd_kafka_t *em_changelog_client(em_changelog *cl, rd_kafka_type_t type, char *err, size_t errlen)
 {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char group[600];
@@ -217,6 +188,7 @@ static void free_changelog(em_changelog *cl)
     free(cl->brokers);
     free(cl->input);
     free(cl->topic);
+    free(cl->version);
     pthread_mutex_destroy(&cl->lock);
     pthread_mutex_destroy(&cl->read_lock);
     free(cl);
@@ -245,7 +217,7 @@ static em_changelog *make(const char *job, const char *brokers, const char *inpu
     cl->topic = strdup(topic);
     char why[512] = "";
     if (!cl->job || !cl->brokers || !cl->input || !cl->topic ||
-        !(cl->producer = new_client(cl, RD_KAFKA_PRODUCER, why, sizeof why))) {
+        !(cl->producer = em_changelog_client(cl, RD_KAFKA_PRODUCER, why, sizeof why))) {
         snprintf(err, errlen, "state changelog '%s': %s", topic, why[0] ? why : "out of memory");
         free_changelog(cl);
         return NULL;
@@ -331,7 +303,7 @@ em_changelog *em_changelog_find(const char *job)
 }
 
 /* The info of partition p, grown on demand. Caller holds lock. */
-static pinfo *part_of(em_changelog *cl, int32_t p)
+pinfo *em_changelog_part_of(em_changelog *cl, int32_t p)
 {
     if (p < 0 || p >= MAX_PARTITIONS)
         return NULL;
@@ -349,7 +321,7 @@ static pinfo *part_of(em_changelog *cl, int32_t p)
 }
 
 /* Queues an event; data is taken. Caller holds lock. */
-static void queue_event(em_changelog *cl, int kind, int32_t p, char *data, size_t len)
+void em_changelog_queue(em_changelog *cl, int kind, int32_t p, char *data, size_t len)
 {
     event *e = calloc(1, sizeof *e);
     if (!e) {
@@ -364,188 +336,31 @@ static void queue_event(em_changelog *cl, int kind, int32_t p, char *data, size_
     cl->tail = e;
 }
 
-typedef struct grow {
-    char *p;
-    size_t len, cap;
-} grow;
-
-static int put_bytes(grow *g, const void *src, size_t n)
+void em_changelog_set_version(em_changelog *cl, const char *version)
 {
-    if (g->len + n > g->cap) {
-        size_t c = g->cap ? g->cap * 2 : 65536;
-        while (c < g->len + n)
-            c *= 2;
-        char *np = realloc(g->p, c);
-        if (!np)
-            return -1;
-        g->p = np;
-        g->cap = c;
+    if (cl->version && strcmp(cl->version, version) == 0)
+        return;
+    char *v = strdup(version);
+    if (v) {
+        free(cl->version);
+        cl->version = v;
     }
-    memcpy(g->p + g->len, src, n);
-    g->len += n;
-    return 0;
-}
-
-/* Reads changelog partition p from its start to the high watermark. Out:
- * the records up to the last marker (the load event's format), the
- * marker's offset (-1: no marker), and how many records came after it.
- * 0, or -1 and err. Caller holds read_lock. */
-static int read_partition(em_changelog *cl, int32_t p, grow *out, int64_t *marker,
-                          size_t *tail, char *err, size_t errlen)
-{
-    *marker = -1;
-    *tail = 0;
-    if (!cl->reader && !(cl->reader = new_client(cl, RD_KAFKA_CONSUMER, err, errlen)))
-        return -1;
-    int64_t lo = 0, hi = 0;
-    rd_kafka_resp_err_t e =
-        rd_kafka_query_watermark_offsets(cl->reader, cl->topic, p, &lo, &hi, META_TIMEOUT_MS);
-    if (e) {
-        snprintf(err, errlen, "the watermarks of %s[%" PRId32 "]: %s", cl->topic, p,
-                 rd_kafka_err2str(e));
-        return -1;
-    }
-    if (hi <= lo)
-        return 0;
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(l, cl->topic, p)->offset = lo;
-    e = rd_kafka_assign(cl->reader, l);
-    rd_kafka_topic_partition_list_destroy(l);
-    if (e) {
-        snprintf(err, errlen, "cannot read %s[%" PRId32 "]: %s", cl->topic, p, rd_kafka_err2str(e));
-        return -1;
-    }
-    size_t covered = 0, after = 0;
-    int64_t next = lo;
-    int64_t idle_since = em_clock_mono_ms();
-    int rc = 0;
-    while (next < hi) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(cl->reader, 200);
-        if (!m) {
-            if (em_clock_mono_ms() - idle_since > READ_TIMEOUT_MS) {
-                snprintf(err, errlen, "reading %s[%" PRId32 "]: nothing for %d s at offset %"
-                         PRId64 " of %" PRId64, cl->topic, p, READ_TIMEOUT_MS / 1000, next, hi);
-                rc = -1;
-                break;
-            }
-            continue;
-        }
-        idle_since = em_clock_mono_ms();
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            int64_t at = m->offset;
-            rd_kafka_message_destroy(m);
-            if (at >= hi)
-                break;
-            continue;
-        }
-        if (m->err) {
-            snprintf(err, errlen, "reading %s[%" PRId32 "]: %s", cl->topic, p,
-                     rd_kafka_message_errstr(m));
-            rd_kafka_message_destroy(m);
-            rc = -1;
-            break;
-        }
-        if (m->partition != p) {
-            rd_kafka_message_destroy(m);
-            continue;
-        }
-        next = m->offset + 1;
-        const char *k = m->key;
-        if (m->key_len == 1 && k[0] == 'm') {
-            char text[64];
-            size_t n = m->len < sizeof text - 1 ? m->len : sizeof text - 1;
-            memcpy(text, m->payload ? m->payload : "", n);
-            text[n] = 0;
-            long long off = -1;
-            if (sscanf(text, "%lld", &off) == 1 && off >= 0)
-                *marker = off;
-            covered = out->len;
-            after = 0;
-        } else if (m->key_len > 1 && k[0] == 's') {
-            uint32_t kl = (uint32_t)(m->key_len - 1);
-            int32_t vl = m->payload ? (int32_t)m->len : -1;
-            if (put_bytes(out, &kl, 4) || put_bytes(out, k + 1, kl) || put_bytes(out, &vl, 4) ||
-                (vl > 0 && put_bytes(out, m->payload, (size_t)vl))) {
-                snprintf(err, errlen, "out of memory reading %s[%" PRId32 "]", cl->topic, p);
-                rd_kafka_message_destroy(m);
-                rc = -1;
-                break;
-            }
-            after++;
-        }
-        rd_kafka_message_destroy(m);
-    }
-    rd_kafka_assign(cl->reader, NULL);
-    out->len = covered;
-    *tail = after;
-    return rc;
-}
-
-/* Reads partition p and queues its load; the partition is this member's
- * from now on. *offset: the marker's input offset, if any. Caller holds
- * read_lock. */
-static int restore_partition(em_changelog *cl, int32_t p, int64_t *offset)
-{
-    int64_t t0 = em_clock_mono_ms();
-    grow g = {0};
-    int64_t marker;
-    size_t tail;
-    char err[512];
-    int rc = read_partition(cl, p, &g, &marker, &tail, err, sizeof err);
-    pthread_mutex_lock(&cl->lock);
-    pinfo *pi = part_of(cl, p);
-    if (rc != 0 || !pi) {
-        char *msg = NULL;
-        if (asprintf(&msg, "state changelog: cannot restore the state of partition %" PRId32
-                     " from %s: %s", p, cl->topic, rc ? err : "out of memory") < 0)
-            msg = NULL;
-        em_log(EM_LOG_ERROR, cl->job, "%s", msg ? msg : "state changelog: restore failed");
-        queue_event(cl, 3, p, msg, msg ? strlen(msg) : 0);
-        pthread_mutex_unlock(&cl->lock);
-        free(g.p);
-        return -1;
-    }
-    pi->owned = 1;
-    pi->stale = 0;
-    pi->offset = marker;
-    size_t bytes = g.len;
-    queue_event(cl, 1, p, g.p, g.len);
-    pthread_mutex_unlock(&cl->lock);
-    if (marker >= 0 && offset)
-        *offset = marker;
-    em_log(EM_LOG_INFO, cl->job, "state changelog: partition %" PRId32 " restored from %s in "
-           "%lld ms (%zu bytes%s), input resumes at %s%lld", p, cl->topic,
-           (long long)(em_clock_mono_ms() - t0), bytes,
-           tail ? ", a tail no marker covers ignored" : "", marker >= 0 ? "offset " : "",
-           (long long)marker);
-    if (tail)
-        em_log(EM_LOG_WARN, cl->job, "state changelog: %s[%" PRId32 "] ends with %zu records "
-               "after its last marker (a commit cut short); they are ignored", cl->topic, p, tail);
-    return 0;
-}
-
-int em_changelog_assigned(em_changelog *cl, int32_t partition, int64_t *offset)
-{
-    pthread_mutex_lock(&cl->read_lock);
-    int rc = restore_partition(cl, partition, offset);
-    pthread_mutex_unlock(&cl->read_lock);
-    return rc;
 }
 
 void em_changelog_revoked(em_changelog *cl, int32_t partition)
 {
     pthread_mutex_lock(&cl->lock);
-    pinfo *pi = part_of(cl, partition);
+    pinfo *pi = em_changelog_part_of(cl, partition);
     if (pi)
         pi->owned = 0;
-    queue_event(cl, 2, partition, NULL, 0);
+    em_changelog_queue(cl, 2, partition, NULL, 0);
     pthread_mutex_unlock(&cl->lock);
 }
 
 void em_changelog_stale(em_changelog *cl, int32_t partition)
 {
     pthread_mutex_lock(&cl->lock);
-    pinfo *pi = part_of(cl, partition);
+    pinfo *pi = em_changelog_part_of(cl, partition);
     if (pi)
         pi->stale = 1;
     pthread_mutex_unlock(&cl->lock);
@@ -608,7 +423,7 @@ int em_changelog_put(em_changelog *cl, int32_t partition, const char *k, size_t 
     return 0;
 }
 
-static int produce(em_changelog *cl, int32_t p, const void *k, size_t klen, const void *v,
+int em_changelog_produce(em_changelog *cl, int32_t p, const void *k, size_t klen, const void *v,
                    size_t vlen, char *err, size_t errlen)
 {
     rd_kafka_resp_err_t e;
@@ -642,7 +457,7 @@ static void read_positions(em_changelog *cl, const char *positions)
             long p = -1;
             long long off = -1;
             if (sscanf(t + 2 + tl, "%ld %lld", &p, &off) == 2 && p >= 0) {
-                pinfo *pi = part_of(cl, (int32_t)p);
+                pinfo *pi = em_changelog_part_of(cl, (int32_t)p);
                 if (pi) {
                     pi->touched = 1;
                     pi->pos = off;
@@ -660,7 +475,7 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
     pthread_mutex_lock(&cl->lock);
     read_positions(cl, positions);
     for (size_t i = 0; i < cl->nstaged; i++) {
-        pinfo *pi = part_of(cl, cl->staged[i].partition);
+        pinfo *pi = em_changelog_part_of(cl, cl->staged[i].partition);
         if (pi)
             pi->touched = 1;
     }
@@ -680,12 +495,17 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
     for (size_t i = 0; rc == 0 && i < cl->nstaged; i++) {
         staged *s = &cl->staged[i];
         if (s->partition >= 0 && s->partition < n && !skip[s->partition])
-            rc = produce(cl, s->partition, s->k, s->klen, s->v, s->v ? s->vlen : 0, err, errlen);
+            rc = em_changelog_produce(cl, s->partition, s->k, s->klen, s->v, s->v ? s->vlen : 0, err, errlen);
         else if (s->partition < 0 || s->partition >= n) {
             snprintf(err, errlen, "state changelog: a key with no Kafka partition (%" PRId32 ")",
                      s->partition);
             rc = -1;
         }
+    }
+    /* a spec's crash between the values and the marker: the values landed */
+    if (rc == 0 && cl->nstaged > 0 && em_failpoint_armed("changelog_before_marker")) {
+        rd_kafka_flush(cl->producer, FLUSH_TIMEOUT_MS);
+        em_failpoint("changelog_before_marker");
     }
     int64_t *marks = calloc((size_t)n + 1, sizeof *marks);
     for (int32_t p = 0; rc == 0 && marks && p < n; p++) {
@@ -696,10 +516,10 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
         if (!pi.touched || skip[p])
             continue;
         marks[p] = pi.pos >= 0 ? pi.pos : pi.offset;
-        char text[64];
-        int tl = snprintf(text, sizeof text, "%lld %llu", (long long)marks[p],
-                          (unsigned long long)batch_id);
-        rc = produce(cl, p, "m", 1, text, (size_t)tl, err, errlen);
+        char text[128];
+        int tl = snprintf(text, sizeof text, "%lld %llu v=%.60s", (long long)marks[p],
+                          (unsigned long long)batch_id, cl->version ? cl->version : "");
+        rc = em_changelog_produce(cl, p, "m", 1, text, (size_t)tl, err, errlen);
     }
     if (!marks && rc == 0) {
         snprintf(err, errlen, "state changelog: out of memory");
@@ -726,11 +546,11 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
         if (rc == 0 && marks && marks[p] != -2)
             pi->offset = marks[p];
         if (rc == 0 && skip[p]) {
-            queue_event(cl, 2, p, NULL, 0);
+            em_changelog_queue(cl, 2, p, NULL, 0);
             if (pi->owned && nreload < 64)
                 reload[nreload++] = p;
             else if (pi->owned)
-                queue_event(cl, 3, p, strdup("state changelog: too many partitions to reload "
+                em_changelog_queue(cl, 3, p, strdup("state changelog: too many partitions to reload "
                                              "at once"), 0);
         }
         if (rc == 0)
@@ -747,7 +567,7 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
     for (int i = 0; i < nreload; i++) {
         int64_t at = -1;
         pthread_mutex_lock(&cl->read_lock);
-        int rrc = restore_partition(cl, reload[i], &at);
+        int rrc = em_changelog_restore(cl, reload[i], &at, 0);
         pthread_mutex_unlock(&cl->read_lock);
         pthread_mutex_lock(&cl->lock);
         em_changelog_rewind_fn fn = cl->rewind;
@@ -783,6 +603,9 @@ void em_changelog_taken(em_changelog *cl)
         cl->head = e->next;
         if (!cl->head)
             cl->tail = NULL;
+        pinfo *pi = e->kind == 1 ? em_changelog_part_of(cl, e->partition) : NULL;
+        if (pi && pi->loads > 0)
+            pi->loads--;
     }
     pthread_mutex_unlock(&cl->lock);
     if (e) {

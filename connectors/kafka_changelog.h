@@ -14,9 +14,12 @@
  * A changelog record is keyed "s<key bytes>" (Lua encodes the operator and
  * the key) with the encoded value, or no value for a removed key; after a
  * batch's records of a partition comes a marker "m" whose value is
- * "<next input offset> <batch id>": the state up to that marker covers the
- * input up to that offset. A restore applies the records up to the last
- * marker and resumes the input partition at the marker's offset.
+ * "<next input offset> <batch id> v=<state_version>": the state up to that
+ * marker covers the input up to that offset, in that version's form. A
+ * restore applies the records up to the last marker and resumes the input
+ * partition at the marker's offset; records after it (a commit cut short)
+ * are ignored, and the covered values of their keys are written again
+ * after them, so compaction never keeps an uncovered value.
  */
 #ifndef EM_KAFKA_CHANGELOG_H
 #define EM_KAFKA_CHANGELOG_H
@@ -44,6 +47,22 @@ em_changelog *em_changelog_find(const char *job);
  * input offset (untouched without a marker). 0, or -1 (logged; a failure
  * event is queued so the job stops rather than run on missing state). */
 int em_changelog_assigned(em_changelog *cl, int32_t partition, int64_t *offset);
+/* Worker, before a reloaded job's new version runs its first batch: reads
+ * again every partition this member owns whose load is not queued already,
+ * and queues its load (the new version's Lua state starts empty; the
+ * receiver, kept across the reload, sees no new assignment). 0, or -1 (a
+ * failure event is queued, as for an assignment). */
+int em_changelog_reload(em_changelog *cl);
+/* A reload's dry run of migrate (driver thread): the partitions this
+ * member owns (at most max, into out; their count), and what a load of one
+ * would hold (*data: the load event's format, freed with
+ * em_changelog_free). Nothing is queued nor written. 0, or -1 and err. */
+int em_changelog_owned(em_changelog *cl, int32_t *out, int max);
+int em_changelog_peek(em_changelog *cl, int32_t partition, char **data, size_t *len, char *err,
+                      size_t errlen);
+void em_changelog_free(char *data); /* NULL-safe */
+/* Worker, in the commit: the state_version the markers name from now on. */
+void em_changelog_set_version(em_changelog *cl, const char *version);
 /* After the revoke committed: the partition's state is dropped. */
 void em_changelog_revoked(em_changelog *cl, int32_t partition);
 /* Worker, while the batch's positions are taken: the batch holds records
@@ -74,7 +93,9 @@ int em_changelog_commit(em_changelog *cl, const char *positions, uint64_t batch_
                         size_t errlen);
 
 /* At the start of a batch, from Lua: the next queued event. kind 1: load
- * (data, len: records "u32 klen, key, i32 vlen (-1: removed), value"), 2:
+ * (data, len: "u32 length, the state_version of the state" (length
+ * 0xffffffff: a marker that names none), then records "u32 klen, key,
+ * i32 vlen (-1: removed), value"), 2:
  * drop, 3: failure (data: the message). 0 when none. The event stays
  * valid until em_changelog_taken. */
 int em_changelog_take(em_changelog *cl, int32_t *partition, const char **data, size_t *len);

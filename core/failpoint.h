@@ -5,11 +5,17 @@
  * place no timing could hit reliably (between a batch's commit and its
  * acknowledgements, say). Unset, a pass costs one branch on a cached flag.
  * Points: "after_commit" (a batch with records: its checkpoint renamed,
- * nothing released yet).
+ * nothing released yet); "changelog_before_marker" (a stateful job's
+ * changelog records of a batch acknowledged by the cluster, its markers not
+ * written: connectors/kafka_changelog.c).
  */
 #ifndef EMBER_FAILPOINT_H
 #define EMBER_FAILPOINT_H
 
 void em_failpoint(const char *name);
+
+/* Whether EMBER_FAILPOINT names this point (and has passes left): for a
+ * point that needs work done before it to mean anything (a flush). */
+int em_failpoint_armed(const char *name);
 
 #endif

@@ -187,15 +187,15 @@ function _M.load(path, host)
         abort = function() return store:abort() end,
         restore = function(committed, old_version)
             ember._set_context(host, name)
-            if cl then                          -- each partition's, as it is assigned
-                return true
+            if cl then                          -- each partition's, as it is assigned;
+                return cl.reload()              -- after a reload, those it owns again
             end
             return store:restore(committed, old_version)
         end,
         check_migrate = function(committed, old_version)
             ember._set_context(host, name)
-            if cl then
-                return true
+            if cl then                          -- on the changelog, partition by partition
+                return cl.check_migrate()
             end
             return store:check_migrate(committed, old_version)
         end,

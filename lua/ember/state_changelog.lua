@@ -1,7 +1,7 @@
 -- ember.state_changelog: a job's keyed state kept in a compacted Kafka
 -- topic, per input partition, instead of local files (docs/scaling.md,
 -- "State that follows its partitions"). The Kafka side is C
--- (connectors/kafka_changelog.c); this is the store's side:
+-- (connectors/kafka_changelog*.c); this is the store's side:
 --
 --   attach(job, store)  at load: decides whether the job keeps its state in
 --                       a changelog, and names the topic on the Kafka source
@@ -11,6 +11,20 @@
 --                       partition, to C, which writes them at the commit
 --   sync()              before a batch: the loads and drops of partitions
 --                       the rebalances queued, applied to committed state
+--   reload()            a reloaded job's new version, before its first
+--                       batch: the state of the partitions this member owns,
+--                       read again (queued as loads for sync)
+--   check_migrate()     a reload's dry run: migrate on the owned partitions'
+--                       state of another state_version, as the changelog has it
+--
+-- Versions. Each marker names the job's state_version. A partition loaded
+-- with state of another version is migrated with the job's migrate (run per
+-- partition, on that partition's keys) or, without one, set aside in a local
+-- archive and dropped; either way every key the partition held, and every
+-- key migrate returned, is written again at the next commit (its new value,
+-- or a tombstone), followed by a marker of the new version. So the changelog
+-- never gives the old state to the new version: the next owner reads the
+-- migrated values (or nothing) after the old ones.
 --
 -- The rule (docs/scaling.md): a key's state lives with the partition its
 -- records come from. A record whose key has state from another partition
@@ -19,6 +33,8 @@
 local ffi = require "ffi"
 local buffer = require "string.buffer"
 local format = require "ember.state_format"
+local state_mod = require "ember.state"
+local files = require "ember.state_files"
 local narrow = require "ember.narrow"
 local ember = require "ember"
 
@@ -35,6 +51,9 @@ local tostring = tostring
 local tonumber = tonumber
 local error = error
 local pcall = pcall
+local next = next
+local os_time = os.time
+local io_open = io.open
 local REMOVED = format.REMOVED
 local new_map = format.new_map
 
@@ -51,6 +70,16 @@ if not pcall(function() return C.em_changelog_find end) then
                               size_t *len);
         void em_changelog_taken(em_changelog *cl);
         int64_t em_clock_mono_ms(void);
+    ]]
+end
+if not pcall(function() return C.em_changelog_reload end) then
+    ffi.cdef [[
+        int em_changelog_reload(em_changelog *cl);
+        void em_changelog_set_version(em_changelog *cl, const char *version);
+        int em_changelog_owned(em_changelog *cl, int32_t *out, int max);
+        int em_changelog_peek(em_changelog *cl, int32_t partition, char **data, size_t *len,
+                              char *err, size_t errlen);
+        void em_changelog_free(char *data);
     ]]
 end
 
@@ -201,6 +230,10 @@ function _M.attach(job, store, host)
     end
 
     local cl = { topic = topic }
+    local my_version = job.state_version == nil and "" or tostring(job.state_version)
+    -- partition -> { keys = { {raw = encoded key, op = op or nil, k = key} }, sent }:
+    -- the keys a change of state_version rewrites at the next commit
+    local rewrite = {}
     local handle = nil
     local jobname = job.name
     local pp = ffi_new("int32_t[1]")
@@ -253,7 +286,28 @@ function _M.attach(job, store, host)
             return false, "state changelog '" .. topic .. "': the Kafka source has not opened it", 0
         end
         C.em_changelog_begin(h)
+        C.em_changelog_set_version(h, my_version)
         local total = 0
+        -- a change of state_version: each key of the partition written again
+        -- as it is now (a key the batch staged is written below, as staged)
+        for p, r in pairs(rewrite) do
+            for _, e in ipairs(r.keys) do
+                local op, k = e.op, e.k
+                if not (op and op.staged[k] ~= nil) then
+                    local v                     -- nil: a tombstone
+                    if op and op.part[k] == p and op.committed[k] ~= nil then
+                        v = encode({ op.committed[k], op.times and op.times[k] or nil })
+                    end
+                    if C.em_changelog_put(h, p, e.raw, #e.raw, v, v and #v or 0) ~= 0 then
+                        C.em_changelog_begin(h)
+                        store:abort()
+                        return false, "state changelog '" .. topic .. "': out of memory", 0
+                    end
+                    total = total + #e.raw + (v and #v or 0)
+                end
+            end
+            r.sent = true
+        end
         for _, op in ipairs(store.order) do
             op.prepared = nil
             local part, stimes, times = op.part, op.stimes, op.times
@@ -302,10 +356,11 @@ function _M.attach(job, store, host)
         return true, nil, total
     end
 
-    -- Entries "u32 klen, key, i32 vlen (-1: removed), value" of partition p,
-    -- in the order written; returns the partition's keys and the entries.
-    local function load(p, data, len)
-        local at, n, keys = 0, 0, 0
+    -- Entries "u32 klen, key, i32 vlen (-1: removed), value" of partition p
+    -- from at, in the order written, applied to committed state; returns the
+    -- partition's keys and the entries.
+    local function load_same(p, data, at, len)
+        local n, keys = 0, 0
         while at + 8 <= len do
             local kl = ffi_cast("const uint32_t *", data + at)[0]
             local key = decode(ffi_string(data + at + 4, kl))
@@ -333,8 +388,145 @@ function _M.attach(job, store, host)
         return keys, n
     end
 
+    -- The job's migrate on one partition's old state; returns name ->
+    -- { key = stored } or nil, err.
+    local function migrate(old, old_version)
+        local ok, new = pcall(store.migrate, old, old_version)
+        local where = "migrate of job '" .. jobname .. "' from state_version " .. old_version
+                      .. " to " .. my_version
+        if not ok then
+            return nil, where .. " failed: " .. tostring(new)
+        end
+        if type(new) ~= "table" then
+            return nil, where .. " must return a table (operator name -> { key = state }), got "
+                        .. type(new)
+        end
+        local out = {}
+        for name, m in pairs(new) do
+            local op = store.ops[name]
+            if not op or not op.part then
+                return nil, where .. " returned state for operator '" .. tostring(name)
+                            .. "', which the job does not declare"
+            end
+            if type(m) ~= "table" then
+                return nil, where .. ": the state of '" .. name .. "' must be a table of key -> "
+                            .. "state, got " .. type(m)
+            end
+            local stored = {}
+            for k, v in pairs(m) do
+                local sok, s = pcall(function()
+                    state_mod.check_key(store, op, k)
+                    return state_mod.stored(store, op, k, v)
+                end)
+                store.fatal = nil
+                if not sok or s == nil then
+                    return nil, where .. ": " .. tostring(s)
+                end
+                stored[k] = s
+            end
+            out[name] = stored
+        end
+        return out
+    end
+
+    -- The discarded state of partition p (entries from at), kept in a local
+    -- archive as the load carried it; returns the file or nil.
+    local function archive(p, version, data, at, len)
+        local dir = store.dir .. "/archive-changelog-" .. os_time()
+        if not files.mkdir_p(dir) then
+            return nil
+        end
+        local path = dir .. "/" .. topic .. "-" .. p .. ".v" .. version:gsub("[^%w_.-]", "_")
+        local f = io_open(path, "wb")
+        if not f then
+            return nil
+        end
+        f:write(ffi_string(data + at, len - at))
+        f:close()
+        return path
+    end
+
+    -- The entries from at as migrate sees them: old[name][key] = value;
+    -- raws: encoded key -> { name, key }; n: the entries.
+    local function parse_old(data, at, len)
+        local old, raws, n = {}, {}, 0
+        while at + 8 <= len do
+            local kl = ffi_cast("const uint32_t *", data + at)[0]
+            local raw = ffi_string(data + at + 4, kl)
+            local key = decode(raw)
+            at = at + 4 + kl
+            local vl = ffi_cast("const int32_t *", data + at)[0]
+            at = at + 4
+            local name, k = key[1], key[2]
+            old[name] = old[name] or {}
+            if vl < 0 then
+                old[name][k] = nil
+            else
+                old[name][k] = state_mod.value_of(decode(ffi_string(data + at, vl))[1])
+            end
+            raws[raw] = { name, k }
+            n = n + 1
+            at = at + (vl > 0 and vl or 0)
+        end
+        return old, raws, n
+    end
+
+    -- State of another state_version for partition p: migrated (or set
+    -- aside), installed, and every key of it queued for the next commit.
+    -- Returns keys, entries, or nil, err.
+    local function load_other(p, version, data, at, len)
+        local start = at
+        local old, raws, n = parse_old(data, at, len)
+        local maps, err = {}, nil
+        if store.migrate and next(old) ~= nil then
+            maps, err = migrate(old, version)
+            if not maps then
+                return nil, err
+            end
+        end
+        local entries, keys = {}, 0
+        for raw, nk in pairs(raws) do
+            entries[#entries + 1] = { raw = raw, op = store.ops[nk[1]], k = nk[2] }
+        end
+        for name, m in pairs(maps) do
+            local op = store.ops[name]
+            for k, s in pairs(m) do
+                set_key(op, k, s, nil)
+                op.part[k] = p
+                keys = keys + 1
+                local raw = encode({ name, k })
+                if not raws[raw] then
+                    entries[#entries + 1] = { raw = raw, op = op, k = k }
+                end
+            end
+        end
+        rewrite[p] = { keys = entries }
+        local kept = not store.migrate and next(old) ~= nil and archive(p, version, data, start, len)
+        ember.log("info", "state changelog: partition " .. p .. " holds state_version " .. version
+                  .. ", the job " .. my_version .. ": " .. (store.migrate and (keys .. " keys migrated")
+                  or ("its state is not carried over" .. (kept and (" (archived in " .. kept .. ")")
+                                                         or ""))) .. "; " .. #entries
+                  .. " keys are written again at the next commit")
+        return keys, n
+    end
+
+    -- A load event: "u32 length, state_version" (0xffffffff: none named),
+    -- then the entries.
+    local function load(p, data, len)
+        local vlen = ffi_cast("const uint32_t *", data)[0]
+        if vlen == 0xffffffff then
+            return load_same(p, data, 4, len)
+        end
+        local version = ffi_string(data + 4, vlen)
+        if version == my_version then
+            return load_same(p, data, 4 + vlen, len)
+        end
+        return load_other(p, version, data, 4 + vlen, len)
+    end
+
     -- Drops the state of every key of partition p.
     local function drop(p)
+        rewrite[p] = nil
         for _, op in ipairs(store.order) do
             local part = op.part
             for k, o in pairs(part) do
@@ -367,9 +559,14 @@ function _M.attach(job, store, host)
                 local t0 = C.em_clock_mono_ms()
                 drop(p)
                 local keys, n = load(p, dp[0], tonumber(lp[0]))
-                ember.log("info", "state changelog: partition " .. p .. ": " .. keys .. " keys "
-                          .. "(" .. n .. " records) loaded in "
-                          .. tonumber(C.em_clock_mono_ms() - t0) .. " ms")
+                if not keys then                -- a migrate that failed stops the job
+                    msg = "state changelog: partition " .. p .. ": " .. tostring(n)
+                    ember.log("error", msg)
+                else
+                    ember.log("info", "state changelog: partition " .. p .. ": " .. keys .. " keys "
+                              .. "(" .. n .. " records) loaded in "
+                              .. tonumber(C.em_clock_mono_ms() - t0) .. " ms")
+                end
             elseif kind == 2 then
                 drop(p)
             else
@@ -380,6 +577,67 @@ function _M.attach(job, store, host)
                 return msg
             end
         end
+    end
+
+    -- A reload's dry run, before the swap: migrate on the state of every
+    -- partition this driver owns that holds another state_version, as the
+    -- changelog has it now. Returns true, or false and the error (the old
+    -- version keeps running).
+    function cl.check_migrate()
+        local h = get()
+        if h == nil or not store.migrate then
+            return true
+        end
+        local owned = ffi_new("int32_t[?]", 4096)
+        local data = ffi_new("char *[1]")
+        local errbuf = ffi_new("char[512]")
+        for i = 0, C.em_changelog_owned(h, owned, 4096) - 1 do
+            local p = owned[i]
+            if C.em_changelog_peek(h, p, data, lp, errbuf, 512) ~= 0 then
+                return false, "state changelog '" .. topic .. "': partition " .. p .. ": "
+                              .. ffi_string(errbuf)
+            end
+            local d, len = data[0], tonumber(lp[0])
+            local vlen = ffi_cast("const uint32_t *", d)[0]
+            local err
+            if vlen ~= 0xffffffff and ffi_string(d + 4, vlen) ~= my_version then
+                local old = parse_old(d, 4 + vlen, len)
+                if next(old) ~= nil then
+                    local ok, merr = migrate(old, ffi_string(d + 4, vlen))
+                    if not ok then
+                        err = "state changelog: partition " .. p .. ": " .. tostring(merr)
+                    end
+                end
+            end
+            C.em_changelog_free(d)
+            if err then
+                return false, err
+            end
+        end
+        return true
+    end
+
+    -- A reloaded job's new version: the partitions' state, read again.
+    function cl.reload()
+        local h = get()
+        if h ~= nil and C.em_changelog_reload(h) ~= 0 then
+            return false, "state changelog '" .. topic .. "': cannot read the state again"
+        end
+        return true
+    end
+
+    -- A commit that took: the rewrites it carried are done.
+    local apply = store.apply
+    store.apply = function(self, batch_id, later)
+        local ok, err = apply(self, batch_id, later)
+        if ok then
+            for p, r in pairs(rewrite) do
+                if r.sent then
+                    rewrite[p] = nil
+                end
+            end
+        end
+        return ok, err
     end
 
     store.changelog = cl
