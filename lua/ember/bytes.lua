@@ -43,6 +43,14 @@ local bit = require "bit"
 local buffer = require "string.buffer"
 
 
+-- A second load in the same state (package.loaded cleared) gets the first
+-- one: ffi.metatype holds once per type, and its methods check the first
+-- load's generation.
+local registry = debug.getregistry()
+if registry["ember.bytes"] then
+    return registry["ember.bytes"]
+end
+
 local _M = {}
 
 if not pcall(ffi.typeof, "ember_bytes") then
@@ -366,12 +374,6 @@ function _M.view(p, len)
 end
 
 
--- Is x a view?
-function _M.is(x)
-    return type(x) == "cdata" and ffi_istype(bytes_t, x)
-end
-
-
 -- x as a string when it is a view, else x: what crosses into anything that
 -- may keep an element.
 function _M.settle(x)
@@ -382,7 +384,5 @@ function _M.settle(x)
 end
 
 
-_M.type = bytes_t
-_M.epoch = epoch
-
+registry["ember.bytes"] = _M
 return _M
