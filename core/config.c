@@ -34,6 +34,12 @@ static const em_option keys[] = {
     {"streaming.backpressure.pid.integral", EM_OPT_DOUBLE, "0.2", "PID integral gain"},
     {"streaming.backpressure.pid.derived", EM_OPT_DOUBLE, "0.0", "PID derivative gain"},
     {"streaming.backpressure.pid.minRate", EM_OPT_DOUBLE, "100", "lowest rate the estimator sets"},
+    {"streaming.catchUp.enabled", EM_OPT_BOOL, "true",
+     "a job behind its sources runs its next batch as soon as the last one ends, with what its "
+     "receivers hold, instead of waiting for the batch interval (a job's catch_up option wins)"},
+    {"streaming.catchUp.slice", EM_OPT_DURATION, "50ms",
+     "while catching up, each receiver holds about twice this much of the job's processing time "
+     "in records (the backlog stays at the source)"},
     {"streaming.maxWaitingBatches", EM_OPT_INT, "10",
      "a job's receivers pause while more of its batches than this wait to run"},
     {"memory.max", EM_OPT_SIZE, "256m",
@@ -262,6 +268,8 @@ int em_config_finish(em_config *c, char *err, size_t errlen)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     c->concurrent_jobs = (int)em_props_int(p, "streaming.concurrentJobs", cores > 0 ? cores : 1);
     c->max_rate = em_props_double(p, "streaming.receiver.maxRate", 0);
+    c->catch_up = em_props_bool(p, "streaming.catchUp.enabled", 1);
+    c->catch_up_slice_ms = em_props_ms(p, "streaming.catchUp.slice", 50);
     c->stop_gracefully = em_props_bool(p, "streaming.stopGracefullyOnShutdown", 1);
     c->spare_workers = (int)em_props_int(p, "streaming.spareWorkers", 4);
     c->stop_timeout_ms = em_props_ms(p, "streaming.stopTimeout", 60000);

@@ -35,6 +35,8 @@ typedef struct em_config {
     double initial_rate; /* 0: unset */
     double pid_p, pid_i, pid_d, pid_min_rate;
     int max_waiting_batches;
+    int catch_up;              /* streaming.catchUp.enabled */
+    int64_t catch_up_slice_ms; /* streaming.catchUp.slice */
     int64_t memory_max; /* bytes; 0: no cap */
     char checkpoint_dir[1024];
     char ember_id[80]; /* ember.id, or the default em_identity_default() makes */

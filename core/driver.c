@@ -42,6 +42,9 @@ struct em_driver {
     int64_t last_error_ms;
 };
 
+static void batch_ended(em_job *j, void *arg);
+static void receiver_ready(em_receiver *r, void *arg);
+
 /* Logs a driver-level error and keeps it for the API. */
 static void driver_error(em_driver *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void driver_error(em_driver *d, const char *fmt, ...)
@@ -65,6 +68,8 @@ em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
         return NULL;
     d->cfg = cfg;
     d->rt.cfg = cfg;
+    d->rt.batch_ended = batch_ended;
+    d->rt.batch_ended_arg = d;
     snprintf(d->jobs_dir, sizeof d->jobs_dir, "%s", jobs_dir);
     size_t n = strlen(d->jobs_dir);
     while (n > 1 && d->jobs_dir[n - 1] == '/') /* "jobs/" names files "jobs/x.lua" */
@@ -119,7 +124,10 @@ static void start_version(em_driver *d, em_version *v)
 {
     for (size_t i = 0; d->cfg->backpressure && d->cfg->initial_rate > 0 && i < v->nreceivers; i++)
         em_receiver_set_rate(v->receivers[i], d->cfg->initial_rate);
-    set_read_ahead(v, (double)unmeasured_bound(v));
+    set_read_ahead(v, d->cfg->catch_up && v->desc->catch_up ? READ_AHEAD_MIN
+                                                           : (double)unmeasured_bound(v));
+    for (size_t i = 0; i < v->nreceivers; i++)
+        em_receiver_on_ready(v->receivers[i], receiver_ready, d);
     em_version_start(v);
 }
 
@@ -164,7 +172,30 @@ static void hold_receivers(em_driver *d, em_job *j)
                waiting, d->cfg->max_waiting_batches);
 }
 
-static void bound_read_ahead(em_job *j)
+/* Whether a job may cut batches between its intervals (catch-up). */
+static int catches_up(const em_driver *d, const em_job *j)
+{
+    return d->cfg->catch_up && j->version->desc->catch_up;
+}
+
+/* The most a job that catches up holds in blocks: an eighth of memory.max
+ * (32 MiB with the defaults), so a job whose batches cost next to nothing
+ * (a measured rate of millions a second) does not read ahead without end. */
+static double catch_up_records_max(em_driver *d, em_job *j)
+{
+    uint64_t records = 0, bytes = 0;
+    for (size_t i = 0; i < j->version->nreceivers; i++) {
+        em_receiver_stats st;
+        em_receiver_get_stats(j->version->receivers[i], &st);
+        records += st.records;
+        bytes += st.bytes;
+    }
+    double per = records ? (double)bytes / (double)records + (double)sizeof(em_record) : 64.0;
+    double budget = d->cfg->memory_max > 0 ? (double)d->cfg->memory_max / 8 : 32.0 * (1 << 20);
+    return budget / per;
+}
+
+static void bound_read_ahead(em_driver *d, em_job *j)
 {
     em_batch_info recent[READ_AHEAD_HISTORY];
     size_t n = em_history_recent(j->history, recent, READ_AHEAD_HISTORY);
@@ -175,12 +206,51 @@ static void bound_read_ahead(em_job *j)
             records += recent[i].records;
             ms += recent[i].processing_ms > 0 ? recent[i].processing_ms : 1;
         }
-    double bound = (double)unmeasured_bound(j->version);
+    int catch_up = catches_up(d, j);
+    /* Until a batch is measured a job that catches up holds the floor: its
+     * first batch is cut as soon as half of that is read, and measures. */
+    double bound = catch_up ? READ_AHEAD_MIN : (double)unmeasured_bound(j->version);
     if (records > 0) {
+        /* A job that catches up cuts its next batch as soon as a slice of
+         * work is ready, so two slices keep its worker busy; the others
+         * need a batch interval's worth. */
+        int64_t span = j->version->batch_interval_ms;
+        if (catch_up && d->cfg->catch_up_slice_ms < span)
+            span = d->cfg->catch_up_slice_ms;
         double rate = (double)records * 1000.0 / (double)ms;
-        bound = rate * (double)j->version->batch_interval_ms / 1000.0 * READ_AHEAD_BATCHES;
+        bound = rate * (double)span / 1000.0 * READ_AHEAD_BATCHES;
+        if (catch_up) {
+            double most = catch_up_records_max(d, j);
+            if (bound > most)
+                bound = most;
+        }
     }
     set_read_ahead(j->version, bound);
+}
+
+/* A catch-up batch is due when a job that may catch up has a batch's
+ * worth ready (em_receiver_ready: a receiver met its bound, or holds half
+ * of it not yet in a batch) and none of its batches waits or runs but the
+ * caller's own (own: 1 from the end of a batch). Driver lock held. */
+static int catch_up_due(em_driver *d, em_job *j, size_t own)
+{
+    if (j->state != EM_JOB_RUNNING || !catches_up(d, j) || j->next || j->nrecovered ||
+        j->held || atomic_load(&j->blocked) || atomic_load(&j->failed))
+        return 0;
+    int ready = 0;
+    for (size_t i = 0; !ready && i < j->version->nreceivers; i++)
+        ready = em_receiver_ready(j->version->receivers[i]);
+    return ready && em_scheduler_pending(d->sched, j) <= own;
+}
+
+/* Batch times of a job only go up, also when a catch-up cut and the
+ * interval's fall in the same millisecond (outputs name files by them). */
+static int64_t cut_time(em_job *j, int64_t t)
+{
+    if (t <= j->last_cut_ms)
+        t = j->last_cut_ms + 1;
+    j->last_cut_ms = t;
+    return t;
 }
 
 static void submit(em_driver *d, em_batch *b)
@@ -229,6 +299,52 @@ static void publish(em_driver *d)
     em_snapshot_slot_put(d->snap, s);
 }
 
+/* The end of one of j's batches, on its worker: a job catching up cuts
+ * its next batch now instead of at the next tick. */
+static void batch_ended(em_job *j, void *arg)
+{
+    em_driver *d = arg;
+    pthread_mutex_lock(&d->lock);
+    int due = catch_up_due(d, j, 1);
+    if (due) {
+        int64_t now = em_clock_now_ms();
+        em_job_seal(j, now);
+        submit(d, em_batch_cut(j, cut_time(j, now)));
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (due)
+        em_scheduler_poke(d->sched);
+}
+
+/* A receiver has a batch's worth ready, on its own thread: the job it
+ * feeds may cut a catch-up batch now rather than at the next tick. The
+ * driver's lock is only tried: it is held while receivers are stopped
+ * (joined), and the next poll tells again. */
+static void receiver_ready(em_receiver *r, void *arg)
+{
+    em_driver *d = arg;
+    if (pthread_mutex_trylock(&d->lock) != 0) {
+        em_receiver_tell_again(r);
+        return;
+    }
+    int due = 0;
+    for (size_t i = 0; i < d->njobs && !due; i++) {
+        em_job *j = d->jobs[i];
+        for (size_t k = 0; j->version && k < j->version->nreceivers; k++)
+            if (j->version->receivers[k] == r) {
+                if ((due = catch_up_due(d, j, 0))) {
+                    int64_t now = em_clock_now_ms();
+                    em_job_seal(j, now);
+                    submit(d, em_batch_cut(j, cut_time(j, now)));
+                }
+                break;
+            }
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (due)
+        em_scheduler_poke(d->sched);
+}
+
 /* The clock's work, every blockInterval. */
 static void tick(int64_t now, void *arg)
 {
@@ -243,7 +359,7 @@ static void tick(int64_t now, void *arg)
             continue;
         if (j->state == EM_JOB_REMOVING || j->state == EM_JOB_STOPPING) {
             em_job_stop_receivers(j); /* seals their last records */
-            submit(d, em_batch_cut(j, now));
+            submit(d, em_batch_cut(j, cut_time(j, now)));
             if (j->state == EM_JOB_STOPPING)
                 em_log(EM_LOG_INFO, j->name, "stopped through the API; its last batch is queued");
             else
@@ -255,9 +371,12 @@ static void tick(int64_t now, void *arg)
             continue;
         em_job_seal(j, now);
         hold_receivers(d, j);
-        bound_read_ahead(j);
-        if (now < j->next_batch_ms)
+        bound_read_ahead(d, j);
+        if (now < j->next_batch_ms) {
+            if (catch_up_due(d, j, 0))
+                submit(d, em_batch_cut(j, cut_time(j, now)));
             continue;
+        }
         if (atomic_load(&j->blocked) && j->held) {
             /* A batch that keeps failing holds the job: its receivers are
              * paused, and cutting more (empty) batches behind it would only
@@ -267,15 +386,15 @@ static void tick(int64_t now, void *arg)
         }
         if (j->nrecovered) {
             /* Recovered records first, throttled: new input waits its turn. */
-            submit(d, em_batch_cut_recovered(j, j->next_batch_ms, recovery_batch_limit(d, j)));
+            submit(d, em_batch_cut_recovered(j, cut_time(j, j->next_batch_ms), recovery_batch_limit(d, j)));
             if (!j->nrecovered)
                 em_log(EM_LOG_INFO, j->name, "write-ahead log recovery handed over; new input next");
         } else if (j->next) {
             em_job_stop_unmatched(j);
-            submit(d, em_batch_cut(j, j->next_batch_ms));
+            submit(d, em_batch_cut(j, cut_time(j, j->next_batch_ms)));
             em_job_swap(j);
         } else {
-            submit(d, em_batch_cut(j, j->next_batch_ms));
+            submit(d, em_batch_cut(j, cut_time(j, j->next_batch_ms)));
         }
         j->next_batch_ms = next_boundary(now, j->version->batch_interval_ms);
     }
@@ -642,8 +761,8 @@ int em_driver_stop(em_driver *d, int graceful)
             continue;
         em_job_stop_receivers(j);
         if (graceful && j->nrecovered) /* recovered records are older than the rest */
-            submit(d, em_batch_cut_recovered(j, now - 1, 0));
-        em_batch *b = em_batch_cut(j, now);
+            submit(d, em_batch_cut_recovered(j, cut_time(j, now - 1), 0));
+        em_batch *b = em_batch_cut(j, cut_time(j, now));
         if (b && graceful)
             submit(d, b);
         else if (b)

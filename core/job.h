@@ -51,6 +51,7 @@ typedef struct em_job {
     em_job_state state;
     atomic_int failed;       /* set by a worker when on_error = fail fired */
     int64_t next_batch_ms;
+    int64_t last_cut_ms;     /* time of the last batch cut: a catch-up cut comes after it */
     em_history *history;
     char dir[1100];          /* <checkpoint.dir>/<job> */
     em_checkpoint cp;        /* workers only (one batch of a job at a time) */

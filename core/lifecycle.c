@@ -405,4 +405,6 @@ void em_lifecycle_run(em_task *t)
         atomic_store(&j->failed, 1);
     }
     em_batch_free(b);
+    if (j->rt->batch_ended)
+        j->rt->batch_ended(j, j->rt->batch_ended_arg);
 }

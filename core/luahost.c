@@ -311,6 +311,9 @@ em_luahost *em_luahost_load(const char *path, const em_config *cfg, char *err, s
     lua_getfield(L, desc, "stateful");
     d->stateful = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, desc, "catch_up");
+    d->catch_up = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if (read_interval(L, desc, d, path, err, errlen) != 0 ||
         read_budgets(L, desc, d, path, err, errlen) != 0 ||
         read_sources(L, desc, d, err, errlen) != 0) {

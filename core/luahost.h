@@ -42,6 +42,7 @@ typedef struct em_job_desc {
     char disabled[512]; /* the script returned ember.disabled(reason): the reason */
     char state_version[64]; /* "" when the job declares none */
     int stateful;           /* operators keep state across batches (docs/state.md) */
+    int catch_up;           /* may cut batches between intervals when behind (internals.md) */
     int64_t memory;           /* the `memory` option in bytes; -1: not set (0: no cap) */
     int64_t batch_timeout_ms; /* the `batch_timeout` option; -1: not set (0: none) */
     size_t nsources, noutputs, ntables;

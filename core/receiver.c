@@ -40,6 +40,11 @@ struct em_receiver {
      * record), freed when a worker frees a block. */
     atomic_uint_fast64_t pushed, freed;
     atomic_uint_fast64_t read_ahead; /* records it may hold so (0: no bound); set by the driver */
+    /* Told once per take when a batch's worth is ready (the driver's
+     * catch-up); set before the thread starts. */
+    void (*ready_fn)(em_receiver *r, void *arg);
+    void *ready_arg;
+    atomic_int ready_told;
     int memory_warned;           /* memory.max changes logged: the first pause and resume
                                     at warn and info, later ones at debug */
     int64_t batch_interval_ms;
@@ -390,6 +395,10 @@ static void *run(void *arg)
         int n = r->conn->poll(r->self, r, allow, POLL_WAIT_MS);
         if (n > 0 && atomic_load(&r->failing_since_ms))
             em_receiver_recovered(r);
+        if (n > 0 && r->ready_fn && !atomic_load(&r->ready_told) && em_receiver_ready(r)) {
+            atomic_store(&r->ready_told, 1);
+            r->ready_fn(r, r->ready_arg);
+        }
         if (n > 0) {
             em_ratelimit_consume(&r->rl, (uint32_t)n);
             if (r->wal) { /* hand what this poll read to the kernel: a kill -9 keeps it */
@@ -564,8 +573,32 @@ size_t em_receiver_take(em_receiver *r, em_block ***out)
         r->nsealed = r->capsealed = 0;
     }
     r->taken += n;
+    atomic_store(&r->ready_told, 0);
     pthread_mutex_unlock(&r->lock);
     return n;
+}
+
+void em_receiver_on_ready(em_receiver *r, void (*fn)(em_receiver *r, void *arg), void *arg)
+{
+    if (r->started) /* a receiver a new version took over keeps its hook */
+        return;
+    r->ready_fn = fn;
+    r->ready_arg = arg;
+}
+
+void em_receiver_tell_again(em_receiver *r) { atomic_store(&r->ready_told, 0); }
+
+int em_receiver_ready(em_receiver *r)
+{
+    uint64_t bound = atomic_load(&r->read_ahead);
+    if (!bound)
+        return 0;
+    pthread_mutex_lock(&r->lock);
+    uint64_t untaken = r->current ? r->current->count : 0;
+    for (size_t i = 0; i < r->nsealed; i++)
+        untaken += r->sealed[i]->count;
+    pthread_mutex_unlock(&r->lock);
+    return untaken > 0 && untaken >= bound / 2;
 }
 
 void em_receiver_positions(em_receiver *r, em_block *const *blocks, size_t n, FILE *out)

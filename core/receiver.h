@@ -94,6 +94,16 @@ void em_receiver_hold(em_receiver *r, int on);
  * 0: no bound. The driver sets it from what the job's batches process. */
 void em_receiver_set_read_ahead(em_receiver *r, uint64_t records);
 uint64_t em_receiver_read_ahead(const em_receiver *r);
+/* Whether the receiver has a batch's worth ready: the records it holds not
+ * yet in a batch reach half its read-ahead bound (the other half is for
+ * the batch running). */
+int em_receiver_ready(em_receiver *r);
+/* fn(r, arg) is called on the receiver's thread, once per take, when it
+ * becomes ready; fn must not wait for anything that waits for a receiver
+ * (try-locks only). Set before the receiver starts. */
+void em_receiver_on_ready(em_receiver *r, void (*fn)(em_receiver *r, void *arg), void *arg);
+/* fn could not act (a lock was busy): tell it again after the next poll. */
+void em_receiver_tell_again(em_receiver *r);
 /* Called by em_block_unref(): a block of this receiver with that many
  * records was freed. Accepts NULL. */
 void em_receiver_block_freed(em_receiver *r, uint32_t records);

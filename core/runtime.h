@@ -10,9 +10,16 @@
 #include "config.h"
 #include "scheduler.h"
 
+struct em_job;
+
 typedef struct em_runtime {
     const em_config *cfg;
     em_scheduler *sched;
+    /* Called on the worker when one of job's batches is done (the batch's
+     * task still counts as running): the driver may cut the job's next
+     * batch at once when the job is catching up. NULL: nothing. */
+    void (*batch_ended)(struct em_job *job, void *arg);
+    void *batch_ended_arg;
 } em_runtime;
 
 #endif

@@ -30,7 +30,8 @@ _M.Job = Job
 
 local ON_ERROR = { skip = true, dead_letter = true, fail = true }
 local OPTIONS = { name = true, batch_interval = true, on_error = true, state_version = true,
-                  state_max = true, migrate = true, memory = true, batch_timeout = true }
+                  state_max = true, migrate = true, memory = true, batch_timeout = true,
+                  catch_up = true }
 local SOURCES = { "generator", "socket", "file", "kafka", "rabbitmq", "redis" }
 
 
@@ -83,7 +84,7 @@ function _M.new(opts, level)
         if not OPTIONS[k] then
             error("bad argument #1 to 'job' (unknown option '" .. tostring(k)
                   .. "'; known: name, batch_interval, on_error, state_version, state_max, "
-                  .. "migrate, memory, batch_timeout)", level)
+                  .. "migrate, memory, batch_timeout, catch_up)", level)
         end
     end
 
@@ -121,6 +122,10 @@ function _M.new(opts, level)
         error("bad option 'state_version' to 'job' (number or string expected, got "
               .. type(sv) .. ")", level)
     end
+    if opts.catch_up ~= nil and type(opts.catch_up) ~= "boolean" then
+        error("bad option 'catch_up' to 'job' (boolean expected, got "
+              .. type(opts.catch_up) .. ")", level)
+    end
     if opts.migrate ~= nil and type(opts.migrate) ~= "function" then
         error("bad option 'migrate' to 'job' (function(old_state, old_version) expected, got "
               .. type(opts.migrate) .. ")", level)
@@ -135,6 +140,7 @@ function _M.new(opts, level)
         migrate = opts.migrate,
         memory = opts.memory,           -- nil: streaming.job.memory
         batch_timeout = opts.batch_timeout, -- nil: streaming.job.batchTimeout
+        catch_up = opts.catch_up,       -- nil: streaming.catchUp.enabled, unless the graph counts batches
         where = dstream.where(level),
         sources = {},                   -- { type=, options=, where= } in order
         nodes = {},                     -- every DStream, in creation order

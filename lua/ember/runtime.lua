@@ -97,6 +97,13 @@ local function load_job(path, host)
     local interval = job.batch_interval and state_ops.duration_ms(job.batch_interval)
                      or tonumber(host.batch_interval_ms) or 1000
     window_ops.check_intervals(job, interval)
+    local counts = window_ops.counts_batches(job)
+    if job.catch_up == true and counts then
+        error(job.where .. ": job '" .. job.name .. "': catch_up = true cannot go with a "
+              .. "processing-time window or update_state_by_key (their results count batches "
+              .. "of the batch interval)", 0)
+    end
+    job.catch_up = job.catch_up ~= false and not counts
     job.interval_ms = interval
     job.sealed = true
     return job
@@ -146,6 +153,7 @@ function _M.load(path, host)
     return {
         name = name,
         batch_interval = job.batch_interval,
+        catch_up = job.catch_up,
         on_error = job.on_error,
         state_version = job.state_version,
         memory = job.memory,

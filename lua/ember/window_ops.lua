@@ -63,6 +63,20 @@ local KINDS = {
 local EVENT = { event_time = true, event_window = true, late_records = true }
 
 
+-- Whether the job's results depend on batches falling on the batch
+-- interval: a processing-time window counts its length in batches, and
+-- update_state_by_key runs over every key once a batch. Such a job never
+-- cuts catch-up batches (docs/internals.md, "Read-ahead").
+function _M.counts_batches(job)
+    for _, node in ipairs(job.nodes) do
+        if KINDS[node.op] or node.op == "update_state_by_key" then
+            return true
+        end
+    end
+    return false
+end
+
+
 function _M.is_window(op)
     return KINDS[op] == true or EVENT[op] == true
 end

@@ -1,7 +1,7 @@
 -- End to end: a source read faster than the job processes it keeps its
 -- backlog at the source. The receiver holds about what the workers process
--- in two batch intervals (docs/internals.md, "Read-ahead"), not everything
--- it could read up to memory.max.
+-- in two batch intervals, or two catch-up slices (docs/internals.md,
+-- "Read-ahead"), not everything it could read up to memory.max.
 
 local driver = require "support.driver"
 
