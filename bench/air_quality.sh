@@ -7,6 +7,7 @@
 #   file -> filter -> file          (save_as_text_files; lines counted)
 #   socket -> filter -> discard     (bench/aq_sender.lua serves the file)
 #   file (format = "json") -> filter -> discard
+#   file (format = "bytes") -> filter -> discard   (the same scan on views)
 #
 #   AQ_RECORDS=2000000 bench/air_quality.sh
 #   AQ_ONLY="file-discard socket" bench/air_quality.sh   # some runs only
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${AQ_RECORDS:-10000000}
-ONLY=${AQ_ONLY:-file-discard file-file socket file-json}
+ONLY=${AQ_ONLY:-file-discard file-file socket file-json file-bytes}
 CONF=${AQ_CONF:-}
 EMBER=$PWD/ember
 work=$(mktemp -d /tmp/ember-bench-aq.XXXXXX)
@@ -89,6 +90,7 @@ for what in $ONLY; do
     file-discard) run "file -> filter -> discard" discard AQ_SOURCE=file ;;
     file-file)    run "file -> filter -> file" file AQ_SOURCE=file ;;
     file-json)    run "file (json) -> filter -> discard" discard AQ_SOURCE=file AQ_FORMAT=json ;;
+    file-bytes)   run "file (bytes) -> filter -> discard" discard AQ_SOURCE=file AQ_FORMAT=bytes ;;
     socket)
         rm -f "$work/port"
         luajit bench/aq_sender.lua "$work/port" "$work/in/readings.jsonl" &

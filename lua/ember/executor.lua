@@ -48,6 +48,7 @@ local state_ops = require "ember.state_ops"
 local join_ops = require "ember.join_ops"
 local tables = require "ember.table"
 local lookup = require "ember.lookup"
+local bytes = require "ember.bytes"
 
 local ffi_string = ffi.string
 local ffi_cast = ffi.cast
@@ -67,6 +68,8 @@ local make_streamer = collect.streamer
 local record_caller = collect.record_caller
 local make_guard = collect.guard
 local make_chunked = collect.chunked
+local new_view = bytes.view
+local settle = bytes.settle
 
 
 local _M = {}
@@ -120,6 +123,35 @@ local CHUNKED = {
 }
 
 
+-- A consumer that may keep what it gets (a wide operation, state, a join,
+-- an output) gets strings, not views of format = "bytes": a view is only
+-- valid while its batch runs. count() looks at no element.
+local function settled(push)
+    return function(a, b)
+        push(settle(a), settle(b))
+    end
+end
+
+
+-- Which nodes may push views: a source of format = "bytes", and narrow
+-- operations below one (a map may return the view it got).
+local function carries_views(nodes, job)
+    local carries = {}
+    for _, node in ipairs(nodes) do
+        local c = false
+        if node.source then
+            c = job.sources[node.source].format == "bytes"
+        elseif narrow.ops[node.op] or node.op == "union" then
+            for _, p in ipairs(node.parents) do
+                c = c or carries[p] or false
+            end
+        end
+        carries[node] = c
+    end
+    return carries
+end
+
+
 -- Compiles a loaded job. Returns run(view_ptr, batch_id) -> ok, failed,
 -- err, fatal. host: the runtime host (log, checkpoint_dir); store: the
 -- job's state store (ember.state), or nil for a job without state.
@@ -146,6 +178,7 @@ function _M.compile(job, host, store)
         live[node] = is_live
     end
 
+    local carries = carries_views(nodes, job)
     local input = {}            -- node -> function its parents push into
     local source_push = {}      -- source number -> push of the source stream
     local wides = {}            -- { node, w, out } in creation order
@@ -164,11 +197,15 @@ function _M.compile(job, host, store)
                     if type(inp) == "table" then    -- a join: one push per side, and a
                         if not joined[c] then       -- stream joined with itself pushes once
                             joined[c] = true
-                            outs[#outs + 1] = inp[node]
+                            inp = inp[node]
+                        else
+                            inp = nil
                         end
-                    else
-                        outs[#outs + 1] = inp
                     end
+                    if inp and carries[node] and not carries[c] and c.op ~= "count" then
+                        inp = settled(inp)
+                    end
+                    outs[#outs + 1] = inp
                 end
             end
             local out = fanout(outs)
@@ -269,6 +306,16 @@ function _M.compile(job, host, store)
         end
     end
 
+    -- format = "bytes": each element is a view of the value in the block
+    -- (ember.bytes), valid while the batch runs.
+    local function bytes_loop(push, recs, arena, from, n)
+        for i = from, n - 1 do
+            cur = i
+            local r = recs[i]
+            push(new_view(arena + r.value_off, r.value_len), nil)
+        end
+    end
+
     -- format = "record": each element is a table with the record's value,
     -- key, timestamp, position and the source's own metadata.
     -- A block's records come in runs (core/block.h): each run's shared
@@ -297,7 +344,8 @@ function _M.compile(job, host, store)
             push(v, nil)
         end
     end
-    local LOOPS = { value = source_loop, record = record_loop, json = json_loop }
+    local LOOPS = { value = source_loop, record = record_loop, json = json_loop,
+                    bytes = bytes_loop }
     local source_kind, source_format = {}, {}
     for i, src in ipairs(job.sources) do
         source_kind[i], source_format[i] = src.type, src.format
@@ -430,7 +478,9 @@ function _M.compile(job, host, store)
         if store then
             store:begin(batch_id)
         end
+        bytes.begin()
         local ok, res, sink_err = pcall(run, view)
+        bytes.finish()              -- views of this batch are stale from here
         -- A batch that stopped early leaves no sink waiting on its server.
         for i = 1, #outputs do
             local w = streamers[outputs[i]] or chunked[outputs[i]]

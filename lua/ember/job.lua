@@ -174,9 +174,10 @@ for _, kind in ipairs(SOURCES) do
         -- goes to C too (a connector reads less when it is not "record":
         -- Kafka skips headers), with the rest, which the connector checks.
         local format = options.format
-        if format ~= nil and format ~= "value" and format ~= "record" and format ~= "json" then
-            error("bad option 'format' to '" .. kind .. "' (\"value\", \"record\" or \"json\" "
-                  .. "expected, got " .. tostring(format) .. ")", 2)
+        if format ~= nil and format ~= "value" and format ~= "record" and format ~= "json"
+           and format ~= "bytes" then
+            error("bad option 'format' to '" .. kind .. "' (\"value\", \"bytes\", \"record\" or "
+                  .. "\"json\" expected, got " .. tostring(format) .. ")", 2)
         end
         local passed = {}
         for k, v in pairs(options) do

@@ -119,6 +119,43 @@ return job
                     got)
     end)
 
+    it("with format = \"bytes\", hands the job views of the lines and outputs their strings", function()
+        local lines, want = {}, {}
+        for i = 1, 3000 do
+            lines[i] = ('{"dev":"d%04d","pm25":%d.%d}'):format(i, i % 40 - 5, i % 10)
+            local p = tonumber(("%d.%d"):format(i % 40 - 5, i % 10))
+            if p >= 0 then
+                want[#want + 1] = ("d%04d %s"):format(i, tostring(p * 2))
+                want[#want + 1] = lines[i]
+            end
+        end
+        driver.append_file(logs .. "/a.log", text(lines))
+        d:write_job("tail", driver.render([[
+local ember = require "ember"
+local job = ember.job { name = "tail", batch_interval = "200ms" }
+local kept = job:file { path = {{dir}}, pattern = "*.log", format = "bytes" }
+   :filter(function(v)
+       local p = v:tonumber(v:find('"pm25":', 1, true) + 7, -2)
+       return p >= 0
+   end)
+kept:map(function(v)
+       return v:sub(9, 13) .. " " .. tostring(v:tonumber(23, -2) * 2)
+   end)
+   :union(kept)
+   :save_as_text_files({{out}})
+return job
+]], { dir = driver.quote(logs), out = driver.quote(d:path("out/lines")) }))
+        d:start()
+        d:wait_for_log("%[tail%] started from", 5)
+        local got = wait_lines(#want)
+        settle()
+        got = d:output_lines("out/lines")
+        table.sort(got)
+        table.sort(want)
+        assert.equal(#want, #got)
+        assert.same(want, got)
+    end)
+
     it("ignores files whose names do not match the pattern", function()
         start()
         driver.append_file(logs .. "/app.txt", text(numbered("txt", 1, 10)))

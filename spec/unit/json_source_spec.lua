@@ -74,7 +74,7 @@ job:socket { port = 1, format = "xml" }:print()
 return job
 ]], "k")
         assert.is_nil(desc)
-        assert.matches([[k%.lua:3: bad option 'format' to 'socket' %("value", "record" or "json" ]]
+        assert.matches([[k%.lua:3: bad option 'format' to 'socket' %("value", "bytes", "record" or "json" ]]
                        .. [[expected, got xml%)]], err)
     end)
 end)
