@@ -76,7 +76,7 @@ struct em_receiver {
 static const em_option core_options[] = {
     {"max_rate", EM_OPT_DOUBLE, NULL, "records/s cap of this source (0: unlimited)"},
     /* checked by lua/ember/job.lua; a connector may read less when it is not "record" */
-    {"format", EM_OPT_STRING, "value", "what an element is: value, record or json"},
+    {"format", EM_OPT_STRING, "value", "what an element is: value, record, json or bytes"},
     {NULL, 0, NULL, NULL},
 };
 
