@@ -208,6 +208,32 @@ function Group:round(kind, opts)
             victim_last = victim_last + 1
         end
     end
+    -- The records of the victim's batches after its last commit the broker
+    -- took: a batch whose commit was refused ("cannot commit", logged before
+    -- the batch's own line) is read again by the partition's next owner
+    -- too, as is the batch it died in (never logged). Eager and a mock in a
+    -- rebalance refuse commits that a broker would take.
+    local victim_uncommitted = victim_last
+    if victim then
+        local committed_time, refused = -1, false
+        for line in victim:log():gmatch("[^\n]+") do
+            if line:find("cannot commit", 1, true) then
+                refused = true
+            else
+                local t = line:match("%] batch (%d+): %d+ records?")
+                if t then
+                    if not refused then committed_time = tonumber(t) end
+                    refused = false
+                end
+            end
+        end
+        victim_uncommitted = 0
+        for _, r in ipairs(got) do
+            if r.member == victim and r.time > committed_time then
+                victim_uncommitted = victim_uncommitted + 1
+            end
+        end
+    end
     local mine, per_member, victim_recent = {}, {}, 0
     for _, r in ipairs(got) do
         if want[r.value] then
@@ -222,12 +248,14 @@ function Group:round(kind, opts)
     return {
         kind = kind, lost = #missing, invented = #invented, duplicated = dups,
         seconds = seconds, per_member = per_member, victim_recent = victim_recent,
-        victim_last = victim_last, settled = settled,
+        victim_last = victim_last, victim_uncommitted = victim_uncommitted, settled = settled,
         joined = joined, records = #expected,
         text = str_format("%s: %d records, %d lost, %d duplicated, every record read %.1f s "
                           .. "after the change; per member %s%s", kind, #expected, #missing, dups,
                           seconds, _M.show(per_member),
-                          victim and str_format("; the victim's last batch held %d", victim_last)
+                          victim and str_format("; the victim's last batch held %d, its "
+                                                .. "batches after its last commit %d",
+                                                victim_last, victim_uncommitted)
                           or "") .. str_format("; settled after %.1f s", settled),
     }
 end
