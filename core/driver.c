@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "job.h"
 #include "log.h"
+#include "read_ahead.h"
 #include "scheduler.h"
 #include "snapshot.h"
 
@@ -86,46 +87,13 @@ em_driver *em_driver_create(const em_config *cfg, const char *jobs_dir)
 
 static int64_t next_boundary(int64_t now, int64_t interval) { return (now / interval + 1) * interval; }
 
-/* The read-ahead bound (docs/internals.md, "Read-ahead"): a job's
- * receivers hold at most what its workers process in READ_AHEAD_BATCHES
- * batch intervals, measured on its last batches (records / processing
- * time), so a source read faster than the job processes it keeps its
- * backlog at the source. Until a batch with records is measured, a
- * receiver may hold READ_AHEAD_MIN records per block interval of the batch
- * interval (the first batch of a job with hour-long batches needs an
- * hour's records); a batch cut under the bound measures the rate again,
- * so the bound follows the job up as well as down. Never below
- * READ_AHEAD_MIN. */
-#define READ_AHEAD_BATCHES 2
-#define READ_AHEAD_MIN 65536
-#define READ_AHEAD_HISTORY 4
-
-/* Splits a job's bound over its receivers, none below READ_AHEAD_MIN. */
-static void set_read_ahead(em_version *v, double bound)
-{
-    size_t nr = v->nreceivers;
-    double each = nr ? bound / (double)nr : bound;
-    if (each < READ_AHEAD_MIN)
-        each = READ_AHEAD_MIN;
-    for (size_t i = 0; i < nr; i++)
-        em_receiver_set_read_ahead(v->receivers[i], (uint64_t)each);
-}
-
-static uint64_t unmeasured_bound(const em_version *v)
-{
-    int64_t block = em_clock_block_interval_ms();
-    int64_t blocks = block > 0 ? v->batch_interval_ms / block : 1;
-    return (uint64_t)READ_AHEAD_MIN * (uint64_t)(blocks > 1 ? blocks : 1);
-}
-
 /* Starts a version's receivers; with backpressure, at the initial rate
  * until the estimator has one; with the unmeasured read-ahead bound. */
 static void start_version(em_driver *d, em_version *v)
 {
     for (size_t i = 0; d->cfg->backpressure && d->cfg->initial_rate > 0 && i < v->nreceivers; i++)
         em_receiver_set_rate(v->receivers[i], d->cfg->initial_rate);
-    set_read_ahead(v, d->cfg->catch_up && v->desc->catch_up ? READ_AHEAD_MIN
-                                                           : (double)unmeasured_bound(v));
+    em_read_ahead_start(d->cfg, v);
     for (size_t i = 0; i < v->nreceivers; i++)
         em_receiver_on_ready(v->receivers[i], receiver_ready, d);
     em_version_start(v);
@@ -170,87 +138,6 @@ static void hold_receivers(em_driver *d, em_job *j)
                ? "%d batches waiting (streaming.maxWaitingBatches = %d): receivers paused"
                : "%d batches waiting (streaming.maxWaitingBatches = %d): receivers resumed",
                waiting, d->cfg->max_waiting_batches);
-}
-
-/* Whether a job may cut batches between its intervals (catch-up). */
-static int catches_up(const em_driver *d, const em_job *j)
-{
-    return d->cfg->catch_up && j->version->desc->catch_up;
-}
-
-/* The most a job that catches up holds in blocks: an eighth of memory.max
- * (32 MiB with the defaults), so a job whose batches cost next to nothing
- * (a measured rate of millions a second) does not read ahead without end. */
-static double catch_up_records_max(em_driver *d, em_job *j)
-{
-    uint64_t records = 0, bytes = 0;
-    for (size_t i = 0; i < j->version->nreceivers; i++) {
-        em_receiver_stats st;
-        em_receiver_get_stats(j->version->receivers[i], &st);
-        records += st.records;
-        bytes += st.bytes;
-    }
-    double per = records ? (double)bytes / (double)records + (double)sizeof(em_record) : 64.0;
-    double budget = d->cfg->memory_max > 0 ? (double)d->cfg->memory_max / 8 : 32.0 * (1 << 20);
-    return budget / per;
-}
-
-static void bound_read_ahead(em_driver *d, em_job *j)
-{
-    em_batch_info recent[READ_AHEAD_HISTORY];
-    size_t n = em_history_recent(j->history, recent, READ_AHEAD_HISTORY);
-    uint64_t records = 0;
-    int64_t ms = 0;
-    for (size_t i = 0; i < n; i++)
-        if (recent[i].records > 0) {
-            records += recent[i].records;
-            ms += recent[i].processing_ms > 0 ? recent[i].processing_ms : 1;
-        }
-    int catch_up = catches_up(d, j);
-    /* Until a batch is measured a job that catches up holds the floor: its
-     * first batch is cut as soon as half of that is read, and measures. */
-    double bound = catch_up ? READ_AHEAD_MIN : (double)unmeasured_bound(j->version);
-    if (records > 0) {
-        /* A job that catches up cuts its next batch as soon as a slice of
-         * work is ready, so two slices keep its worker busy; the others
-         * need a batch interval's worth. */
-        int64_t span = j->version->batch_interval_ms;
-        if (catch_up && d->cfg->catch_up_slice_ms < span)
-            span = d->cfg->catch_up_slice_ms;
-        double rate = (double)records * 1000.0 / (double)ms;
-        bound = rate * (double)span / 1000.0 * READ_AHEAD_BATCHES;
-        if (catch_up) {
-            double most = catch_up_records_max(d, j);
-            if (bound > most)
-                bound = most;
-        }
-    }
-    set_read_ahead(j->version, bound);
-}
-
-/* A catch-up batch is due when a job that may catch up has a batch's
- * worth ready (em_receiver_ready: a receiver met its bound, or holds half
- * of it not yet in a batch) and none of its batches waits or runs but the
- * caller's own (own: 1 from the end of a batch). Driver lock held. */
-static int catch_up_due(em_driver *d, em_job *j, size_t own)
-{
-    if (j->state != EM_JOB_RUNNING || !catches_up(d, j) || j->next || j->nrecovered ||
-        j->held || atomic_load(&j->blocked) || atomic_load(&j->failed))
-        return 0;
-    int ready = 0;
-    for (size_t i = 0; !ready && i < j->version->nreceivers; i++)
-        ready = em_receiver_ready(j->version->receivers[i]);
-    return ready && em_scheduler_pending(d->sched, j) <= own;
-}
-
-/* Batch times of a job only go up, also when a catch-up cut and the
- * interval's fall in the same millisecond (outputs name files by them). */
-static int64_t cut_time(em_job *j, int64_t t)
-{
-    if (t <= j->last_cut_ms)
-        t = j->last_cut_ms + 1;
-    j->last_cut_ms = t;
-    return t;
 }
 
 static void submit(em_driver *d, em_batch *b)
@@ -305,11 +192,11 @@ static void batch_ended(em_job *j, void *arg)
 {
     em_driver *d = arg;
     pthread_mutex_lock(&d->lock);
-    int due = catch_up_due(d, j, 1);
+    int due = em_catch_up_due(d->cfg, d->sched, j, 1);
     if (due) {
         int64_t now = em_clock_now_ms();
         em_job_seal(j, now);
-        submit(d, em_batch_cut(j, cut_time(j, now)));
+        submit(d, em_batch_cut(j, em_job_cut_time(j, now)));
     }
     pthread_mutex_unlock(&d->lock);
     if (due)
@@ -332,10 +219,10 @@ static void receiver_ready(em_receiver *r, void *arg)
         em_job *j = d->jobs[i];
         for (size_t k = 0; j->version && k < j->version->nreceivers; k++)
             if (j->version->receivers[k] == r) {
-                if ((due = catch_up_due(d, j, 0))) {
+                if ((due = em_catch_up_due(d->cfg, d->sched, j, 0))) {
                     int64_t now = em_clock_now_ms();
                     em_job_seal(j, now);
-                    submit(d, em_batch_cut(j, cut_time(j, now)));
+                    submit(d, em_batch_cut(j, em_job_cut_time(j, now)));
                 }
                 break;
             }
@@ -359,7 +246,7 @@ static void tick(int64_t now, void *arg)
             continue;
         if (j->state == EM_JOB_REMOVING || j->state == EM_JOB_STOPPING) {
             em_job_stop_receivers(j); /* seals their last records */
-            submit(d, em_batch_cut(j, cut_time(j, now)));
+            submit(d, em_batch_cut(j, em_job_cut_time(j, now)));
             if (j->state == EM_JOB_STOPPING)
                 em_log(EM_LOG_INFO, j->name, "stopped through the API; its last batch is queued");
             else
@@ -371,10 +258,10 @@ static void tick(int64_t now, void *arg)
             continue;
         em_job_seal(j, now);
         hold_receivers(d, j);
-        bound_read_ahead(d, j);
+        em_read_ahead_bound(d->cfg, j);
         if (now < j->next_batch_ms) {
-            if (catch_up_due(d, j, 0))
-                submit(d, em_batch_cut(j, cut_time(j, now)));
+            if (em_catch_up_due(d->cfg, d->sched, j, 0))
+                submit(d, em_batch_cut(j, em_job_cut_time(j, now)));
             continue;
         }
         if (atomic_load(&j->blocked) && j->held) {
@@ -386,15 +273,15 @@ static void tick(int64_t now, void *arg)
         }
         if (j->nrecovered) {
             /* Recovered records first, throttled: new input waits its turn. */
-            submit(d, em_batch_cut_recovered(j, cut_time(j, j->next_batch_ms), recovery_batch_limit(d, j)));
+            submit(d, em_batch_cut_recovered(j, em_job_cut_time(j, j->next_batch_ms), recovery_batch_limit(d, j)));
             if (!j->nrecovered)
                 em_log(EM_LOG_INFO, j->name, "write-ahead log recovery handed over; new input next");
         } else if (j->next) {
             em_job_stop_unmatched(j);
-            submit(d, em_batch_cut(j, cut_time(j, j->next_batch_ms)));
+            submit(d, em_batch_cut(j, em_job_cut_time(j, j->next_batch_ms)));
             em_job_swap(j);
         } else {
-            submit(d, em_batch_cut(j, cut_time(j, j->next_batch_ms)));
+            submit(d, em_batch_cut(j, em_job_cut_time(j, j->next_batch_ms)));
         }
         j->next_batch_ms = next_boundary(now, j->version->batch_interval_ms);
     }
@@ -761,8 +648,8 @@ int em_driver_stop(em_driver *d, int graceful)
             continue;
         em_job_stop_receivers(j);
         if (graceful && j->nrecovered) /* recovered records are older than the rest */
-            submit(d, em_batch_cut_recovered(j, cut_time(j, now - 1), 0));
-        em_batch *b = em_batch_cut(j, cut_time(j, now));
+            submit(d, em_batch_cut_recovered(j, em_job_cut_time(j, now - 1), 0));
+        em_batch *b = em_batch_cut(j, em_job_cut_time(j, now));
         if (b && graceful)
             submit(d, b);
         else if (b)

@@ -365,3 +365,12 @@ void em_job_free(em_job *j)
     em_checkpoint_clear(&j->cp);
     free(j);
 }
+
+/* Batch times only go up: outputs name their files by them. */
+int64_t em_job_cut_time(em_job *j, int64_t t)
+{
+    if (t <= j->last_cut_ms)
+        t = j->last_cut_ms + 1;
+    j->last_cut_ms = t;
+    return t;
+}

@@ -86,6 +86,9 @@ em_job *em_job_create(const char *path, char *script, em_version *v, const em_ru
 void em_job_recover(em_job *j);
 /* Seals every receiver's current block. */
 void em_job_seal(em_job *j, int64_t now_ms);
+/* A batch time for a cut at t: batch times of a job only go up, also when a
+ * catch-up cut and the interval's fall in the same millisecond. */
+int64_t em_job_cut_time(em_job *j, int64_t t);
 /* Swaps in j->next: reuses receivers of the same signature, stops the
  * others (their last records are sealed for the batch cut before this). */
 void em_job_stop_unmatched(em_job *j);
