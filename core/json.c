@@ -186,6 +186,7 @@ value:
         }
         t->type = *p == '{' ? EM_JSON_OBJECT : EM_JSON_ARRAY;
         t->len = 0;
+        t->skip = (uint32_t)n;
         open[depth++] = n - 1;
         p = skip_ws(p + 1, end);
         if (p < end && *p == (t->type == EM_JSON_OBJECT ? '}' : ']')) {
@@ -258,6 +259,7 @@ after_value:
         goto value;
     }
     if (*p == (c->type == EM_JSON_OBJECT ? '}' : ']')) {
+        c->skip = (uint32_t)n;
         p++;
         depth--;
         goto after_value;

@@ -1,7 +1,8 @@
 /* json.h — the JSON tokenizer under lua/ember/json.lua.
  *
  * One pass over a JSON text writes a flat tape of tokens in document order:
- * a container token carries its member (object) or element (array) count,
+ * a container token carries its member (object) or element (array) count
+ * and the index of the token past its contents (so a reader can skip it),
  * then come its contents, an object's as key, value, key, value. Lua walks
  * the tape to build tables, sized exactly from the counts, without calling
  * back into C per value. Strings are not copied: a token gives their offset
@@ -29,7 +30,8 @@ enum {
 
 /* Mirrored in lua/ember/json.lua: change both together. */
 typedef struct em_json_tok {
-    uint32_t type, off, len, pad;
+    uint32_t type, off, len;
+    uint32_t skip; /* a container: the tape index past its contents */
     double num;
 } em_json_tok;
 

@@ -332,23 +332,28 @@ function _M.compile(job, host, store)
         end
     end
     -- format = "json": each element is the value decoded, straight from
-    -- the block's bytes (no string of the raw record is made).
-    local function json_loop(push, recs, arena, from, n)
-        for i = from, n - 1 do
-            cur = i
-            local r = recs[i]
-            local v = decode_bytes(arena + r.value_off, r.value_len)
-            if v == nil then
-                error("json: the record is null", 0)
+    -- the block's bytes (no string of the raw record is made); a source
+    -- with fields = {...} decodes only those (json.projection).
+    local function json_loop_of(decode)
+        return function(push, recs, arena, from, n)
+            for i = from, n - 1 do
+                cur = i
+                local r = recs[i]
+                local v = decode(arena + r.value_off, r.value_len)
+                if v == nil then
+                    error("json: the record is null", 0)
+                end
+                push(v, nil)
             end
-            push(v, nil)
         end
     end
-    local LOOPS = { value = source_loop, record = record_loop, json = json_loop,
+    local LOOPS = { value = source_loop, record = record_loop, json = json_loop_of(decode_bytes),
                     bytes = bytes_loop }
-    local source_kind, source_format = {}, {}
+    local source_kind, source_loop_of = {}, {}
     for i, src in ipairs(job.sources) do
-        source_kind[i], source_format[i] = src.type, src.format
+        source_kind[i] = src.type
+        source_loop_of[i] = src.fields and json_loop_of(json.projection(src.fields))
+                            or LOOPS[src.format]
     end
 
     -- Pushes a wide operation's results under the policy; true means stop.
@@ -388,7 +393,7 @@ function _M.compile(job, host, store)
                 local recs, arena = blk.records, blk.arena
                 ctx.source, cur_blk, cur_run = s, blk, 0
                 local from = 0
-                local loop = LOOPS[source_format[s]]
+                local loop = source_loop_of[s]
                 while true do
                     local ok, err = pcall(loop, push, recs, arena, from, n, source_kind[s],
                                           blk.runs, blk.nruns)

@@ -179,14 +179,33 @@ for _, kind in ipairs(SOURCES) do
             error("bad option 'format' to '" .. kind .. "' (\"value\", \"bytes\", \"record\" or "
                   .. "\"json\" expected, got " .. tostring(format) .. ")", 2)
         end
+        -- fields is Lua's too (json.projection): only those of each object
+        local fields = options.fields
+        if fields ~= nil then
+            if format ~= "json" then
+                error("bad option 'fields' to '" .. kind .. "' (it names the fields format = "
+                      .. "\"json\" keeps; this source's format is " .. tostring(format or "value")
+                      .. ")", 2)
+            end
+            local ok = type(fields) == "table" and #fields > 0
+            for k, f in pairs(ok and fields or {}) do
+                ok = ok and type(k) == "number" and type(f) == "string"
+            end
+            if not ok then
+                error("bad option 'fields' to '" .. kind .. "' (a list of field names "
+                      .. "expected, e.g. { \"ad_id\", \"event_type\" })", 2)
+            end
+        end
         local passed = {}
         for k, v in pairs(options) do
-            passed[k] = v
+            if k ~= "fields" then
+                passed[k] = v
+            end
         end
         local where = dstream.where(2)
         local n = #self.sources + 1
         self.sources[n] = { type = kind, options = passed, where = where,
-                            format = format or "value" }
+                            format = format or "value", fields = fields }
         return dstream.new_source(self, n, kind, where)
     end
 end

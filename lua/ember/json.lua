@@ -3,6 +3,7 @@
 --   local json = require "ember.json"       -- also ember.json
 --   local p = json.decode('{"device":"a","pm25":12.5}')   -- p.device, p.pm25
 --   job:kafka { ..., format = "json" }       -- elements arrive decoded
+--   local f = json.projection { "device" }   -- f(ptr, len): only .device
 --
 -- decode(s) returns the value of one JSON text: objects and arrays become
 -- tables, strings strings, numbers numbers, true/false booleans. null is
@@ -31,6 +32,7 @@ local type = type
 local tonumber = tonumber
 local pcall = pcall
 local setmetatable = setmetatable
+local ipairs = ipairs
 local str_format = string.format
 local str_char = string.char
 local tbl_concat = table.concat
@@ -40,7 +42,7 @@ local bit_band, bit_bor, bit_rshift = bit.band, bit.bor, bit.rshift
 if not pcall(ffi.typeof, "em_json_tok") then
     ffi.cdef [[
         typedef struct em_json_tok {
-            uint32_t type, off, len, pad;
+            uint32_t type, off, len, skip;
             double num;
         } em_json_tok;
         int em_json_scan(const char *s, size_t len, em_json_tok *tape, int cap, size_t *where);
@@ -185,10 +187,32 @@ local function top_key(p, off, len, k)
 end
 
 
-local build_array
+local build_object, build_array
+
+-- The value whose token is tape[k]; returns it (null for a JSON null) and
+-- the index past it.
+local function value_at(p, k)
+    local vt = tape[k]
+    local ty = vt.type
+    if ty == NUMBER then
+        return vt.num, k + 1
+    elseif ty == STRING then
+        return ffi_string(p + vt.off, vt.len), k + 1
+    elseif ty == OBJECT then
+        return build_object(p, k, false)
+    elseif ty == ARRAY then
+        return build_array(p, k)
+    elseif ty == STRING_ESC then
+        return unescape(p, vt.off, vt.len), k + 1
+    elseif ty == NULL then
+        return null, k + 1
+    end
+    return ty == TRUE, k + 1
+end
+
 
 -- The object whose token is tape[k]; returns it and the index past it.
-local function build_object(p, k, top)
+build_object = function(p, k, top)
     local cnt = tape[k].len
     local t = new_tab(0, cnt)
     k = k + 1
@@ -204,26 +228,10 @@ local function build_object(p, k, top)
         else
             key = unescape(p, kt.off, kt.len)
         end
-        local vt = tape[k + 1]
-        local ty = vt.type
-        if ty == NUMBER then
-            t[key] = vt.num
-            k = k + 2
-        elseif ty == STRING then
-            t[key] = ffi_string(p + vt.off, vt.len)
-            k = k + 2
-        elseif ty == OBJECT then
-            t[key], k = build_object(p, k + 1, false)
-        elseif ty == ARRAY then
-            t[key], k = build_array(p, k + 1)
-        elseif ty == STRING_ESC then
-            t[key] = unescape(p, vt.off, vt.len)
-            k = k + 2
-        else
-            if ty ~= NULL then          -- null: no field
-                t[key] = ty == TRUE
-            end
-            k = k + 2
+        local v
+        v, k = value_at(p, k + 1)
+        if v ~= null then               -- null: no field
+            t[key] = v
         end
     end
     return t, k
@@ -235,29 +243,7 @@ build_array = function(p, k)
     local t = new_tab(cnt, 0)
     k = k + 1
     for m = 1, cnt do
-        local vt = tape[k]
-        local ty = vt.type
-        if ty == NUMBER then
-            t[m] = vt.num
-            k = k + 1
-        elseif ty == STRING then
-            t[m] = ffi_string(p + vt.off, vt.len)
-            k = k + 1
-        elseif ty == OBJECT then
-            t[m], k = build_object(p, k, false)
-        elseif ty == ARRAY then
-            t[m], k = build_array(p, k)
-        elseif ty == STRING_ESC then
-            t[m] = unescape(p, vt.off, vt.len)
-            k = k + 1
-        else
-            if ty == NULL then
-                t[m] = null
-            else
-                t[m] = ty == TRUE
-            end
-            k = k + 1
-        end
+        t[m], k = value_at(p, k)
     end
     return t, k
 end
@@ -278,8 +264,8 @@ local function scan_failed(rc, p, len)
 end
 
 
--- Decodes len bytes at ptr (a pointer, or a string with its length).
-function _M.decode_bytes(ptr, len)
+-- Tokenizes len bytes at ptr into the tape; returns them as bytes.
+local function scan(ptr, len)
     local rc = C.em_json_scan(ptr, len, tape, tape_cap, where)
     while rc == FULL do
         tape_cap = tape_cap * 4
@@ -290,23 +276,92 @@ function _M.decode_bytes(ptr, len)
     if rc < 0 then
         scan_failed(rc, p, len)
     end
-    local ty = tape[0].type
-    if ty == OBJECT then
-        return (build_object(p, 0, true))
-    elseif ty == ARRAY then
-        return (build_array(p, 0))
-    elseif ty == NUMBER then
-        return tape[0].num
-    elseif ty == STRING then
-        return ffi_string(p + tape[0].off, tape[0].len)
-    elseif ty == STRING_ESC then
-        return unescape(p, tape[0].off, tape[0].len)
-    elseif ty == NULL then
+    return p
+end
+
+
+-- The value of the whole text, a top-level object aside.
+local function top_value(p)
+    local v = value_at(p, 0)
+    if v == null then
         return nil
     end
-    return ty == TRUE
+    return v
+end
+
+
+-- Decodes len bytes at ptr (a pointer, or a string with its length).
+-- No tail calls from here: this frame's ptr is what keeps a string's bytes
+-- alive while the tables are built.
+function _M.decode_bytes(ptr, len)
+    local p = scan(ptr, len)
+    if tape[0].type == OBJECT then
+        return (build_object(p, 0, true))
+    end
+    return (top_value(p))
 end
 local decode_bytes = _M.decode_bytes
+
+
+-- A decoder like decode_bytes that keeps only the named fields of a
+-- top-level object (a source's fields = {...}): the other members' values
+-- are stepped over on the tape, so no string or table is made for them.
+-- A text that is not an object decodes whole.
+function _M.projection(fields)
+    local wanted, nwanted = {}, 0
+    for _, f in ipairs(fields) do
+        if not wanted[f] then
+            wanted[f], nwanted = true, nwanted + 1
+        end
+    end
+    -- by position, as top_key: the key, its length, whether it is kept
+    local keys, lens, keep = {}, {}, {}
+    local function project(p)
+        local cnt = tape[0].len
+        local t = new_tab(0, nwanted)
+        local k = 1
+        for m = 1, cnt do
+            local kt = tape[k]
+            local key, want
+            if kt.type == STRING then
+                local cached, len = keys[m], kt.len
+                if cached and lens[m] == len and memcmp(p + kt.off, cached, len) == 0 then
+                    key, want = cached, keep[m]
+                else
+                    key = ffi_string(p + kt.off, len)
+                    want = wanted[key] == true
+                    keys[m], lens[m], keep[m] = key, len, want
+                end
+            else
+                key = unescape(p, kt.off, kt.len)
+                want = wanted[key] == true
+            end
+            if want then
+                local v
+                v, k = value_at(p, k + 1)
+                if v ~= null then
+                    t[key] = v
+                end
+            else
+                local vt = tape[k + 1]
+                local ty = vt.type
+                if ty == OBJECT or ty == ARRAY then
+                    k = vt.skip
+                else
+                    k = k + 2
+                end
+            end
+        end
+        return t
+    end
+    return function(ptr, len)               -- no tail calls: as decode_bytes
+        local p = scan(ptr, len)
+        if tape[0].type == OBJECT then
+            return (project(p))
+        end
+        return (top_value(p))
+    end
+end
 
 
 function _M.decode(s)

@@ -156,6 +156,34 @@ return job
         assert.same(want, got)
     end)
 
+    it("with format = \"json\" and fields, hands the job only the fields it named", function()
+        local lines, want = {}, {}
+        for i = 1, 2000 do
+            lines[i] = ('{"dev":"d%04d","site":{"id":%d,"tags":["a","b"]},"pm25":%d,"co2":%d}')
+                :format(i, i % 7, i % 40 - 5, 400 + i)
+            if i % 40 - 5 >= 0 then
+                want[#want + 1] = ("d%04d %d nil nil"):format(i, i % 40 - 5)
+            end
+        end
+        driver.append_file(logs .. "/a.log", text(lines))
+        d:write_job("tail", driver.render([[
+local ember = require "ember"
+local job = ember.job { name = "tail", batch_interval = "200ms" }
+job:file { path = {{dir}}, pattern = "*.log", format = "json", fields = { "pm25", "dev" } }
+   :filter(function(r) return r.pm25 >= 0 end)
+   :map(function(r) return r.dev .. " " .. r.pm25 .. " " .. tostring(r.site) .. " " .. tostring(r.co2) end)
+   :save_as_text_files({{out}})
+return job
+]], { dir = driver.quote(logs), out = driver.quote(d:path("out/lines")) }))
+        d:start()
+        d:wait_for_log("%[tail%] started from", 5)
+        wait_lines(#want)
+        settle()
+        local got = d:output_lines("out/lines")
+        table.sort(got)
+        assert.same(want, got)
+    end)
+
     it("ignores files whose names do not match the pattern", function()
         start()
         driver.append_file(logs .. "/app.txt", text(numbered("txt", 1, 10)))

@@ -158,3 +158,62 @@ describe("ember.json.decode", function()
         assert.equal("json: unexpected 't' at byte 1", err)
     end)
 end)
+
+
+describe("ember.json.projection", function()
+    -- Random flat and nested objects, keys drawn from a small set so that
+    -- layouts repeat (the key cache) and change (its misses).
+    local seed = 4242
+    local function rand(n)
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        return seed % n
+    end
+    local KEYS = { "a", "b", "ad_id", "event_type", "n", "esc\\\"k", "x" }
+    local function value(depth)
+        local r = rand(depth > 2 and 4 or 6)
+        if r == 0 then return tostring(rand(1000) - 500)
+        elseif r == 1 then return '"s' .. rand(100) .. '"'
+        elseif r == 2 then return ({ "true", "false", "null" })[rand(3) + 1]
+        elseif r == 3 then return '"q\\"' .. rand(10) .. '"'
+        elseif r == 4 then
+            local items = {}
+            for i = 1, rand(4) do items[i] = value(depth + 1) end
+            return "[" .. table.concat(items, ",") .. "]"
+        end
+        local members = {}
+        for i = 1, rand(4) do members[i] = '"' .. KEYS[rand(#KEYS) + 1] .. '":' .. value(depth + 1) end
+        return "{" .. table.concat(members, ",") .. "}"
+    end
+
+    it("keeps only the named top-level fields, each as decode gives it", function()
+        local decode = json.projection { "ad_id", "event_type", 'esc\\"k', "ad_id" }
+        local kept = { ad_id = true, event_type = true, ['esc\\"k'] = true }
+        for _ = 1, 3000 do
+            local members, used = {}, {}
+            for i = 1, 1 + rand(6) do
+                local k = KEYS[rand(#KEYS) + 1]
+                if not used[k] then             -- duplicate keys: cjson and ember differ
+                    used[k] = true
+                    members[#members + 1] = '"' .. k .. '":' .. value(1)
+                end
+            end
+            local text = "{" .. table.concat(members, ",") .. "}"
+            local want = {}
+            for k, v in pairs(json.decode(text)) do
+                if kept[k] then want[k] = v end
+            end
+            assert.same(want, decode(text, #text), text)
+        end
+    end)
+
+    it("decodes a text that is not an object whole, and fails as decode does", function()
+        local decode = json.projection { "a" }
+        assert.same({ 1, { a = 2, b = 3 } }, decode('[1,{"a":2,"b":3}]', 17))
+        assert.equal(7, decode("7", 1))
+        assert.is_nil(decode("null", 4))
+        local ok, err = pcall(decode, '{"b":[1,}', 9)
+        assert.is_false(ok)
+        assert.equal("json: unexpected '}' at byte 9", err)
+    end)
+end)
+
