@@ -63,6 +63,8 @@ local ads = job:table { from = { redis = redis_url, hash = "ad_campaign" }, refr
 
 local source = { brokers = brokers, topic = env("EMBER_YSB_TOPIC", "ad-events"),
                  group = env("EMBER_YSB_GROUP", "ysb"), start = "earliest", format = "json",
+                 -- the three fields the job reads; the other four are not decoded
+                 fields = { "event_type", "event_time", "ad_id" },
                  ["kafka.fetch.wait.max.ms"] = env("EMBER_YSB_FETCH_WAIT_MS") }
 
 local windows = job:kafka(source)

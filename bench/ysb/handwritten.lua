@@ -47,7 +47,8 @@ local job = ember.job { name = env("EMBER_YSB_NAME", "ysb_handwritten"),
 
 job:kafka { brokers = brokers, topic = env("EMBER_YSB_TOPIC", "ad-events"),
             group = env("EMBER_YSB_GROUP", "ysb_handwritten"), start = "earliest",
-            format = "json", ["kafka.fetch.wait.max.ms"] = env("EMBER_YSB_FETCH_WAIT_MS") }
+            format = "json", fields = { "event_type", "event_time", "ad_id" },
+            ["kafka.fetch.wait.max.ms"] = env("EMBER_YSB_FETCH_WAIT_MS") }
   :filter(function(e) return e.event_type == "view" end)
   :map(function(e)
     if not campaign_of then load_campaigns() end
