@@ -28,6 +28,11 @@
 -- interval) finds the windows to close without walking all of them; it is
 -- rebuilt from the committed state after a restore, and a window whose
 -- emission was aborted stays in it.
+--
+-- With a Kafka changelog (ember.state_changelog) each state key is noted
+-- with the partition of its records (op.part), the windows of a partition
+-- close by that partition's watermark and its records are late against it
+-- (docs/scaling.md, "Event-time windows and the watermark").
 
 local state = require "ember.state"
 local event_time = require "ember.event_time"

@@ -29,6 +29,11 @@
 -- The rule (docs/scaling.md): a key's state lives with the partition its
 -- records come from. A record whose key has state from another partition
 -- is an error of that record.
+--
+-- Event-time windows (ember.event_window) note their state keys' partitions
+-- in op.part themselves, and the event-time clock (ember.event_time) keeps
+-- one watermark per partition, in that partition: a load or a drop marks
+-- an operator's index stale (op.reindex) for the windows to rebuild it.
 
 local ffi = require "ffi"
 local buffer = require "string.buffer"
