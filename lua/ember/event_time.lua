@@ -35,6 +35,7 @@ local next = next
 local math_huge = math.huge
 local str_format = string.format
 local str_match = string.match
+local str_sub = string.sub
 local tonumber = tonumber
 local REMOVED = state.REMOVED
 local committed_of = state.committed_of
@@ -166,7 +167,12 @@ function _M.clock(ctx, store, job)
     -- A retry runs with the same batch time, and the same previous time.
     local last_time, this_time = nil, nil
     local interval = job.interval_ms or 1000
-    local C = { idle_ms = idle }
+    -- With a changelog (ember.state_changelog: op.part) every entry is a
+    -- Kafka partition's, in that partition's changelog: "max:<ch>",
+    -- "idle:<ch>", "late:<ch>" and "wm:<ch>", the watermark the
+    -- partition's windows close by (docs/scaling.md).
+    local part = op.part
+    local C = { idle_ms = idle, per_partition = part ~= nil }
 
     function C.reset()
         if nmax > 0 then
@@ -186,14 +192,60 @@ function _M.clock(ctx, store, job)
         end
     end
 
-    -- The watermark as the previous batch left it (-inf before any).
-    function C.watermark()
-        return visible(op, "wm") or -math_huge
+    -- The watermark as the previous batch left it (-inf before any). With
+    -- a changelog, of Kafka partition p's records (nil: the lowest of the
+    -- partitions this driver holds).
+    function C.watermark(p)
+        if not part then
+            return visible(op, "wm") or -math_huge
+        end
+        if p ~= nil then
+            return visible(op, "wm:" .. (100001 + p)) or -math_huge
+        end
+        local lo
+        for _, t in ipairs({ op.committed, op.staged }) do
+            for k in pairs(t) do
+                if type(k) == "string" and str_sub(k, 1, 3) == "wm:" then
+                    local w = visible(op, k)
+                    if w and (lo == nil or w < lo) then
+                        lo = w
+                    end
+                end
+            end
+        end
+        return lo or -math_huge
     end
 
-    function C.late(n)
+    -- The highest of the partitions' watermarks (the job's without a
+    -- changelog): no window of this driver closes beyond it.
+    function C.highest()
+        if not part then
+            return visible(op, "wm") or -math_huge
+        end
+        local hi = -math_huge
+        for _, t in ipairs({ op.committed, op.staged }) do
+            for k in pairs(t) do
+                if type(k) == "string" and str_sub(k, 1, 3) == "wm:" then
+                    local w = visible(op, k)
+                    if w and w > hi then
+                        hi = w
+                    end
+                end
+            end
+        end
+        return hi
+    end
+
+    -- n late records (of Kafka partition p, with a changelog).
+    function C.late(n, p)
         late_batch = late_batch + n
-        op.staged.late = (visible(op, "late") or 0) + n
+        if part and p ~= nil and p >= 0 then
+            local key = "late:" .. (100001 + p)
+            op.staged[key] = (visible(op, key) or 0) + n
+            part[key] = p
+        else
+            op.staged.late = (visible(op, "late") or 0) + n
+        end
     end
 
     function C.late_in_batch()
@@ -201,7 +253,7 @@ function _M.clock(ctx, store, job)
     end
 
     function C.late_total()
-        return visible(op, "late") or 0
+        return _M.late_total(op)
     end
 
     -- Moves the watermark after the batch's records; once per batch.
@@ -271,6 +323,9 @@ function _M.clock(ctx, store, job)
             local old = visible(op, key)
             if old == nil or m > old then
                 staged[key] = m
+                if part then
+                    part[key] = (ch - 1) % 100000
+                end
             end
             chans[tostring(ch)] = true
         end
@@ -288,6 +343,9 @@ function _M.clock(ctx, store, job)
             end
             if t ~= old then
                 staged[ikey] = t
+                if part then
+                    part[ikey] = (tonumber(ch) - 1) % 100000
+                end
             end
             if t < idle then
                 active = true
@@ -296,6 +354,25 @@ function _M.clock(ctx, store, job)
                     lo = m
                 end
             end
+        end
+        if part then
+            -- each partition's watermark: the same candidate, never back
+            -- from where the partition's last owner left it
+            for ch in pairs(chans) do
+                local key = "wm:" .. ch
+                local w = visible(op, key)
+                local cand
+                if active then
+                    cand = lo
+                elseif w then
+                    cand = w + step             -- every channel idle: processing time
+                end
+                if cand and cand > -math_huge and (w == nil or cand > w) then
+                    staged[key] = cand
+                    part[key] = (tonumber(ch) - 1) % 100000
+                end
+            end
+            return C.watermark()
         end
         local wm = visible(op, "wm")
         local cand
@@ -363,6 +440,26 @@ function _M.make(node, ctx, out, store, job)
     end
 
     return w
+end
+
+
+-- The records event-time windows found late, as the clock op has them
+-- committed ("late", or "late:<ch>" per partition with a changelog).
+-- committed: of the committed state only (else as the batch staged it).
+function _M.late_total(op, committed)
+    local n = 0
+    for _, t in ipairs(committed and { op.committed } or { op.committed, op.staged }) do
+        for k in pairs(t) do
+            if k == "late" or (type(k) == "string" and str_sub(k, 1, 5) == "late:") then
+                if committed then
+                    n = n + (committed_of(op, k) or 0)
+                elseif t == op.staged or op.staged[k] == nil then
+                    n = n + (visible(op, k) or 0)
+                end
+            end
+        end
+    end
+    return n
 end
 
 

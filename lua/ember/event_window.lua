@@ -28,6 +28,11 @@
 -- interval) finds the windows to close without walking all of them; it is
 -- rebuilt from the committed state after a restore, and a window whose
 -- emission was aborted stays in it.
+--
+-- With a Kafka changelog (ember.state_changelog) each state key is noted
+-- with the partition of its records (op.part), the windows of a partition
+-- close by that partition's watermark and its records are late against it
+-- (docs/scaling.md, "Event-time windows and the watermark").
 
 local state = require "ember.state"
 local event_time = require "ember.event_time"
@@ -44,6 +49,7 @@ local next = next
 local getmetatable = getmetatable
 local setmetatable = setmetatable
 local math_floor = math.floor
+local math_huge = math.huge
 local io_open = io.open
 local str_format = string.format
 local str_match = string.match
@@ -353,6 +359,13 @@ function _M.make(node, ctx, out, store, job)
         return acc
     end
 
+    -- With a changelog (ember.state_changelog): state key -> the Kafka
+    -- partition of its records; a partition's windows close by that
+    -- partition's watermark, and its records are late against it.
+    local part = op.part
+    local wm_of = {}                    -- partition -> watermark, this batch
+    local latep = {}                    -- partition -> late records, this batch
+
     local idx = {}                      -- bucket -> { state key = true }
     local idx_of = nil                  -- the committed map idx was built from
     local emitted = {}                  -- buckets whose windows the last run emitted
@@ -396,8 +409,9 @@ function _M.make(node, ctx, out, store, job)
     local w = {}
 
     function w.reset()
-        if idx_of ~= op.committed then
-            rebuild()                   -- a restore installed other maps
+        if idx_of ~= op.committed or op.reindex then
+            op.reindex = nil
+            rebuild()                   -- a restore installed other maps, or loaded keys
         else
             -- what the last run emitted and the commit removed leaves the index
             for b in pairs(emitted) do
@@ -407,6 +421,9 @@ function _M.make(node, ctx, out, store, job)
                         local c = committed_of(op, k)
                         if c == nil then
                             s[k] = nil
+                            if part and op.staged[k] == nil then
+                                part[k] = nil   -- its tombstone is written
+                            end
                         elseif gap then
                             -- a session that grew or merged left this bucket
                             local here = false
@@ -430,12 +447,46 @@ function _M.make(node, ctx, out, store, job)
         work, touched, changed = {}, {}, {}
         lk, lv, ln = {}, {}, 0
         wm_prev = nil
+        if part then
+            wm_of, latep = {}, {}
+        end
     end
 
-    local function late(a, b)
+    local function late(a, b, p)
         ln = ln + 1
         lk[ln] = a
         lv[ln] = b
+        if part then
+            latep[p] = (latep[p] or 0) + 1
+        end
+    end
+
+    -- With a changelog: the record's partition p, its watermark, and the
+    -- check that state key sk's state is not another partition's (nil
+    -- without a changelog).
+    local label = "event_window '" .. node.state_name .. "' (" .. tostring(node.where) .. ")"
+    local function partition_of()
+        local p = ctx.partition()
+        local wmp = wm_of[p]
+        if wmp == nil then
+            wmp = clock.watermark(p)
+            wm_of[p] = wmp
+        end
+        return p, wmp
+    end
+    local function claim(sk, a, p)
+        local o = part[sk]
+        if o ~= p then
+            if o ~= nil and visible(op, sk) ~= nil then
+                error(label .. ": key " .. (type(a) == "string" and ('"' .. a .. '"')
+                      or tostring(a)) .. " came from partition " .. tostring(p) .. " but its "
+                      .. "window state lives with partition " .. tostring(o) .. "; a key's "
+                      .. "state follows its Kafka partition, so its records must all come "
+                      .. "from one (key them by the Kafka key; docs/scaling.md)", 0)
+            end
+            return true
+        end
+        return false
     end
 
     -- the accumulator of window key sk, read once per batch
@@ -457,6 +508,13 @@ function _M.make(node, ctx, out, store, job)
         function w.push(a, b)
             local t = ctx.event_ts
             local tk = typed(a)
+            local p, wmp
+            if part then
+                p, wmp = partition_of()
+                if claim(tk, a, p) then
+                    part[tk] = p
+                end
+            end
             local list = work[tk]
             if list == nil then
                 check_key(store, op, a)
@@ -465,7 +523,7 @@ function _M.make(node, ctx, out, store, job)
                 work[tk] = list
                 touched[tk] = a
             end
-            wm_prev = wm_prev or clock.watermark()
+            wm_prev = wmp or wm_prev or clock.watermark()
             local s, e = t, t + gap
             local acc = add_to(new_acc(), b)
             local keep, merged = {}, false
@@ -480,7 +538,7 @@ function _M.make(node, ctx, out, store, job)
                 end
             end
             if not merged and e + lateness <= wm_prev then
-                late(a, b)
+                late(a, b, p)
                 return
             end
             local sess = { s, e, acc }
@@ -491,11 +549,38 @@ function _M.make(node, ctx, out, store, job)
     else
         function w.push(a, b)
             local t = ctx.event_ts
-            wm_prev = wm_prev or clock.watermark()
+            local p, wmp
+            if part then
+                p, wmp = partition_of()
+                wm_prev = wmp
+            else
+                wm_prev = wm_prev or clock.watermark()
+            end
             local tk
             local last = t - t % slide
             local any = false
             local start = last
+            if part then
+                -- every window of the record checked before any changes
+                local claims
+                while start > t - size do
+                    if start + size + lateness > wm_prev then
+                        tk = tk or typed(a)
+                        local sk = start .. "|" .. tk
+                        if claim(sk, a, p) then
+                            claims = claims or {}
+                            claims[#claims + 1] = sk
+                        end
+                    end
+                    start = start - slide
+                end
+                if claims then
+                    for _, sk in ipairs(claims) do
+                        part[sk] = p
+                    end
+                end
+                start = last
+            end
             while start > t - size do
                 local stop = start + size
                 if stop + lateness > wm_prev then
@@ -510,7 +595,7 @@ function _M.make(node, ctx, out, store, job)
                 start = start - slide
             end
             if not any then
-                late(a, b)
+                late(a, b, p)
             end
         end
     end
@@ -583,13 +668,27 @@ function _M.make(node, ctx, out, store, job)
                 end
             end
         end
-        -- windows the watermark closed
-        local limit = wm - lateness
+        -- windows the watermark closed (with a changelog: each by its
+        -- partition's watermark, none beyond the highest)
+        local limit = (part and clock.highest() or wm) - lateness
+        local limits = {}
         for b, keys in pairs(idx) do
             if b <= limit then
                 emitted[b] = true
                 for sk in pairs(keys) do
                     local s = visible(op, sk)
+                    local limit = limit
+                    if part and s ~= nil then
+                        local p = part[sk]
+                        local l = p and limits[p]
+                        if l == nil then
+                            l = p and (clock.watermark(p) - lateness) or -math_huge
+                            if p then
+                                limits[p] = l
+                            end
+                        end
+                        limit = l
+                    end
                     if s ~= nil then
                         if gap then
                             local list = plain(s)
@@ -629,7 +728,13 @@ function _M.make(node, ctx, out, store, job)
         end
         -- late records
         if ln > 0 then
-            clock.late(ln)
+            if part then
+                for p, n in pairs(latep) do
+                    clock.late(n, p)
+                end
+            else
+                clock.late(ln)
+            end
             local log = store.fails and store.fails.host and store.fails.host.log
             local where
             if late_out then

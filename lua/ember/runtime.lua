@@ -18,6 +18,7 @@ local state = require "ember.state"
 local state_ops = require "ember.state_ops"
 local state_changelog = require "ember.state_changelog"
 local window_ops = require "ember.window_ops"
+local event_time = require "ember.event_time"
 local sinks = require "ember.sinks"
 local tables = require "ember.table"
 
@@ -212,7 +213,7 @@ function _M.load(path, host)
         -- began; -1 for a job without event time
         late_records = function()
             local op = store.ops["event_time#clock"]
-            return op and (state.committed_of(op, "late") or 0) or -1
+            return op and event_time.late_total(op, true) or -1
         end,
     }
 end

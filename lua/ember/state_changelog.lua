@@ -29,6 +29,11 @@
 -- The rule (docs/scaling.md): a key's state lives with the partition its
 -- records come from. A record whose key has state from another partition
 -- is an error of that record.
+--
+-- Event-time windows (ember.event_window) note their state keys' partitions
+-- in op.part themselves, and the event-time clock (ember.event_time) keeps
+-- one watermark per partition, in that partition: a load or a drop marks
+-- an operator's index stale (op.reindex) for the windows to rebuild it.
 
 local ffi = require "ffi"
 local buffer = require "string.buffer"
@@ -85,6 +90,13 @@ end
 
 -- The kinds of stateful operator whose state key is the record's key.
 local KEYED = { update_state_by_key = true, map_with_state = true }
+-- The kinds a changelog carries: those, event-time windows (a state key
+-- per key and window, its partition noted by ember.event_window) and the
+-- event-time clock (an entry per partition, ember.event_time).
+local CARRIED = { update_state_by_key = true, map_with_state = true, event_window = true,
+                  event_time = true }
+-- The kinds whose records must come straight from their partition.
+local FED = { update_state_by_key = true, map_with_state = true, event_window = true }
 
 
 local function show(k)
@@ -111,7 +123,8 @@ end
 local function narrow_path(node)
     for _, p in ipairs(node.parents or {}) do
         if not p.source then
-            if not (narrow.ops[p.op] or p.op == "union") or not narrow_path(p) then
+            if not (narrow.ops[p.op] or p.op == "union" or p.op == "event_time")
+           or not narrow_path(p) then
                 return false, p.op
             end
         end
@@ -199,13 +212,13 @@ function _M.attach(job, store, host)
     end
     local why
     for _, op in ipairs(store.order) do
-        if not KEYED[op.kind] then
+        if not CARRIED[op.kind] then
             why = why or (op.kind .. " '" .. op.name .. "' (" .. op.where .. ") keeps state the "
                           .. "changelog does not carry yet")
         end
     end
     for _, node in ipairs(job.nodes or {}) do
-        if node.state_name and KEYED[node.op] then
+        if node.state_name and FED[node.op] then
             local ok, bad = narrow_path(node)
             if not ok then
                 why = why or (node.op .. " '" .. node.state_name .. "' (" .. node.where .. ") is fed "
@@ -250,8 +263,12 @@ function _M.attach(job, store, host)
         return handle
     end
 
-    -- The push of a stateful operator, noting each key's partition.
+    -- The push of a stateful operator, noting each key's partition (an
+    -- event-time window notes its state keys' itself).
     function cl.wrap(node, push, ctx)
+        if not KEYED[node.op] then
+            return push
+        end
         local op = store.ops[node.state_name]
         local part, committed, staged = op.part, op.committed, op.staged
         local label = node.op .. " '" .. node.state_name .. "' (" .. tostring(node.where) .. ")"
@@ -371,6 +388,7 @@ function _M.attach(job, store, host)
             if op and op.part then
                 local k = key[2]
                 local had = op.part[k] == p
+                op.reindex = true               -- ember.event_window: its index again
                 if vl < 0 then
                     remove_key(op, k)
                     op.part[k] = nil
@@ -492,6 +510,7 @@ function _M.attach(job, store, host)
             local op = store.ops[name]
             for k, s in pairs(m) do
                 set_key(op, k, s, nil)
+                op.reindex = true
                 op.part[k] = p
                 keys = keys + 1
                 local raw = encode({ name, k })
@@ -533,6 +552,7 @@ function _M.attach(job, store, host)
                 if o == p then
                     remove_key(op, k)
                     part[k] = nil
+                    op.reindex = true
                 end
             end
         end
