@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 keys=${1:-100000}
 work=$(mktemp -d /tmp/ember-changelog-bench.XXXXXX)
 pid= mock=
-trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; [ -n "$mock" ] && kill $mock 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null || true; [ -n "$mock" ] && kill $mock 2>/dev/null || true; rm -rf "$work"' EXIT
 
 wait_log() { # file pattern seconds
     local deadline=$((SECONDS + $3))

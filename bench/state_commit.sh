@@ -10,7 +10,7 @@ work=${1:-$(mktemp -d /tmp/ember-state-bench.XXXXXX)}
 mkdir -p "$work/jobs"
 cp bench/state_commit.lua "$work/jobs/"
 pid=
-trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 
 wait_log() { # file pattern seconds
     local deadline=$((SECONDS + $3))
