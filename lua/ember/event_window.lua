@@ -370,6 +370,7 @@ function _M.make(node, ctx, out, store, job)
     local idx_of = nil                  -- the committed map idx was built from
     local emitted = {}                  -- buckets whose windows the last run emitted
     local work, touched                 -- this batch: state key -> acc / session list
+    local key_cache = {}                -- this batch: window start -> key -> state key (window_key)
     local changed                       -- sessions this batch made or grew
     local lk, lv, ln                    -- this batch's late records
     local wm_prev
@@ -445,6 +446,7 @@ function _M.make(node, ctx, out, store, job)
             emitted = {}
         end
         work, touched, changed = {}, {}, {}
+        key_cache = {}
         lk, lv, ln = {}, {}, 0
         wm_prev = nil
         if part then
@@ -487,6 +489,26 @@ function _M.make(node, ctx, out, store, job)
             return true
         end
         return false
+    end
+
+    -- The state key of key a's window from start, "<start>|<typed key>",
+    -- kept for the batch: most records of a batch fall in a few windows of
+    -- a few keys, and making the string costs a number's formatting and
+    -- two internings per record. (A NaN key is not kept: no table takes it.)
+    local function window_key(start, a)
+        local by_key = key_cache[start]
+        if by_key == nil then
+            by_key = {}
+            key_cache[start] = by_key
+        end
+        local sk = by_key[a]
+        if sk == nil then
+            sk = start .. "|" .. typed(a)
+            if a == a then
+                by_key[a] = sk
+            end
+        end
+        return sk
     end
 
     -- the accumulator of window key sk, read once per batch
@@ -556,7 +578,6 @@ function _M.make(node, ctx, out, store, job)
             else
                 wm_prev = wm_prev or clock.watermark()
             end
-            local tk
             local last = t - t % slide
             local any = false
             local start = last
@@ -565,8 +586,7 @@ function _M.make(node, ctx, out, store, job)
                 local claims
                 while start > t - size do
                     if start + size + lateness > wm_prev then
-                        tk = tk or typed(a)
-                        local sk = start .. "|" .. tk
+                        local sk = window_key(start, a)
                         if claim(sk, a, p) then
                             claims = claims or {}
                             claims[#claims + 1] = sk
@@ -584,8 +604,7 @@ function _M.make(node, ctx, out, store, job)
             while start > t - size do
                 local stop = start + size
                 if stop + lateness > wm_prev then
-                    tk = tk or typed(a)
-                    local sk = start .. "|" .. tk
+                    local sk = window_key(start, a)
                     if not touched[sk] then
                         check_key(store, op, a)
                     end
