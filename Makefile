@@ -1,7 +1,10 @@
 # ember — build, dependencies, run, test, bench.
 # Plain GNU make; every library through pkg-config. `make V=1` shows commands.
 
-PKGS      := rdkafka librabbitmq hiredis zlib libmicrohttpd
+# The executable's libraries; each broker's client goes only into its
+# connector's module (modules/ember-<name>.so, loaded on first use).
+PKGS      := zlib libmicrohttpd
+MOD_PKGS  := rdkafka librabbitmq hiredis
 CC        ?= cc
 CFLAGS    ?= -O2 -g
 
@@ -24,16 +27,27 @@ LUAJIT_DEP    := build/luajit/libluajit.a build/luajit/lj_init.o
 endif
 
 CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
-             $(LUAJIT_CFLAGS) $(shell pkg-config --cflags $(PKGS)) -DEMBER_LUA_DIR='"$(CURDIR)/lua"'
+             $(LUAJIT_CFLAGS) $(shell pkg-config --cflags $(PKGS) $(MOD_PKGS)) \
+             -DEMBER_LUA_DIR='"$(CURDIR)/lua"' -DEMBER_MODULE_DIR='"$(CURDIR)/$(OBJDIR)/modules"'
 # SAN: sanitizer flags for the build/asan and build/tsan binaries.
 CFLAGS    += $(SAN)
 LDFLAGS   += -pthread -rdynamic $(SAN)
 LDLIBS    += $(LUAJIT_LIBS) $(shell pkg-config --libs $(PKGS)) -lm
 
-SRCS      := $(wildcard core/*.c) $(wildcard connectors/*.c)
 # Where objects go: build/, or build/asan and build/tsan for the sanitizer builds.
 OBJDIR    ?= build
+# The executable: the core and the built-in connectors.
+SRCS      := $(wildcard core/*.c) $(addprefix connectors/,file.c generator.c socket.c linebuf.c)
 OBJS      := $(SRCS:%.c=$(OBJDIR)/%.o)
+# One module per broker: its sources, and the client library it links.
+MODULES   := kafka redis rabbitmq
+MOD_SRCS  := $(foreach m,$(MODULES),$(wildcard connectors/$(m)*.c))
+MOD_OBJS  := $(MOD_SRCS:%.c=$(OBJDIR)/%.o)
+$(foreach m,$(MODULES),$(eval obj_$(m) := $(filter $(OBJDIR)/connectors/$(m)%,$(MOD_OBJS))))
+MOD_LIBS  := $(MODULES:%=$(OBJDIR)/modules/ember-%.so)
+lib_kafka := rdkafka
+lib_redis := hiredis
+lib_rabbitmq := librabbitmq
 
 # Debian packages: to build, to run the specs, and the servers they start.
 DEB_BUILD := gcc make pkg-config dpkg-dev xz-utils zlib1g-dev libluajit2-5.1-dev librdkafka-dev \
@@ -53,9 +67,18 @@ endif
 
 all: ember tools/kafka-mock build/libember-json.so
 
-ember: $(OBJS) $(LUAJIT_DEP)
+ember: $(OBJS) $(LUAJIT_DEP) | $(MOD_LIBS)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
+
+# A module's objects are position-independent; what they call in the core
+# resolves against the executable (-rdynamic) when it is loaded.
+$(MOD_OBJS): CFLAGS += -fPIC
+.SECONDEXPANSION:
+$(OBJDIR)/modules/ember-%.so: $$(obj_$$*)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -shared -o $@ $^ $(shell pkg-config --libs $(lib_$*))
 
 build/luajit/libluajit.a build/luajit/lj_init.o &: tools/luajit-checkhook.sh
 	@echo "  LUAJIT $@ (Debian's luajit2 source, LUAJIT_ENABLE_CHECKHOOK)"
@@ -116,7 +139,7 @@ build/tsan/ember: FORCE
 	$(Q)$(MAKE) --no-print-directory OBJDIR=build/tsan SAN="$(TSAN_FLAGS)" build/tsan/ember.bin
 	$(Q)cp build/tsan/ember.bin build/tsan/ember
 
-$(OBJDIR)/ember.bin: $(OBJS) $(LUAJIT_DEP)
+$(OBJDIR)/ember.bin: $(OBJS) $(LUAJIT_DEP) | $(MOD_LIBS)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
 
@@ -158,7 +181,8 @@ build/fuzz/%.o: %.c | $(LUAJIT_DEP)
 	@mkdir -p $(dir $@)
 	@echo "  CC    $< (fuzz)"
 	$(Q)clang -O1 -g -std=c11 -D_GNU_SOURCE -pthread $(FUZZ_SAN) $(LUAJIT_CFLAGS) \
-	    $(shell pkg-config --cflags $(PKGS)) -DEMBER_LUA_DIR='"$(CURDIR)/lua"' -c -o $@ $<
+	    $(shell pkg-config --cflags $(PKGS) $(MOD_PKGS)) -DEMBER_LUA_DIR='"$(CURDIR)/lua"' \
+	    -DEMBER_MODULE_DIR='"$(CURDIR)/build/modules"' -c -o $@ $<
 
 build/fuzz/fuzz-%: fuzz/%.c fuzz/files.h $(FUZZ_OBJS)
 	@echo "  LD    $@"
@@ -209,4 +233,4 @@ docker-base:
 docker-test:
 	$(Q)docker/test.sh
 
--include $(OBJS:.o=.d)
+-include $(OBJS:.o=.d) $(MOD_OBJS:.o=.d)

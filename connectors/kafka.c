@@ -746,6 +746,14 @@ static int kafka_acknowledges(void *self)
     return 1;
 }
 
+/* The commit of a stateful job's batch: its changelog, if it keeps one. */
+static int kafka_commit_state(const char *job, const char *positions, uint64_t batch_id,
+                              char *err, size_t errlen)
+{
+    em_changelog *cl = em_changelog_find(job);
+    return cl ? em_changelog_commit(cl, positions, batch_id, err, errlen) : 0;
+}
+
 const em_connector em_kafka_connector = {
     .name = "kafka",
     .options = kafka_options,
@@ -759,4 +767,5 @@ const em_connector em_kafka_connector = {
     .resume = kafka_resume,
     .free = kafka_free,
     .acknowledges = kafka_acknowledges,
+    .commit_state = kafka_commit_state,
 };

@@ -67,11 +67,23 @@ typedef struct em_connector {
      * acknowledged (Kafka, RabbitMQ, Redis lists and streams), so the
      * write-ahead log is not needed; absent or 0: the WAL covers it. */
     int (*acknowledges)(void *self);
+
+    /* Optional, for a connector that keeps a job's keyed state in its
+     * broker (Kafka's changelog): called in the commit of each batch of a
+     * stateful job of one of its sources, after the state's files are
+     * prepared and before the checkpoint and the acks. positions: what
+     * positions() wrote for the batch. 0, or -1 and err: the batch is not
+     * committed and runs again. */
+    int (*commit_state)(const char *job, const char *positions, uint64_t batch_id, char *err,
+                        size_t errlen);
 } em_connector;
 
-/* The connectors compiled in, looked up by name; NULL when unknown. */
-const em_connector *em_connector_find(const char *name);
-/* A comma-separated list of names, for error messages. */
-const char *em_connector_names(void);
+/* A connector by name, or NULL with the reason in err (unknown, or its
+ * module would not load). The broker connectors live in modules loaded on
+ * first use (core/connectors.c). */
+const em_connector *em_connector_get(const char *name, char *err, size_t errlen);
+/* The connector's module is loaded (or it is built in): 0, or -1 and err.
+ * Lua calls it before it reaches a module's functions through ffi.C. */
+int em_connector_load(const char *name, char *err, size_t errlen);
 
 #endif

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../connectors/kafka_changelog.h"
 #include "batch.h"
 #include "clock.h"
 #include "failpoint.h"
@@ -130,6 +129,23 @@ static char *covered_segments(const em_batch *b)
     return out;
 }
 
+/* Each connector of the job's sources that keeps state in its broker
+ * commits the batch's there, once per connector. */
+static int commit_in_brokers(em_batch *b, const char *positions, char *err, size_t errlen)
+{
+    const em_job_desc *d = b->version->desc;
+    for (size_t i = 0; i < d->nsources; i++) {
+        const em_connector *c = d->sources[i].conn;
+        int seen = 0;
+        for (size_t k = 0; k < i; k++)
+            seen |= d->sources[k].conn == c;
+        if (!seen && c->commit_state &&
+            c->commit_state(b->job->name, positions, b->id, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Writes the checkpoint of a finished batch: its id, time and positions,
  * and for a stateful job its staged state first. The checkpoint's rename is
  * the commit point; only then does the staged state become visible.
@@ -149,9 +165,9 @@ static int commit(em_batch *b, uint64_t *written, char *err, size_t errlen)
         free(mine);
         return -1;
     }
-    /* keyed state kept in Kafka: written before the checkpoint and the acks */
-    em_changelog *cl = stateful ? em_changelog_find(j->name) : NULL;
-    if (cl && em_changelog_commit(cl, mine, b->id, err, errlen) != 0) {
+    /* keyed state kept in a broker (Kafka's changelog): written before the
+     * checkpoint and the acks */
+    if (stateful && commit_in_brokers(b, mine, err, errlen) != 0) {
         free(mine);
         return -1;
     }

@@ -96,10 +96,10 @@ static int read_sources(lua_State *L, int desc, em_job_desc *d, char *err, size_
         char type[64];
         field_string(L, st, "type", type, sizeof type);
         field_string(L, st, "where", s->where, sizeof s->where);
-        s->conn = em_connector_find(type);
+        char why[700];
+        s->conn = em_connector_get(type, why, sizeof why);
         if (!s->conn) {
-            snprintf(err, errlen, "%s: unknown source type '%s' (this ember has: %s)", s->where,
-                     type, em_connector_names());
+            snprintf(err, errlen, "%s: %s", s->where, why);
             return -1;
         }
         lua_getfield(L, st, "options");

@@ -30,6 +30,7 @@
 local ffi = require "ffi"
 
 local C = ffi.C
+local modules = require "ember.modules"
 local ffi_new = ffi.new
 local ffi_string = ffi.string
 local error = error
@@ -88,11 +89,14 @@ function _M.is_error(v)
 end
 
 
--- True when this process is ember (the em_redis_* symbols are linked in).
-local available
+-- True when this process is ember and its Redis module is loaded (the
+-- em_redis_* symbols are in); load_err says why it would not load.
+local available, load_err
 function _M.available()
     if available == nil then
-        available = pcall(function() return C.em_redis_borrow end)
+        local ok, err = modules.need("redis")
+        load_err = err
+        available = ok and pcall(function() return C.em_redis_borrow end) or false
     end
     return available
 end
@@ -104,7 +108,7 @@ function _M.check_url(url)
         return "a redis:// URL string expected, got " .. type(url)
     end
     if not _M.available() then
-        return nil                      -- checked again when it is used
+        return load_err                 -- else checked again when it is used
     end
     local err = ffi_new("char[?]", ERRLEN)
     if C.em_redis_url_check(url, err, ERRLEN) ~= 0 then
@@ -249,7 +253,7 @@ end
 -- Borrows a pooled connection: the cdata pointer, or nil and err.
 function _M.borrow_raw(url)
     if not _M.available() then
-        return nil, "Redis connections need the ember driver (em_redis_* not linked)"
+        return nil, load_err or "Redis connections need the ember driver (em_redis_* not linked)"
     end
     local err = ffi_new("char[?]", ERRLEN)
     local c = C.em_redis_borrow(url, require("ember.sinks").pool_size, BORROW_TIMEOUT_MS, err,

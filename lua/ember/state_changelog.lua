@@ -255,6 +255,7 @@ function _M.attach(job, store, host)
 
     local function get()
         if handle == nil then
+            assert(require("ember.modules").need("kafka"))
             local h = C.em_changelog_find(jobname)
             if h ~= nil then
                 handle = h

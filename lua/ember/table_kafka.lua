@@ -123,8 +123,13 @@ if not pcall(ffi.typeof, "rd_kafka_message_t") then
 end
 
 
--- True when librdkafka is linked in (inside the ember driver).
+-- True inside the ember driver once its Kafka module (and so librdkafka) is
+-- loaded; else false and why it would not load, if it was tried.
 function _M.available()
+    local ok, err = require("ember.modules").need("kafka")
+    if not ok then
+        return false, err
+    end
     return (pcall(function() return C.rd_kafka_consumer_poll end))
 end
 
@@ -360,8 +365,9 @@ end
 -- the wall-clock ms): true once loaded; nil, why and true while the first
 -- load is under way; nil and why when the source cannot be read.
 function _M.follow(src, tbl, now)
-    if not _M.available() then
-        return nil, "a Kafka table needs the ember driver (librdkafka is not linked)"
+    local here, why = _M.available()
+    if not here then
+        return nil, why or "a Kafka table needs the ember driver (librdkafka is not linked)"
     end
     if not src.rk then
         local rk, err = open(src, "ember-table." .. tostring(tbl.job.name) .. "." .. tbl.name)
@@ -419,7 +425,8 @@ function _M.check(from)
     if from.config ~= nil and type(from.config) ~= "table" then
         return "config: a table of librdkafka settings expected"
     end
-    return nil
+    local _, err = _M.available()
+    return err
 end
 
 

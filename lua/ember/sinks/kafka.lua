@@ -50,8 +50,13 @@ pcall(ffi.cdef, [[
 ]])
 
 
--- ffi.C when this process is ember, nil outside it (a unit spec).
+-- ffi.C when this process is ember, nil outside it (a unit spec); or nil
+-- and why the Kafka module would not load.
 local function c_kafka()
+    local loaded, err = require("ember.modules").need("kafka")
+    if not loaded then
+        return nil, err
+    end
     local ok = pcall(function() return ffi.C.em_kafka_send end)
     return ok and ffi.C or nil
 end
@@ -99,6 +104,10 @@ function _M.to_kafka(opts)
         end
     end
     local brokers, topic, key_fn, value_fn = opts.brokers, opts.topic, opts.key, opts.value
+    local _, load_err = c_kafka()
+    if load_err then
+        return nil, load_err
+    end
     if type(brokers) ~= "string" or brokers == "" then
         return nil, "option 'brokers' is required (host:port[,host:port...])"
     end
@@ -178,9 +187,9 @@ function _M.to_kafka(opts)
         if n == 0 then
             return true
         end
-        local C = c_kafka()
+        local C, err = c_kafka()
         if not C then
-            return nil, "to_kafka: em_kafka_send is not in this process (run the job in ember)"
+            return nil, "to_kafka: " .. (err or "em_kafka_send is not in this process (run the job in ember)")
         end
         if n > cap then
             cap = n > 2 * cap and n or 2 * cap

@@ -173,6 +173,10 @@ function _M.to_rabbitmq(opts)
                     .. "names the queue: set it"
     end
     local body_fn = opts.body or default_body
+    local loaded, load_err = require("ember.modules").need("rabbitmq")
+    if not loaded then
+        return nil, "to_rabbitmq: " .. load_err
+    end
     if type(body_fn) ~= "function" then
         return nil, "to_rabbitmq: option 'body' must be a function(record) returning a string"
     end
