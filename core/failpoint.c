@@ -43,6 +43,14 @@ void em_failpoint(const char *name)
     }
 }
 
+int em_failpoint_fails(const char *name)
+{
+    if (!arm() || strcmp(point, name) != 0 || atomic_fetch_sub(&remaining, 1) != 1)
+        return 0;
+    em_log(EM_LOG_WARN, NULL, "failpoint %s reached: failing it once", name);
+    return 1;
+}
+
 int em_failpoint_armed(const char *name)
 {
     return arm() && strcmp(point, name) == 0 && atomic_load(&remaining) > 0;

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "failpoint.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "wal.h"
@@ -511,6 +512,8 @@ size_t em_receiver_push_many(em_receiver *r, const em_push *recs, size_t n)
 {
     int64_t now_ms = -1; /* read once, and only when a full block is sealed */
     size_t k = 0, bytes = 0;
+    if (em_failpoint_fails("receiver_refuses")) /* a spec's out of memory */
+        return 0;
     pthread_mutex_lock(&r->lock);
     for (; k < n; k++) {
         size_t len = em_block_record_bytes(&recs[k]);

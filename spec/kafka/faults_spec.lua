@@ -39,7 +39,7 @@ describe("kafka broker faults", function()
     local mock, d
 
     setup(function()
-        mock = kafka_mock.start { topics = { "flow:2", "late:1" } }
+        mock = kafka_mock.start { topics = { "flow:2", "late:1", "refused:2" } }
     end)
 
     teardown(function()
@@ -51,13 +51,13 @@ describe("kafka broker faults", function()
         d = nil
     end)
 
-    local function start(vars)
+    local function start(vars, env)
         d = driver.new()
         vars.b = driver.quote(mock.bootstrap)
         vars.client = kafka_mock.CLIENT
         vars.out = driver.quote(d:path("out"))
         d:write_job("copy.lua", driver.render(COPY_JOB, vars))
-        d:start()
+        d:start { env = env }
         return d
     end
 
@@ -108,5 +108,19 @@ describe("kafka broker faults", function()
         local got, dups = wait_all(records, 40, "the records once the broker is up")
         assert.equal(0, dups)
         assert.equal(100, #got)
+    end)
+
+    it("reads a record the receiver refused again, and every one after it once", function()
+        -- The 700th record pushed is refused, as when blocks cannot be
+        -- allocated: its partition rewinds to it, and what librdkafka had
+        -- fetched after it is dropped and read again after the seek.
+        local records = names("r", 1, 3000)
+        mock:produce("refused", records)
+        start({ topic = '"refused"', group = '"refused"', rate = 1000 },
+              { EMBER_FAILPOINT = "receiver_refuses:700" })
+        local _, dups = wait_all(records, 120, "every record, the refused one too")
+        local refused = d:log_lines("receiver refused refused%[%d%] offset %d+ %(out of memory%); reading it again")
+        assert.equal(1, #refused, d:log_tail())
+        assert.equal(0, dups)
     end)
 end)
