@@ -3,6 +3,21 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+/* Its own mappings, not malloc's: glibc serves a large block from a
+ * thread's arena once its mmap threshold has risen past that size (it
+ * rises with every large block freed, up to 32 MiB), and a large block
+ * freed in the middle of an arena stays in the process. A keyed state's
+ * tables leave tens of MiB of such blocks behind as they grow; unmapped,
+ * they go back to the kernel as soon as LuaJIT frees them. */
+static void *map(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void unmap(void *p, size_t size) { munmap(p, size); }
 
 /* A kept chunk of exactly size bytes (LuaJIT's large vectors are powers
  * of two, so the sizes repeat), else a new one. */
@@ -17,18 +32,18 @@ static void *take(em_bigcache *c, size_t size)
             c->size[i] = c->size[c->n];
             return p;
         }
-    return malloc(size);
+    return map(size);
 }
 
 /* Keeps a freed chunk, making room by freeing the oldest kept ones. */
 static void give(em_bigcache *c, void *p, size_t size)
 {
     if (size > EM_BIGCACHE_BYTES) {
-        free(p);
+        unmap(p, size);
         return;
     }
     while (c->n && (c->n == EM_BIGCACHE_SLOTS || c->bytes + size > EM_BIGCACHE_BYTES)) {
-        free(c->p[0]);
+        unmap(c->p[0], c->size[0]);
         c->bytes -= c->size[0];
         c->n--;
         memmove(c->p, c->p + 1, c->n * sizeof *c->p);
@@ -67,6 +82,6 @@ void em_bigcache_clear(em_bigcache *c)
     if (!c)
         return;
     for (size_t i = 0; i < c->n; i++)
-        free(c->p[i]);
+        unmap(c->p[i], c->size[i]);
     c->n = c->bytes = 0;
 }

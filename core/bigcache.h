@@ -5,9 +5,10 @@
  * cycle's fresh strings pile up and halves after the sweep, so a job
  * that makes a string per record (most do) maps, zeroes (page faults)
  * and unmaps a new table several times a second. Measured on the file
- * source, that was half of the process's page faults. This cache routes
- * those allocations to malloc and keeps the last few freed ones, so the
- * table's two or three sizes come back without a fault.
+ * source, that was half of the process's page faults. This cache maps
+ * those allocations itself (mmap, not malloc: see bigcache.c) and keeps
+ * the last few freed ones, so the table's two or three sizes come back
+ * without a fault; what it does not keep is unmapped at once.
  *
  * One cache per Lua state, used only on the thread running that state
  * (as the allocator itself): no lock.
@@ -29,7 +30,7 @@ typedef struct em_bigcache {
 } em_bigcache;
 
 /* A lua_Alloc step: sizes below EM_BIGCACHE_MIN go to inner (LuaJIT's
- * own allocator), larger ones to malloc through the cache; a realloc
+ * own allocator), larger ones to the cache's own mappings; a realloc
  * across the line moves the bytes. */
 void *em_bigcache_realloc(em_bigcache *c, lua_Alloc inner, void *inner_ud, void *ptr, size_t osize,
                           size_t nsize);

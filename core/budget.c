@@ -40,6 +40,8 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static em_budget *watched;
 /* The registry key of a state's budget (a light userdata), for the hook. */
 static const char budget_key;
+/* The registry key of the metatable of a state's GC sentinel (gc_sentinel). */
+static const char sentinel_key;
 /* The batch this thread runs, for em_budget_wait_begin/end. */
 static _Thread_local em_budget *current;
 static _Thread_local int waits;
@@ -204,6 +206,44 @@ static size_t gc_bytes(lua_State *L)
     return (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
 }
 
+int em_budget_gc_pause(size_t live)
+{
+    if (live < EM_BUDGET_GC_MARGIN)
+        return 200; /* LuaJIT's default: a small heap may double */
+    size_t margin = live / 5 > EM_BUDGET_GC_MARGIN ? live / 5 : EM_BUDGET_GC_MARGIN;
+    return (int)(100 + (margin * 100 + live - 1) / live);
+}
+
+int em_budget_gc_stepmul(size_t live)
+{
+    size_t margin = live / 5 > EM_BUDGET_GC_MARGIN ? live / 5 : EM_BUDGET_GC_MARGIN;
+    size_t m = live / margin * 100;
+    return m < 200 ? 200 : m > 1000 ? 1000 : (int)m;
+}
+
+static void new_sentinel(lua_State *L)
+{
+    lua_newuserdata(L, 1);
+    lua_pushlightuserdata(L, (void *)&sentinel_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+}
+
+/* The finalizer of an unreferenced userdata, so it runs once at the end of
+ * every GC cycle, after the sweep: what the state holds then is about what
+ * is live (plus what was allocated during the cycle). It sets the pause
+ * that LuaJIT applies to that figure for the next cycle's threshold, then
+ * makes the next sentinel. At lua_close, LuaJIT runs the finalizers a
+ * bounded number of rounds and frees the last sentinel unfinalized. */
+static int gc_sentinel(lua_State *L)
+{
+    lua_gc(L, LUA_GCSETPAUSE, em_budget_gc_pause(gc_bytes(L)));
+    lua_gc(L, LUA_GCSETSTEPMUL, em_budget_gc_stepmul(gc_bytes(L)));
+    new_sentinel(L);
+    return 0;
+}
+
 lua_State *em_budget_newstate(em_budget **out)
 {
     *out = NULL;
@@ -220,6 +260,12 @@ lua_State *em_budget_newstate(em_budget **out)
     lua_pushlightuserdata(L, (void *)&budget_key);
     lua_pushlightuserdata(L, b);
     lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, (void *)&sentinel_key);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, gc_sentinel);
+    lua_setfield(L, -2, "__gc");
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    new_sentinel(L);
     /* From here on, for the state's whole life: what the big cache
      * allocated must go back through it. The count starts from LuaJIT's
      * own, which counts the same allocations. */

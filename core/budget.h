@@ -66,6 +66,19 @@ size_t em_budget_refused(const em_budget *b);
 /* How long after its deadline the last timed-out batch had unwound (ms). */
 int64_t em_budget_overrun_ms(const em_budget *b);
 
+/* The GC policy of a job's state: after every cycle, the pause (percent
+ * of the live bytes the heap may reach before the next cycle) for a heap
+ * holding live bytes. LuaJIT's 200 for a small heap; from
+ * EM_BUDGET_GC_MARGIN of live data on, the heap may grow past live by
+ * that margin or a fifth of live, whichever is more, so garbage does not
+ * double a large keyed state. The step multiplier grows with live over
+ * that margin (200 to 1000), so a cycle over a large heap ends before it
+ * has allocated much more than the margin. A finalizer run at the end of
+ * every cycle applies both. docs/internals.md, "Memory". */
+#define EM_BUDGET_GC_MARGIN (16u << 20)
+int em_budget_gc_pause(size_t live);
+int em_budget_gc_stepmul(size_t live);
+
 /* After lua_close of its state. Accepts NULL. */
 void em_budget_free(em_budget *b);
 
