@@ -20,12 +20,7 @@ fill:union(touch)
 return job
 ]]
 
-local function rss_kb(pid)
-    for line in io.lines("/proc/" .. pid .. "/status") do
-        local kb = line:match("^VmRSS:%s+(%d+)")
-        if kb then return tonumber(kb) end
-    end
-end
+local rss_kb = require("support.recovery").rss_kb
 
 describe("a job with a million keys of state", function()
     local d
